@@ -1,0 +1,36 @@
+"""Errors raised by the event store.
+
+Every exception the store raises derives from :class:`EventStoreError`; driver errors
+(``sqlite3``, ``aiosqlite``) are translated at the boundary with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConcurrencyError",
+    "EventStoreError",
+    "StorageError",
+    "StoreClosedError",
+]
+
+
+class EventStoreError(Exception):
+    """Root of every error the event store raises."""
+
+
+class ConcurrencyError(EventStoreError):
+    """An append's ``expected_seq`` did not match the stream's last seq; nothing was written."""
+
+    def __init__(self, stream: str, expected_seq: int, actual_seq: int) -> None:
+        super().__init__(f"stream {stream!r}: expected last seq {expected_seq}, found {actual_seq}")
+        self.stream = stream
+        self.expected_seq = expected_seq
+        self.actual_seq = actual_seq
+
+
+class StoreClosedError(EventStoreError):
+    """The store was closed; no more appends or reads are accepted."""
+
+
+class StorageError(EventStoreError):
+    """The database failed underneath the store (I/O error, corrupt file, projection failure)."""

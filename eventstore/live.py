@@ -1,0 +1,99 @@
+"""Live notification of committed events, shared by every subscriber of a stream.
+
+The writer publishes each committed batch here (on the event loop, after the commit). For each
+stream that has subscribers we keep one :class:`StreamTail`: the most recent events (bounded)
+and an :class:`asyncio.Event` that is set when new events arrive. Subscribers share it; none
+holds a buffer of its own, so a slow subscriber costs nothing but its own cursor: when it falls
+behind the bounded window it reads the log again (issue 4: "holds no per-connection buffer
+that grows with the run").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+from itertools import islice
+
+from eventstore.model import RecordedEvent
+
+__all__ = ["LiveHub", "StreamTail"]
+
+#: How many recent events of a followed stream are kept in memory for live subscribers.
+TAIL_WINDOW = 512
+
+
+class StreamTail:
+    """The shared live state of one followed stream."""
+
+    __slots__ = ("changed", "recent", "subscribers")
+
+    def __init__(self) -> None:
+        self.recent: deque[RecordedEvent] = deque(maxlen=TAIL_WINDOW)
+        self.changed = asyncio.Event()
+        self.subscribers = 0
+
+    def push(self, events: Iterable[RecordedEvent]) -> None:
+        recent = self.recent
+        for event in events:
+            if recent and event.seq != recent[-1].seq + 1:
+                # A gap (another process wrote): the window must stay contiguous.
+                recent.clear()
+            recent.append(event)
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
+    def after(self, seq: int, limit: int) -> list[RecordedEvent] | None:
+        """Events after ``seq`` from memory, ``[]`` when caught up, ``None`` when not covered."""
+        recent = self.recent
+        if not recent:
+            return None
+        first = recent[0].seq
+        if seq >= recent[-1].seq:
+            return []
+        if seq + 1 < first:
+            return None
+        start = seq + 1 - first
+        return list(islice(recent, start, start + limit))
+
+
+class LiveHub:
+    """Maps followed streams to their tails; streams nobody follows cost nothing."""
+
+    def __init__(self) -> None:
+        self._tails: dict[str, StreamTail] = {}
+
+    def acquire(self, stream: str) -> StreamTail:
+        tail = self._tails.get(stream)
+        if tail is None:
+            tail = self._tails[stream] = StreamTail()
+        tail.subscribers += 1
+        return tail
+
+    def release(self, stream: str, tail: StreamTail) -> None:
+        tail.subscribers -= 1
+        if tail.subscribers <= 0 and self._tails.get(stream) is tail:
+            del self._tails[stream]
+
+    def publish(self, events: Iterable[RecordedEvent]) -> None:
+        by_stream: dict[str, list[RecordedEvent]] = {}
+        tails = self._tails
+        for event in events:
+            if event.stream in tails:
+                by_stream.setdefault(event.stream, []).append(event)
+        for stream, stream_events in by_stream.items():
+            tails[stream].push(stream_events)
+
+    @property
+    def followed_streams(self) -> int:
+        """How many streams have at least one subscriber (for leak checks and metrics)."""
+        return len(self._tails)
+
+    @property
+    def subscribers(self) -> int:
+        return sum(tail.subscribers for tail in self._tails.values())
+
+    def wake_all(self) -> None:
+        """Wake every subscriber (used on close so they can notice and stop)."""
+        for tail in self._tails.values():
+            tail.push(())

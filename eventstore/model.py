@@ -1,0 +1,84 @@
+"""Value types shared by every event store backend."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+import msgspec
+
+__all__ = [
+    "ANY",
+    "GENESIS_HASH",
+    "AppendRequest",
+    "NewEvent",
+    "RecordedEvent",
+    "canonical_bytes",
+    "chain_hash",
+    "utc_now",
+]
+
+#: ``expected_seq`` value that skips the optimistic concurrency check.
+ANY: None = None
+
+#: The "previous hash" of the first event in a log.
+GENESIS_HASH = "0" * 64
+
+
+class NewEvent(msgspec.Struct, frozen=True):
+    """An event to append: its type and its payload, already encoded as compact JSON."""
+
+    type: str
+    data: bytes
+
+
+class AppendRequest(msgspec.Struct, frozen=True):
+    """One stream's share of an (atomic, possibly multi-stream) append.
+
+    ``expected_seq`` is the stream's current last seq (0: the stream must not exist yet) or
+    :data:`ANY` to append whatever the stream holds.
+    """
+
+    stream: str
+    events: list[NewEvent]
+    expected_seq: int | None = ANY
+
+
+class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
+    """An event as the log holds it.
+
+    ``data`` is the JSON text exactly as stored (and hashed); decode it with the domain's types.
+    """
+
+    position: int
+    stream: str
+    seq: int
+    type: str
+    data: str
+    created_at: str
+    hash: str
+
+
+_encode = msgspec.json.encode
+
+
+def canonical_bytes(
+    position: int, stream: str, seq: int, type: str, data: str, created_at: str
+) -> bytes:
+    """The bytes an event's hash covers: a compact JSON array of every stored field.
+
+    Documented in the README so an auditor can recompute the chain with any JSON library:
+    ``[position, stream, seq, type, created_at, data]`` with ``data`` as a JSON string.
+    """
+    return _encode([position, stream, seq, type, created_at, data])
+
+
+def chain_hash(previous_hash: str, canonical: bytes) -> str:
+    """``sha256(previous hash bytes + canonical bytes)`` as lowercase hex."""
+    return hashlib.sha256(bytes.fromhex(previous_hash) + canonical).hexdigest()
+
+
+def utc_now() -> str:
+    """The current UTC time as RFC 3339 with milliseconds, e.g. ``2024-01-01T00:00:00.000Z``."""
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"

@@ -1,0 +1,37 @@
+"""The contract between the store and the read models it keeps up to date.
+
+A projection is applied by the store *inside* the transaction that appends the events it
+sees, and the store records the projection's checkpoint (last position applied) in that same
+transaction, so a projection can never be ahead of or behind the log it was built from.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Protocol, runtime_checkable
+
+from eventstore.model import RecordedEvent
+
+__all__ = ["Projection"]
+
+
+@runtime_checkable
+class Projection(Protocol):
+    """A read model maintained from the log.
+
+    ``apply`` must be deterministic: it may only use the event (never the clock, random numbers
+    or other processes' state), so that rebuilding from the log gives the same rows.
+    """
+
+    #: Unique name; the checkpoint row is keyed by it.
+    name: str
+    #: The tables the projection owns, in creation order (used by rebuild and comparison).
+    tables: tuple[str, ...]
+
+    def create(self, conn: sqlite3.Connection) -> None:
+        """Create the projection's tables and indexes if they do not exist."""
+        ...
+
+    def apply(self, conn: sqlite3.Connection, event: RecordedEvent) -> None:
+        """Apply one event; called for every event in log order."""
+        ...

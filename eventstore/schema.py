@@ -1,0 +1,54 @@
+"""SQLite schema of the log and the connection settings every connection uses."""
+
+from __future__ import annotations
+
+import sqlite3
+
+__all__ = ["EVENT_COLUMNS", "SCHEMA", "configure", "connect"]
+
+EVENT_COLUMNS = "position, stream, seq, type, data, created_at, hash"
+
+# The log is one plain table so an auditor can read it with the sqlite3 shell. Append-only is
+# enforced by the database itself (DESIGN.md §2): the triggers abort any UPDATE or DELETE,
+# whoever issues it.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    position   INTEGER PRIMARY KEY,
+    stream     TEXT    NOT NULL,
+    seq        INTEGER NOT NULL CHECK (seq >= 1),
+    type       TEXT    NOT NULL,
+    data       TEXT    NOT NULL,
+    created_at TEXT    NOT NULL,
+    hash       TEXT    NOT NULL,
+    UNIQUE (stream, seq)
+);
+CREATE TRIGGER IF NOT EXISTS events_append_only_update
+BEFORE UPDATE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'events is append-only: UPDATE is not allowed');
+END;
+CREATE TRIGGER IF NOT EXISTS events_append_only_delete
+BEFORE DELETE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'events is append-only: DELETE is not allowed');
+END;
+CREATE TABLE IF NOT EXISTS projection_checkpoints (
+    name     TEXT    PRIMARY KEY,
+    position INTEGER NOT NULL
+);
+"""
+
+
+def configure(conn: sqlite3.Connection, synchronous: str = "FULL") -> None:
+    """WAL for concurrent readers, a busy timeout for other processes' write locks."""
+    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA foreign_keys = OFF")
+
+
+def connect(path: str, synchronous: str = "FULL") -> sqlite3.Connection:
+    """A stdlib connection in autocommit mode (transactions are explicit) with our settings."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    configure(conn, synchronous)
+    return conn

@@ -1,0 +1,222 @@
+"""The synchronous half of the group-commit writer.
+
+Everything here runs on the store's single writer thread, which owns the one write connection
+(STYLE.md: "one write connection; all writes are functions handed to it"). A batch — the head
+read, every append's concurrency check, the inserts, the projections and their checkpoint, and
+the commit — is a single call on that thread, so a batch costs one thread hop and one fsync.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from eventstore.errors import ConcurrencyError, EventStoreError, StorageError
+from eventstore.model import (
+    GENESIS_HASH,
+    AppendRequest,
+    RecordedEvent,
+    canonical_bytes,
+    chain_hash,
+)
+from eventstore.projection import Projection
+from eventstore.schema import EVENT_COLUMNS, SCHEMA
+
+__all__ = ["BatchWriter"]
+
+_INSERT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_SEQ_CACHE_LIMIT = 200_000
+
+Outcome = list[RecordedEvent] | EventStoreError
+
+
+class BatchWriter:
+    """Appends batches of requests in one transaction each, keeping the hash chain."""
+
+    def __init__(self, conn: sqlite3.Connection, projections: Sequence[Projection]) -> None:
+        self._conn = conn
+        self._projections = tuple(projections)
+        # Last seq of recently written streams. Valid only while no other process has
+        # written: every batch compares the head it reads with the head we last committed.
+        self._seq_cache: dict[str, int] = {}
+        self._cached_head = -1
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def create_schema(self) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _split_script(SCHEMA):
+                conn.execute(statement)
+            for projection in self._projections:
+                projection.create(conn)
+                conn.execute(
+                    "INSERT OR IGNORE INTO projection_checkpoints (name, position) VALUES (?, 0)",
+                    (projection.name,),
+                )
+            self._catch_up_projections(self._head()[0])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # -- the batch --------------------------------------------------------------------------
+
+    def commit_batch(
+        self, batch: Sequence[Sequence[AppendRequest]], created_at: str
+    ) -> list[Outcome]:
+        """Append every item of ``batch`` (each item atomic on its own) in one transaction.
+
+        An item whose concurrency check fails, or whose projection raises, is rolled back to
+        its savepoint and reported; the other items still commit. If the commit itself fails
+        the whole batch fails with :class:`StorageError`.
+        """
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot start a write transaction: {exc}") from exc
+        try:
+            head_position, head_hash = self._head()
+            if head_position != self._cached_head:
+                # Another process wrote since our last commit: our seq cache is stale and our
+                # projections may have missed its events.
+                self._seq_cache.clear()
+                self._catch_up_projections(head_position)
+            outcomes: list[Outcome] = []
+            first_position = head_position + 1
+            for item in batch:
+                conn.execute("SAVEPOINT item")
+                try:
+                    recorded = self._append_item(item, head_position, head_hash, created_at)
+                except EventStoreError as exc:
+                    conn.execute("ROLLBACK TO item")
+                    conn.execute("RELEASE item")
+                    outcomes.append(exc)
+                    continue
+                conn.execute("RELEASE item")
+                for event in recorded:
+                    self._seq_cache[event.stream] = event.seq
+                if recorded:
+                    head_position = recorded[-1].position
+                    head_hash = recorded[-1].hash
+                outcomes.append(recorded)
+            if self._projections and head_position >= first_position:
+                conn.execute(
+                    "UPDATE projection_checkpoints SET position = ? WHERE name IN"
+                    f" ({','.join('?' * len(self._projections))})",
+                    (head_position, *(p.name for p in self._projections)),
+                )
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            self._seq_cache.clear()
+            self._cached_head = -1
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StorageError(f"append failed: {exc}") from exc
+            raise
+        self._cached_head = head_position
+        if len(self._seq_cache) > _SEQ_CACHE_LIMIT:
+            self._seq_cache.clear()
+        return outcomes
+
+    def _append_item(
+        self,
+        item: Sequence[AppendRequest],
+        head_position: int,
+        head_hash: str,
+        created_at: str,
+    ) -> list[RecordedEvent]:
+        conn = self._conn
+        seqs: dict[str, int] = {}
+        rows: list[tuple[int, str, int, str, str, str, str]] = []
+        recorded: list[RecordedEvent] = []
+        position, previous = head_position, head_hash
+        # Check every stream of the item before writing any of it.
+        for request in item:
+            last = seqs.get(request.stream)
+            if last is None:
+                last = self._last_seq(request.stream)
+            if request.expected_seq is not None and request.expected_seq != last:
+                raise ConcurrencyError(request.stream, request.expected_seq, last)
+            for new in request.events:
+                last += 1
+                position += 1
+                try:
+                    data = new.data.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise StorageError(f"event data is not UTF-8 JSON: {exc}") from exc
+                digest = chain_hash(
+                    previous,
+                    canonical_bytes(position, request.stream, last, new.type, data, created_at),
+                )
+                previous = digest
+                rows.append((position, request.stream, last, new.type, data, created_at, digest))
+                recorded.append(RecordedEvent(*rows[-1]))
+            seqs[request.stream] = last
+        try:
+            conn.executemany(_INSERT, rows)
+            for event in recorded:
+                for projection in self._projections:
+                    projection.apply(conn, event)
+        except sqlite3.IntegrityError as exc:
+            # Only possible if the seq cache lied; treat as a conflict, never as data loss.
+            self._seq_cache.clear()
+            raise StorageError(f"append rejected by the database: {exc}") from exc
+        except EventStoreError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"projection failed: {exc!r}") from exc
+        return recorded
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _head(self) -> tuple[int, str]:
+        row = self._conn.execute(
+            "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+        ).fetchone()
+        return (row[0], row[1]) if row else (0, GENESIS_HASH)
+
+    def _last_seq(self, stream: str) -> int:
+        cached = self._seq_cache.get(stream)
+        if cached is not None:
+            return cached
+        row = self._conn.execute(
+            "SELECT seq FROM events WHERE stream = ? ORDER BY seq DESC LIMIT 1", (stream,)
+        ).fetchone()
+        return row[0] if row else 0
+
+    def _catch_up_projections(self, head_position: int) -> None:
+        """Apply events a projection has not seen yet (written by a process without it)."""
+        if not self._projections:
+            return
+        conn = self._conn
+        checkpoints = dict(conn.execute("SELECT name, position FROM projection_checkpoints"))
+        for projection in self._projections:
+            done = checkpoints.get(projection.name, 0)
+            if done >= head_position:
+                continue
+            cursor = conn.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position",
+                (done,),
+            )
+            for row in cursor:
+                projection.apply(conn, RecordedEvent(*row))
+            conn.execute(
+                "UPDATE projection_checkpoints SET position = ? WHERE name = ?",
+                (head_position, projection.name),
+            )
+
+
+def _split_script(script: str) -> list[str]:
+    """Split our own DDL into statements (``executescript`` would commit our transaction)."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    return [s for s in statements if s]
