@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -241,7 +241,7 @@ class SQLiteEventStore:
 
     async def subscribe(
         self, stream: str, after_seq: int = 0, batch_limit: int = 500
-    ) -> AsyncIterator[RecordedEvent]:
+    ) -> AsyncGenerator[RecordedEvent, None]:
         """Events of ``stream`` after ``after_seq``: the log first, then live as they commit.
 
         Catch-up and live tail are one loop over the same cursor, so there is no hand-over to

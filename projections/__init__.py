@@ -1,0 +1,24 @@
+"""Read models derived from the log, applied in the append transaction (DESIGN.md §1)."""
+
+from eventstore import Projection
+from projections.accounts import AccountsProjection
+from projections.personas import PersonasProjection
+from projections.rebuild import rebuild, table_rows
+from projections.runs import RUN_COLUMNS, RunsProjection
+from projections.threads import ThreadsProjection
+
+__all__ = [
+    "RUN_COLUMNS",
+    "AccountsProjection",
+    "PersonasProjection",
+    "RunsProjection",
+    "ThreadsProjection",
+    "all_projections",
+    "rebuild",
+    "table_rows",
+]
+
+
+def all_projections() -> list[Projection]:
+    """Every read model of the service, in the order they are applied."""
+    return [AccountsProjection(), PersonasProjection(), ThreadsProjection(), RunsProjection()]

@@ -1,0 +1,45 @@
+"""Persona versions as recorded in the log (stream ``persona-<key>``)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import msgspec
+
+from eventstore import RecordedEvent
+from projections.base import Handler, TableProjection
+from runs.events import DomainEvent, PersonaRecorded
+
+__all__ = ["PersonasProjection"]
+
+
+class PersonasProjection(TableProjection):
+    name = "personas"
+    tables: tuple[str, ...] = ("personas",)
+    ddl = """
+    CREATE TABLE IF NOT EXISTS personas (
+        persona_id     TEXT PRIMARY KEY,
+        key            TEXT NOT NULL,
+        version        INTEGER NOT NULL,
+        content_sha256 TEXT NOT NULL,
+        definition     TEXT NOT NULL,
+        recorded_at    TEXT NOT NULL
+    )
+    """
+
+    def handlers(self) -> dict[type[DomainEvent], Handler]:
+        return {PersonaRecorded: self._recorded}
+
+    @staticmethod
+    def _recorded(conn: sqlite3.Connection, e: PersonaRecorded, r: RecordedEvent) -> None:
+        conn.execute(
+            "INSERT INTO personas VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                e.persona_id,
+                e.key,
+                e.version,
+                e.content_sha256,
+                msgspec.json.encode(e.definition).decode(),
+                r.created_at,
+            ),
+        )

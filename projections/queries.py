@@ -1,0 +1,202 @@
+"""Read queries over the projections. Every REST read goes through here (DESIGN.md §1).
+
+Every query that returns an org's resource takes the caller's ``org_id``: a resource of another
+org is simply not found.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eventstore import SQLiteEventStore
+from projections.runs import RUN_COLUMNS
+
+__all__ = ["Queries"]
+
+_RUN_SELECT = (
+    ", ".join(f"r.{c}" for c in RUN_COLUMNS)
+    + ", u.name AS created_by_user_name, u.email AS created_by_email"
+    " FROM runs r LEFT JOIN users u ON u.user_id = r.created_by_user_id"
+)
+_RUN_KEYS = (*RUN_COLUMNS, "created_by_user_name", "created_by_email")
+_THREAD_KEYS = (
+    "id",
+    "org_id",
+    "created_by_user_id",
+    "title",
+    "created_at",
+    "active_run_id",
+    "version",
+)
+_MESSAGE_KEYS = (
+    "id",
+    "org_id",
+    "thread_id",
+    "created_by_user_id",
+    "role",
+    "content",
+    "created_at",
+    "run_id",
+    "position",
+)
+
+
+def _row(keys: tuple[str, ...], row: tuple[Any, ...] | None) -> dict[str, Any] | None:
+    return None if row is None else dict(zip(keys, row, strict=True))
+
+
+class Queries:
+    def __init__(self, store: SQLiteEventStore) -> None:
+        self.store = store
+
+    # -- accounts ---------------------------------------------------------------------------
+
+    async def api_key_by_hash(self, key_sha256: str) -> dict[str, Any] | None:
+        row = await self.store.fetch_one(
+            "SELECT k.key_id, k.org_id, k.user_id, k.key_sha256, k.revoked_at, u.deleted_at"
+            " FROM api_keys k JOIN users u ON u.user_id = k.user_id WHERE k.key_sha256 = ?",
+            (key_sha256,),
+        )
+        return _row(
+            ("key_id", "org_id", "user_id", "key_sha256", "revoked_at", "user_deleted_at"), row
+        )
+
+    async def user(self, user_id: str) -> dict[str, Any] | None:
+        row = await self.store.fetch_one(
+            "SELECT user_id, org_id, name, email, password_hash, deleted_at FROM users"
+            " WHERE user_id = ?",
+            (user_id,),
+        )
+        return _row(("user_id", "org_id", "name", "email", "password_hash", "deleted_at"), row)
+
+    async def user_by_login(self, login: str) -> dict[str, Any] | None:
+        """A live user whose name or email is ``login`` (names and emails are unique)."""
+        row = await self.store.fetch_one(
+            "SELECT user_id, org_id, name, email, password_hash, deleted_at FROM users"
+            " WHERE (name = ? OR email = ?) AND deleted_at IS NULL ORDER BY user_id LIMIT 1",
+            (login, login),
+        )
+        return _row(("user_id", "org_id", "name", "email", "password_hash", "deleted_at"), row)
+
+    async def org(self, org_id: str) -> dict[str, Any] | None:
+        row = await self.store.fetch_one(
+            "SELECT org_id, name, created_at FROM orgs WHERE org_id = ?", (org_id,)
+        )
+        return _row(("org_id", "name", "created_at"), row)
+
+    async def org_count(self) -> int:
+        row = await self.store.fetch_one("SELECT count(*) FROM orgs")
+        return int(row[0]) if row else 0
+
+    async def api_keys(self, org_id: str | None = None) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT k.key_id, k.org_id, k.user_id, u.name, k.created_at, k.revoked_at"
+            " FROM api_keys k JOIN users u ON u.user_id = k.user_id"
+        )
+        params: tuple[Any, ...] = ()
+        if org_id is not None:
+            sql += " WHERE k.org_id = ?"
+            params = (org_id,)
+        rows = await self.store.fetch_all(sql + " ORDER BY k.key_id", params)
+        keys = ("key_id", "org_id", "user_id", "user_name", "created_at", "revoked_at")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    async def name_or_email_taken(self, name: str, email: str) -> bool:
+        row = await self.store.fetch_one(
+            "SELECT 1 FROM users WHERE (name = ? OR email = ? OR name = ? OR email = ?)"
+            " AND deleted_at IS NULL LIMIT 1",
+            (name, email, email, name),
+        )
+        return row is not None
+
+    # -- threads and messages ---------------------------------------------------------------
+
+    async def thread(self, org_id: str, thread_id: str) -> dict[str, Any] | None:
+        row = await self.store.fetch_one(
+            "SELECT thread_id, org_id, created_by_user_id, title, created_at, active_run_id,"
+            " version FROM threads WHERE thread_id = ? AND org_id = ?",
+            (thread_id, org_id),
+        )
+        return _row(_THREAD_KEYS, row)
+
+    async def threads(self, org_id: str, limit: int, before: str | None) -> list[dict[str, Any]]:
+        rows = await self.store.fetch_all(
+            "SELECT thread_id, org_id, created_by_user_id, title, created_at, active_run_id,"
+            " version FROM threads WHERE org_id = ? AND thread_id < ?"
+            " ORDER BY thread_id DESC LIMIT ?",
+            (org_id, before or "\uffff", limit),
+        )
+        return [dict(zip(_THREAD_KEYS, r, strict=True)) for r in rows]
+
+    async def messages(
+        self, thread_id: str, limit: int, before_position: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The first ``limit`` messages of a thread, oldest first."""
+        rows = await self.store.fetch_all(
+            "SELECT message_id, org_id, thread_id, created_by_user_id, role, content, created_at,"
+            " run_id, position FROM messages WHERE thread_id = ? AND position < ?"
+            " ORDER BY position LIMIT ?",
+            (thread_id, before_position if before_position is not None else 2**62, limit),
+        )
+        return [dict(zip(_MESSAGE_KEYS, r, strict=True)) for r in rows]
+
+    async def message(self, message_id: str) -> dict[str, Any] | None:
+        row = await self.store.fetch_one(
+            "SELECT message_id, org_id, thread_id, created_by_user_id, role, content, created_at,"
+            " run_id, position FROM messages WHERE message_id = ?",
+            (message_id,),
+        )
+        return _row(_MESSAGE_KEYS, row)
+
+    # -- runs -------------------------------------------------------------------------------
+
+    async def run(self, org_id: str, run_id: str) -> dict[str, Any] | None:
+        row = await self.store.fetch_one(
+            f"SELECT {_RUN_SELECT} WHERE r.run_id = ? AND r.org_id = ?", (run_id, org_id)
+        )
+        return _row(_RUN_KEYS, row)
+
+    async def runs(
+        self, org_id: str, limit: int, before: str | None, status: str | None
+    ) -> list[dict[str, Any]]:
+        sql = f"SELECT {_RUN_SELECT} WHERE r.org_id = ? AND r.run_id < ?"
+        params: list[Any] = [org_id, before or "\uffff"]
+        if status is not None:
+            sql += " AND r.status = ?"
+            params.append(status)
+        rows = await self.store.fetch_all(sql + " ORDER BY r.run_id DESC LIMIT ?", (*params, limit))
+        return [dict(zip(_RUN_KEYS, r, strict=True)) for r in rows]
+
+    async def thread_runs(self, thread_id: str, limit: int) -> list[dict[str, Any]]:
+        rows = await self.store.fetch_all(
+            "SELECT run_id, status, created_at FROM runs WHERE thread_id = ?"
+            " ORDER BY run_id DESC LIMIT ?",
+            (thread_id, limit),
+        )
+        return [dict(zip(("run_id", "status", "created_at"), r, strict=True)) for r in rows]
+
+    async def live_run_count(self, org_id: str) -> int:
+        row = await self.store.fetch_one(
+            "SELECT count(*) FROM runs WHERE org_id = ? AND status IN"
+            " ('running', 'waiting_for_input')",
+            (org_id,),
+        )
+        return int(row[0]) if row else 0
+
+    async def runs_with_status(self, status: str) -> list[str]:
+        rows = await self.store.fetch_all(
+            "SELECT run_id FROM runs WHERE status = ? ORDER BY run_id", (status,)
+        )
+        return [r[0] for r in rows]
+
+    async def persona_hashes(self) -> dict[str, str]:
+        rows = await self.store.fetch_all("SELECT persona_id, content_sha256 FROM personas")
+        return {r[0]: r[1] for r in rows}
+
+    async def ready(self) -> bool:
+        """Whether every projection has applied the whole log."""
+        row = await self.store.fetch_one(
+            "SELECT (SELECT coalesce(max(position), 0) FROM events),"
+            " (SELECT coalesce(min(position), 0) FROM projection_checkpoints)"
+        )
+        return row is not None and row[0] == row[1]

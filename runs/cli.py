@@ -1,0 +1,212 @@
+"""The ``runlog`` command line: serve (the default), admin, verify.
+
+Every command that changes something appends events through the event store, so it is safe
+to run while the server runs on the same file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from eventstore import SQLiteEventStore
+from eventstore.schema import connect
+from eventstore.verify import verify_connection
+from projections import all_projections
+from runs.config import Config, load_config
+from runs.errors import RunsError
+from runs.logs import configure_logging
+from runs.service import Accounts
+
+__all__ = ["build_parser", "main"]
+
+COMMANDS = ("serve", "admin", "verify")
+ADMIN_COMMANDS = ("create-org", "create-user", "create-key", "list-keys", "revoke-key")
+
+
+def _db_default() -> str:
+    return os.environ.get("RUNLOG_DB", "./runlog.db")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runlog", description="AI agent runs on an append-only, hash-chained event log."
+    )
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="run the HTTP service (the default command)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8001)")
+    serve.add_argument("--db", help="SQLite log file (default ./runlog.db)")
+    serve.add_argument("--config", help="TOML config file (or RUNLOG_CONFIG)")
+
+    admin = sub.add_parser("admin", help="manage orgs, users and API keys")
+    admin.add_argument("--db", default=None, help="SQLite log file (default ./runlog.db)")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    org = admin_sub.add_parser("create-org", help="create an org; prints its id")
+    org.add_argument("--name", required=True)
+    user = admin_sub.add_parser("create-user", help="create a user; prints its id")
+    user.add_argument("--org", required=True, help="org id")
+    user.add_argument("--name", required=True)
+    user.add_argument("--email", required=True)
+    user.add_argument("--password", help="lets the user log in with POST /v1/auth/login")
+    key = admin_sub.add_parser("create-key", help="create an API key; prints it (only time)")
+    key.add_argument("--user", required=True, help="user id")
+    keys = admin_sub.add_parser("list-keys", help="list API keys (never the keys themselves)")
+    keys.add_argument("--org", help="only this org's keys")
+    revoke = admin_sub.add_parser("revoke-key", help="revoke an API key by its id")
+    revoke.add_argument("key_id")
+
+    verify = sub.add_parser("verify", help="check the log's hash chain, positions and seqs")
+    verify.add_argument("--db", default=None, help="SQLite log file (default ./runlog.db)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["serve", *argv]
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        if args.command == "admin":
+            return _run(admin(args))
+        if args.command == "verify":
+            return verify(args)
+    except RunsError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    build_parser().print_help()
+    return 2
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    return asyncio.run(coro)
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+
+def serve(args: argparse.Namespace) -> int:
+    config = load_config(
+        args.config, overrides={"host": args.host, "port": args.port, "db": args.db}
+    )
+    configure_logging()
+    return _run(_serve(config))
+
+
+async def _serve(config: Config, ready: Callable[[web.AppRunner], None] | None = None) -> int:
+    from server import RUNTIME, create_app
+
+    app = create_app(config)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=config.shutdown_timeout_seconds,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    runtime = app[RUNTIME]
+    url = f"http://{config.host}:{config.port}"
+    print(f"runlog listening on {url} (log: {config.db})", flush=True)
+    if runtime.bootstrap_key:
+        print(
+            "First start: created org 'default' and user 'admin'.\n"
+            f"API key: {runtime.bootstrap_key}\n"
+            "It is shown only once. Try:\n"
+            f"  curl -s -X POST {url}/v1/threads -H 'Authorization: Bearer"
+            f" {runtime.bootstrap_key}' -H 'Content-Type: application/json'"
+            ' -d \'{"title": "hello"}\'',
+            flush=True,
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("runlog: shutting down", flush=True)
+    await runner.cleanup()
+    return 0
+
+
+# -- admin ------------------------------------------------------------------------------------
+
+
+async def admin(args: argparse.Namespace) -> int:
+    store = await SQLiteEventStore.open(args.db or _db_default(), all_projections())
+    try:
+        accounts = Accounts(store)
+        command = args.admin_command
+        if command == "create-org":
+            print(await accounts.create_org(args.name))
+        elif command == "create-user":
+            print(await accounts.create_user(args.org, args.name, args.email, args.password))
+        elif command == "create-key":
+            key_id, key = await accounts.create_key(args.user)
+            print(key)
+            print(f"(key id {key_id}; the key is shown only this once)", file=sys.stderr)
+        elif command == "list-keys":
+            for row in await accounts.queries.api_keys(args.org):
+                status = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+                print(
+                    f"{row['key_id']}  org={row['org_id']}  user={row['user_name']}"
+                    f"  created={row['created_at']}  {status}"
+                )
+        elif command == "revoke-key":
+            changed = await accounts.revoke_key(args.key_id)
+            print("revoked" if changed else "already revoked")
+    finally:
+        await store.close()
+    return 0
+
+
+# -- audit ------------------------------------------------------------------------------------
+
+
+def _progress(label: str) -> Callable[[int], None] | None:
+    if not sys.stderr.isatty():
+        return None
+
+    def show(count: int) -> None:
+        print(f"\r{label}: {count:,} events", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+def verify(args: argparse.Namespace) -> int:
+    path = args.db or _db_default()
+    if not os.path.exists(path):
+        print(f"error: no log at {path}", file=sys.stderr)
+        return 2
+    try:
+        conn = connect(path)
+        try:
+            report = verify_connection(conn, _progress("verifying"))
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        print(f"error: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    if report.ok:
+        print(
+            f"ok: {report.events} events in {report.streams} streams,"
+            f" positions 1..{report.head_position} gapless,"
+            f" hash chain intact (head {report.head_hash})"
+        )
+        return 0
+    print(f"FAILED at position {report.first_bad_position}: {report.problem}")
+    print(f"the first {report.events} events verify (up to position {report.head_position})")
+    return 1

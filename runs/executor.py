@@ -1,0 +1,433 @@
+"""The agent loop of one run (DESIGN.md §4): model call → deltas → tools → next call.
+
+The executor is the only writer of its run's stream while it lives. Every step starts from
+the log: the state is the fold of the run's events and the conversation is rebuilt from them,
+so a run continues after input or after a restart without repeating completed work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from eventstore import AppendRequest, ConcurrencyError, SQLiteEventStore
+from runs.config import Route
+from runs.events import (
+    DomainEvent,
+    MessageAdded,
+    MessageDelta,
+    RunCompleted,
+    RunFailed,
+    RunResumed,
+    RunRetried,
+    RunUsage,
+    RunWaitingForInput,
+    ToolCalled,
+    ToolResult,
+    encode_event,
+    run_stream,
+    thread_stream,
+)
+from runs.ids import new_id
+from runs.personas import Persona
+from runs.providers.base import (
+    ModelRequest,
+    Provider,
+    ProviderError,
+    Stop,
+    TextDelta,
+    ToolUse,
+    Usage,
+)
+from runs.run import RunState, decide_cancel, evolve, fold_recorded
+from runs.tools import ASK_USER, ToolError, ToolRegistry
+from runs.transcript import Transcript, build_transcript
+
+__all__ = ["RunExecutor", "read_run"]
+
+log = structlog.get_logger("runlog.run")
+
+_END = object()
+
+
+async def read_run(store: SQLiteEventStore, run_id: str) -> list[Any]:
+    """Every recorded event of a run, in seq order."""
+    events: list[Any] = []
+    while True:
+        batch = await store.read_stream(run_stream(run_id), len(events), 1000)
+        events.extend(batch)
+        if len(batch) < 1000:
+            return events
+
+
+class _Stopped(Exception):
+    """The run reached a terminal state or now waits for input: the task ends."""
+
+
+class RunExecutor:
+    def __init__(
+        self,
+        *,
+        store: SQLiteEventStore,
+        run_id: str,
+        route: Route,
+        persona: Persona,
+        provider: Provider,
+        tools: ToolRegistry,
+        coalesce_s: float,
+        resumed: bool = False,
+    ) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.stream = run_stream(run_id)
+        self.route = route
+        self.persona = persona
+        self.provider = provider
+        self.tools = tools
+        self.coalesce_s = coalesce_s
+        self.resumed = resumed
+        self.state: RunState | None = None
+        self.call_usage: Usage | None = None  # usage of the call in flight, as reported
+        self.call_number = 0
+        self._fresh_tool_calls: set[str] = set()
+
+    # -- appends ----------------------------------------------------------------------------
+
+    async def append(self, *events: DomainEvent, thread: Sequence[DomainEvent] = ()) -> None:
+        """Append to the run (and atomically to its thread), checking each transition first."""
+        state = self.state
+        assert state is not None
+        checked = state
+        for event in events:  # raises InvalidTransition before anything is written
+            checked = evolve(checked, event, checked.seq + 1, "")
+        requests = [AppendRequest(self.stream, [encode_event(e) for e in events], state.seq)]
+        if thread:
+            requests.append(
+                AppendRequest(
+                    thread_stream(state.thread_id), [encode_event(e) for e in thread], None
+                )
+            )
+        # Shielded: if the task is cancelled meanwhile the append still completes, and the
+        # cancel handler re-reads the log rather than trusting our local state.
+        recorded = await asyncio.shield(self.store.append_many(requests))
+        self.state = fold_recorded([r for r in recorded if r.stream == self.stream], self.state)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def execute(self, history: list[dict[str, Any]]) -> None:
+        """Run until the run is terminal or waits for input. ``history`` is the thread's
+        conversation before the run started."""
+        events = await read_run(self.store, self.run_id)
+        self.state = fold_recorded(events)
+        if self.state is None or self.state.terminal or self.state.status != "running":
+            return
+        transcript = build_transcript(events)
+        self.call_number = transcript.last_call
+        if self.resumed:
+            await self.append(RunResumed(from_seq=self.state.seq))
+        try:
+            while True:
+                await self._resolve_tool_calls(transcript)
+                transcript = build_transcript(await read_run(self.store, self.run_id))
+                if transcript.completed_calls >= self.persona.max_iterations:
+                    await self.append(
+                        RunFailed(
+                            error_class="budget.max_iterations",
+                            message=f"the run reached max_iterations"
+                            f" ({self.persona.max_iterations}) of persona"
+                            f" {self.persona.persona_id}",
+                        )
+                    )
+                    return
+                finished = await self._model_call(transcript, history)
+                transcript = build_transcript(await read_run(self.store, self.run_id))
+                if finished:
+                    await self.append(
+                        RunCompleted(message_id=(message_id := new_id())),
+                        thread=[
+                            MessageAdded(
+                                message_id=message_id,
+                                thread_id=self.state.thread_id,
+                                org_id=self.state.org_id,
+                                role="assistant",
+                                content=transcript.text,
+                                run_id=self.run_id,
+                            )
+                        ],
+                    )
+                    return
+        except _Stopped:
+            return
+
+    async def _fail(self, error_class: str, message: str) -> None:
+        await self.append(RunFailed(error_class=error_class, message=message))
+        raise _Stopped
+
+    # -- model calls ------------------------------------------------------------------------
+
+    async def _model_call(self, transcript: Transcript, history: list[dict[str, Any]]) -> bool:
+        """One model call with retries. Returns True when the model ended its turn."""
+        assert self.state is not None
+        unfinished = transcript.unfinished_call()
+        self.call_number = transcript.last_call + 1
+        if unfinished is not None:
+            # Output of an interrupted call streamed before a crash: say it is replaced.
+            await self.append(
+                RunRetried(
+                    call=self.call_number,
+                    discarded_call=unfinished.call,
+                    attempt=1,
+                    reason="interrupted by a restart",
+                )
+            )
+        request = ModelRequest(
+            model=self.route.model,
+            system=self.persona.system_prompt,
+            messages=transcript.messages(history),
+            tools=[t.spec() for t in self.tools.visible(self.persona.tools)],
+            max_tokens=self.persona.max_output_tokens,
+            temperature=self.persona.temperature,
+        )
+        attempt = 1
+        while True:
+            try:
+                tool_uses, stop = await self._stream_call(request)
+                break
+            except ProviderError as exc:
+                if not exc.retryable or attempt >= self.route.max_attempts:
+                    await self._fail(exc.error_class, exc.message)
+                delay = self.route.retry_base_delay_s * (2 ** (attempt - 1))
+                attempt += 1
+                discarded = self.call_number
+                self.call_number += 1
+                await self.append(
+                    RunRetried(
+                        call=self.call_number,
+                        discarded_call=discarded,
+                        attempt=attempt,
+                        reason=f"{exc.error_class}: {exc.message}"[:500],
+                        delay_ms=round(delay * 1000),
+                    )
+                )
+                await asyncio.sleep(delay)
+        await self._record_usage()
+        if tool_uses:
+            calls = [
+                ToolCalled(
+                    tool_call_id=use.id, name=use.name, arguments=use.input, call=self.call_number
+                )
+                for use in tool_uses
+            ]
+            self._fresh_tool_calls.update(c.tool_call_id for c in calls)
+            await self.append(*calls)
+            return False
+        if stop.reason == "max_tokens":
+            log.info("run.max_tokens", run_id=self.run_id)
+        return True
+
+    async def _record_usage(self) -> None:
+        assert self.state is not None
+        usage = self.call_usage or Usage()
+        self.call_usage = None
+        cost = self.route.cost_usd(
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_write_tokens,
+            usage.cache_read_tokens,
+        )
+        await self.append(
+            RunUsage(
+                model=self.route.model,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cost_usd=cost,
+                call=self.call_number,
+            )
+        )
+        limit = self.persona.max_cost_usd
+        if limit is not None and self.state.total_cost_usd > limit:
+            await self._fail(
+                "budget.cost_exceeded",
+                f"the run cost {self.state.total_cost_usd:.6f} USD, over the persona's"
+                f" max_cost_usd of {limit}",
+            )
+
+    async def _stream_call(self, request: ModelRequest) -> tuple[list[ToolUse], Stop]:
+        """Stream one attempt, appending coalesced deltas. The provider runs in its own task
+        feeding a queue, so the coalescing timer never interrupts the provider's stream."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def produce() -> None:
+            try:
+                async for item in self.provider.stream(request):
+                    queue.put_nowait(item)
+                queue.put_nowait(_END)
+            except BaseException as exc:
+                queue.put_nowait(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+
+        producer = asyncio.create_task(produce(), name=f"provider-{self.run_id}")
+        tool_uses: list[ToolUse] = []
+        stop = Stop("end_turn")
+        buffer: list[str] = []
+        next_flush = 0.0
+        self.call_usage = None
+        try:
+            while True:
+                timeout = max(0.0, next_flush - time.monotonic()) if buffer else None
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout)
+                except TimeoutError:
+                    item = None
+                if isinstance(item, TextDelta):
+                    buffer.append(item.text)
+                elif isinstance(item, ToolUse):
+                    tool_uses.append(item)
+                elif isinstance(item, Usage):
+                    self.call_usage = _merge_usage(self.call_usage, item)
+                elif isinstance(item, Stop):
+                    stop = item
+                elif isinstance(item, BaseException):
+                    await self._flush(buffer)
+                    raise item
+                now = time.monotonic()
+                if buffer and (item is None or item is _END or now >= next_flush):
+                    await self._flush(buffer)
+                    next_flush = time.monotonic() + self.coalesce_s
+                if item is _END:
+                    return tool_uses, stop
+        finally:
+            if not producer.done():
+                producer.cancel()  # aborts the provider's HTTP request
+                await asyncio.gather(producer, return_exceptions=True)
+
+    async def _flush(self, buffer: list[str]) -> None:
+        if buffer:
+            text = "".join(buffer)
+            buffer.clear()
+            await self.append(MessageDelta(content=text, call=self.call_number))
+
+    # -- tools ------------------------------------------------------------------------------
+
+    async def _resolve_tool_calls(self, transcript: Transcript) -> None:
+        """Give every pending tool call a result, or stop to wait for the user's input."""
+        for call in transcript.pending_tool_calls():
+            needs_input = call.name == ASK_USER or call.name in self.persona.confirm_tools
+            if needs_input and call.tool_call_id not in transcript.inputs:
+                if call.tool_call_id not in transcript.waiting_for:
+                    await self._ask(call)
+                raise _Stopped
+            await self.append(await self._tool_result(call, transcript))
+
+    async def _ask(self, call: ToolCalled) -> None:
+        if call.name == ASK_USER:
+            question = call.arguments.get("question")
+            event = RunWaitingForInput(
+                request_id=new_id(),
+                kind="question",
+                prompt=question if isinstance(question, str) else json.dumps(call.arguments),
+                tool_call_id=call.tool_call_id,
+                tool_name=call.name,
+            )
+        else:
+            event = RunWaitingForInput(
+                request_id=new_id(),
+                kind="confirmation",
+                prompt=f"Allow the tool {call.name!r} to run with these arguments?"
+                " Answer 'approve' or 'deny'.",
+                tool_call_id=call.tool_call_id,
+                tool_name=call.name,
+                arguments=call.arguments,
+            )
+        await self.append(event)
+
+    async def _tool_result(self, call: ToolCalled, transcript: Transcript) -> ToolResult:
+        answer = transcript.inputs.get(call.tool_call_id)
+
+        def result(output: str, is_error: bool = False) -> ToolResult:
+            return ToolResult(
+                tool_call_id=call.tool_call_id, name=call.name, output=output, is_error=is_error
+            )
+
+        if call.name == ASK_USER:
+            return result(answer or "")
+        if answer == "deny":
+            return result("the user denied this tool call", is_error=True)
+        tool = self.tools.get(call.name)
+        if tool is None or tool.run is None or call.name not in self.persona.tools:
+            return result(f"unknown tool {call.name!r}", is_error=True)
+        if call.tool_call_id not in self._fresh_tool_calls and not tool.safe_to_repeat:
+            # The call was made before a restart and may have run: never repeat it silently.
+            return result(
+                "the tool call was interrupted by a service restart and may or may not have"
+                " taken effect; it was not repeated",
+                is_error=True,
+            )
+        try:
+            output = await asyncio.wait_for(tool.run(dict(call.arguments)), tool.timeout_s)
+        except TimeoutError:
+            return result(f"the tool timed out after {tool.timeout_s:g} s", is_error=True)
+        except ToolError as exc:
+            return result(str(exc), is_error=True)
+        except Exception as exc:
+            log.warning("tool.crashed", run_id=self.run_id, tool=call.name, error=repr(exc))
+            return result(f"the tool failed: {type(exc).__name__}", is_error=True)
+        return result(output)
+
+    # -- cancellation -----------------------------------------------------------------------
+
+    async def record_cancel(self, user_id: str | None) -> None:
+        """Append the cancellation (with the usage known so far) from a fresh read of the log."""
+        for _ in range(5):
+            events = await read_run(self.store, self.run_id)
+            state = fold_recorded(events)
+            if state is None:
+                return
+            decided = decide_cancel(state, user_id)
+            if not decided:
+                return
+            usage = self.call_usage
+            if usage is not None and (usage.input_tokens or usage.output_tokens):
+                decided = [
+                    RunUsage(
+                        model=self.route.model,
+                        input_tokens=usage.input_tokens,
+                        output_tokens=usage.output_tokens,
+                        cache_write_tokens=usage.cache_write_tokens,
+                        cache_read_tokens=usage.cache_read_tokens,
+                        cost_usd=self.route.cost_usd(
+                            usage.input_tokens,
+                            usage.output_tokens,
+                            usage.cache_write_tokens,
+                            usage.cache_read_tokens,
+                        ),
+                        call=max(self.call_number, 1),
+                    ),
+                    *decided,
+                ]
+            try:
+                await self.store.append(self.stream, [encode_event(e) for e in decided], state.seq)
+                self.call_usage = None
+                return
+            except ConcurrencyError:
+                continue
+
+
+def _merge_usage(known: Usage | None, new: Usage) -> Usage:
+    """Providers report usage cumulatively (input at the start, output at the end)."""
+    if known is None:
+        return new
+    return Usage(
+        input_tokens=max(known.input_tokens, new.input_tokens),
+        output_tokens=max(known.output_tokens, new.output_tokens),
+        cache_write_tokens=max(known.cache_write_tokens, new.cache_write_tokens),
+        cache_read_tokens=max(known.cache_read_tokens, new.cache_read_tokens),
+    )

@@ -1,0 +1,153 @@
+"""Request and response bodies of the HTTP API, as msgspec types.
+
+The handlers decode and encode with these, and the OpenAPI document is generated from them,
+so the contract cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+__all__ = [
+    "MAX_INPUT_BYTES",
+    "CreateMessage",
+    "CreateRun",
+    "CreateThread",
+    "Error",
+    "Login",
+    "LoginResult",
+    "Message",
+    "Ok",
+    "Run",
+    "RunCreated",
+    "RunDetail",
+    "SseFrame",
+    "SubmitInput",
+    "Thread",
+    "ThreadRun",
+]
+
+#: ``POST /v1/runs/{id}/input`` accepts at most 32 KB of UTF-8 (the spec's "maximum 32KB").
+MAX_INPUT_BYTES = 32 * 1024
+MAX_MESSAGE_CHARS = 256 * 1024
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Request bodies refuse unknown fields: a typo is an error, not a silent default."""
+
+
+class CreateThread(Request):
+    title: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+class CreateMessage(Request):
+    content: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_MESSAGE_CHARS)]
+
+
+class CreateRun(Request):
+    route_id: Id | None = None
+    persona_id: Id | None = None
+
+
+class SubmitInput(Request):
+    content: str
+
+
+class Login(Request):
+    login: Annotated[str, msgspec.Meta(min_length=1, max_length=320)]
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+
+
+class Error(msgspec.Struct):
+    code: str
+    message: str
+    details: dict[str, Any]
+    trace_id: str
+
+
+class Ok(msgspec.Struct):
+    ok: bool = True
+
+
+class LoginResult(msgspec.Struct):
+    access_token: str
+    expires_in: int
+    token_type: str = "bearer"  # noqa: S105 - the scheme name
+
+
+class Thread(msgspec.Struct):
+    id: str
+    org_id: str
+    created_by_user_id: str
+    title: str | None
+    created_at: str
+    active_run_id: str | None
+
+
+class Message(msgspec.Struct):
+    id: str
+    org_id: str
+    thread_id: str
+    created_by_user_id: str | None
+    role: str
+    content: str
+    created_at: str
+    run_id: str | None = None
+
+
+class RunCreated(msgspec.Struct):
+    run_id: str
+    trace_id: str
+
+
+class ThreadRun(msgspec.Struct):
+    run_id: str
+    status: str
+    created_at: str
+
+
+class Run(msgspec.Struct):
+    """An item of ``GET /v1/runs``: every field of the spec's example, plus cancelled_at."""
+
+    run_id: str
+    org_id: str
+    thread_id: str
+    status: str
+    model: str
+    persona_id: str | None
+    total_input_tokens: int
+    total_output_tokens: int
+    total_cost_usd: float
+    duration_ms: int | None
+    cache_hit_rate: float | None
+    credits_used: int
+    created_at: str
+    completed_at: str | None
+    failed_at: str | None
+    cancelled_at: str | None
+    created_by_user_id: str
+    created_by_user_name: str | None
+    created_by_email: str | None
+
+
+class RunDetail(Run):
+    """``GET /v1/runs/{id}``: the spec's detail shape plus the list fields."""
+
+    trace_id: str
+    route_id: str
+    error_class: str | None = None
+    error_message: str | None = None
+    as_of_seq: int | None = None
+
+
+class SseFrame(msgspec.Struct):
+    """The JSON in each SSE ``data:`` line (exactly these four keys)."""
+
+    seq: int
+    type: str
+    data: msgspec.Raw
+    created_at: str

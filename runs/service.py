@@ -1,0 +1,235 @@
+"""Commands of the service: read, decide, append (guarded by ``expected_seq``), retry on
+conflict. The HTTP handlers and the admin CLI call these; nothing else writes the log."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+from eventstore import AppendRequest, ConcurrencyError, SQLiteEventStore
+from projections.queries import Queries
+from runs.auth import hash_password, key_sha256, new_api_key
+from runs.errors import Conflict, InvalidTransition, NotFound, RateLimited
+from runs.events import (
+    ApiKeyCreated,
+    ApiKeyRevoked,
+    MessageAdded,
+    OrgCreated,
+    RunStarted,
+    ThreadCreated,
+    ThreadRunStarted,
+    UserCreated,
+    encode_event,
+    org_stream,
+    run_stream,
+    thread_stream,
+)
+from runs.executor import read_run
+from runs.ids import new_id
+from runs.personas import PersonaRegistry
+from runs.routes import RouteTable
+from runs.run import TERMINAL_STATUSES, decide_input, fold_recorded
+from runs.supervisor import Supervisor
+
+__all__ = ["Accounts", "Principal", "RunService"]
+
+_CONFLICT_RETRIES = 20
+
+
+class Principal:
+    """Who is calling: a user of an org (through an API key or an access token)."""
+
+    __slots__ = ("org_id", "user_id")
+
+    def __init__(self, user_id: str, org_id: str) -> None:
+        self.user_id = user_id
+        self.org_id = org_id
+
+
+class Accounts:
+    """Orgs, users and keys: used by the admin CLI and the first-start bootstrap."""
+
+    def __init__(self, store: SQLiteEventStore) -> None:
+        self.store = store
+        self.queries = Queries(store)
+
+    async def create_org(self, name: str) -> str:
+        org_id = new_id()
+        event = OrgCreated(org_id=org_id, name=name)
+        await self.store.append(org_stream(org_id), [encode_event(event)], 0)
+        return org_id
+
+    async def create_user(
+        self, org_id: str, name: str, email: str, password: str | None = None
+    ) -> str:
+        if await self.queries.org(org_id) is None:
+            raise NotFound(f"org {org_id} does not exist")
+        if await self.queries.name_or_email_taken(name, email):
+            raise Conflict(
+                "a user with that name or email already exists", code="validation.user_exists"
+            )
+        user_id = new_id()
+        password_hash = await asyncio.to_thread(hash_password, password) if password else None
+        event = UserCreated(
+            user_id=user_id, org_id=org_id, name=name, email=email, password_hash=password_hash
+        )
+        await self.store.append(org_stream(org_id), [encode_event(event)])
+        return user_id
+
+    async def create_key(self, user_id: str, key: str | None = None) -> tuple[str, str]:
+        """A new API key for the user: ``(key_id, key)``. The key is never stored."""
+        user = await self.queries.user(user_id)
+        if user is None or user["deleted_at"] is not None:
+            raise NotFound(f"user {user_id} does not exist")
+        key = key or new_api_key()
+        key_id = new_id()
+        event = ApiKeyCreated(
+            key_id=key_id, org_id=user["org_id"], user_id=user_id, key_sha256=key_sha256(key)
+        )
+        await self.store.append(org_stream(user["org_id"]), [encode_event(event)])
+        return key_id, key
+
+    async def revoke_key(self, key_id: str) -> bool:
+        """Revoke a key; False when there is no such live key."""
+        keys = {k["key_id"]: k for k in await self.queries.api_keys()}
+        key = keys.get(key_id)
+        if key is None:
+            raise NotFound(f"API key {key_id} does not exist")
+        if key["revoked_at"] is not None:
+            return False
+        event = ApiKeyRevoked(key_id=key_id)
+        await self.store.append(org_stream(key["org_id"]), [encode_event(event)])
+        return True
+
+
+class RunService:
+    def __init__(
+        self,
+        *,
+        store: SQLiteEventStore,
+        queries: Queries,
+        supervisor: Supervisor,
+        routes: RouteTable,
+        personas: PersonaRegistry,
+        max_live_runs_per_org: int,
+    ) -> None:
+        self.store = store
+        self.queries = queries
+        self.supervisor = supervisor
+        self.routes = routes
+        self.personas = personas
+        self.max_live_runs_per_org = max_live_runs_per_org
+        # Run creation in one org is serialised so the live-run limit is exact; the thread's
+        # seq guard (expected_seq) is what makes "one live run per thread" hold even so.
+        self._org_locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(
+            asyncio.Lock
+        )
+
+    async def create_thread(self, who: Principal, title: str | None) -> str:
+        thread_id = new_id()
+        event = ThreadCreated(
+            thread_id=thread_id, org_id=who.org_id, created_by_user_id=who.user_id, title=title
+        )
+        await self.store.append(thread_stream(thread_id), [encode_event(event)], 0)
+        return thread_id
+
+    async def add_message(self, who: Principal, thread_id: str, content: str) -> str:
+        if await self.queries.thread(who.org_id, thread_id) is None:
+            raise NotFound("thread not found")
+        message_id = new_id()
+        event = MessageAdded(
+            message_id=message_id,
+            thread_id=thread_id,
+            org_id=who.org_id,
+            role="user",
+            content=content,
+            created_by_user_id=who.user_id,
+        )
+        await self.store.append(thread_stream(thread_id), [encode_event(event)])
+        return message_id
+
+    async def create_run(
+        self,
+        who: Principal,
+        thread_id: str,
+        route_id: str | None,
+        persona_id: str | None,
+        trace_id: str,
+    ) -> str:
+        if await self.queries.thread(who.org_id, thread_id) is None:
+            raise NotFound("thread not found")
+        route = self.routes.resolve(route_id)
+        persona = self.personas.resolve(persona_id)
+        run_id = new_id()
+        started = RunStarted(
+            run_id=run_id,
+            thread_id=thread_id,
+            org_id=who.org_id,
+            created_by_user_id=who.user_id,
+            trace_id=trace_id,
+            route_id=route.id,
+            provider=route.provider,
+            model=route.model,
+            persona_id=persona.persona_id,
+            credits_multiplier=route.credits_multiplier,
+        )
+        async with self._org_locks[who.org_id]:
+            for _ in range(_CONFLICT_RETRIES):
+                thread = await self.queries.thread(who.org_id, thread_id)
+                assert thread is not None
+                active = thread["active_run_id"]
+                if active is not None:
+                    run = await self.queries.run(who.org_id, active)
+                    if run is not None and run["status"] not in TERMINAL_STATUSES:
+                        raise Conflict(
+                            "the thread already has a run that has not finished",
+                            code="runs.thread_busy",
+                            active_run_id=active,
+                        )
+                live = await self.queries.live_run_count(who.org_id)
+                if live >= self.max_live_runs_per_org:
+                    raise RateLimited(
+                        f"the org has {live} live runs; the limit is {self.max_live_runs_per_org}",
+                        code="runs.limit_exceeded",
+                        limit=self.max_live_runs_per_org,
+                    )
+                try:
+                    await self.store.append_many(
+                        [
+                            AppendRequest(
+                                thread_stream(thread_id),
+                                [encode_event(ThreadRunStarted(run_id=run_id))],
+                                thread["version"],
+                            ),
+                            AppendRequest(run_stream(run_id), [encode_event(started)], 0),
+                        ]
+                    )
+                    break
+                except ConcurrencyError:
+                    continue  # the thread moved on (a message, another run): look again
+            else:
+                raise Conflict("the thread is too busy, try again", code="runs.thread_busy")
+        self.supervisor.launch(run_id)
+        return run_id
+
+    async def cancel_run(self, who: Principal, run_id: str) -> None:
+        if await self.queries.run(who.org_id, run_id) is None:
+            raise NotFound("run not found")
+        await self.supervisor.cancel(run_id, who.user_id)
+
+    async def submit_input(self, who: Principal, run_id: str, content: str) -> None:
+        if await self.queries.run(who.org_id, run_id) is None:
+            raise NotFound("run not found")
+        state = fold_recorded(await read_run(self.store, run_id))
+        assert state is not None
+        decided = decide_input(state, content, who.user_id)
+        try:
+            await self.store.append(
+                run_stream(run_id), [encode_event(e) for e in decided], state.seq
+            )
+        except ConcurrencyError as exc:
+            # Another submission (or a cancel) got there first.
+            raise InvalidTransition(
+                "the run is no longer waiting for this input", code="runs.not_waiting_for_input"
+            ) from exc
+        self.supervisor.launch(run_id)

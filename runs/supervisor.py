@@ -1,0 +1,198 @@
+"""One asyncio task per live run (DESIGN.md §4): launch, cancel, resume, shut down.
+
+A run has a task only while it works. A run waiting for input has none (no task, no timer
+that could expire it): the input handler appends to its log and launches it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from eventstore import ConcurrencyError, SQLiteEventStore
+from projections.queries import Queries
+from runs.config import Route
+from runs.events import RunFailed, RunStarted, decode_event, encode_event, run_stream
+from runs.executor import RunExecutor, read_run
+from runs.personas import Persona, PersonaRegistry
+from runs.providers.base import Provider
+from runs.routes import RouteTable
+from runs.run import decide_cancel, fold_recorded
+from runs.tools import ToolRegistry
+
+__all__ = ["Supervisor"]
+
+log = structlog.get_logger("runlog.supervisor")
+
+ProviderFactory = Callable[[Route], Provider]
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        store: SQLiteEventStore,
+        queries: Queries,
+        routes: RouteTable,
+        personas: PersonaRegistry,
+        tools: ToolRegistry,
+        provider_for: ProviderFactory,
+        coalesce_s: float = 0.05,
+    ) -> None:
+        self.store = store
+        self.queries = queries
+        self.routes = routes
+        self.personas = personas
+        self.tools = tools
+        self.provider_for = provider_for
+        self.coalesce_s = coalesce_s
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._executors: dict[str, RunExecutor] = {}
+        self._cancelled_by: dict[str, str | None] = {}
+        self.accepting = True
+
+    # -- launching --------------------------------------------------------------------------
+
+    def launch(self, run_id: str, *, resumed: bool = False) -> None:
+        """Start (or continue) a run's task; a no-op if it already has one."""
+        if not self.accepting or run_id in self.tasks:
+            return
+        task = asyncio.create_task(self._run(run_id, resumed), name=f"run-{run_id}")
+        self.tasks[run_id] = task
+        task.add_done_callback(lambda _: self._forget(run_id, task))
+
+    def _forget(self, run_id: str, task: asyncio.Task[None]) -> None:
+        if self.tasks.get(run_id) is task:
+            del self.tasks[run_id]
+            self._executors.pop(run_id, None)
+            self._cancelled_by.pop(run_id, None)
+
+    async def resume_all(self) -> list[str]:
+        """Continue every run the log says is running (after a restart or a crash)."""
+        run_ids = await self.queries.runs_with_status("running")
+        for run_id in run_ids:
+            self.launch(run_id, resumed=True)
+        if run_ids:
+            log.info("runs.resumed", count=len(run_ids))
+        return run_ids
+
+    async def _run(self, run_id: str, resumed: bool) -> None:
+        structlog.contextvars.bind_contextvars(run_id=run_id)
+        for _attempt in range(3):
+            try:
+                executor = await self._executor(run_id, resumed)
+                if executor is None:
+                    return
+                self._executors[run_id] = executor
+                history = await self._history(run_id)
+                await executor.execute(history)
+                log.info("run.step_done", status=executor.state and executor.state.status)
+                return
+            except asyncio.CancelledError:
+                if run_id in self._cancelled_by:
+                    executor = self._executors.get(run_id)
+                    if executor is not None:
+                        await executor.record_cancel(self._cancelled_by[run_id])
+                    return
+                raise  # shutdown: leave the run resumable
+            except ConcurrencyError:
+                # Someone else appended (a cancel while we had no task, say): start over from
+                # the log, which decides whether there is anything left to do.
+                resumed = False
+                continue
+            except Exception as exc:
+                log.exception("run.crashed")
+                await self._fail(run_id, "internal.error", f"internal error: {type(exc).__name__}")
+                return
+
+    async def _executor(self, run_id: str, resumed: bool) -> RunExecutor | None:
+        first = await self.store.read_stream(run_stream(run_id), 0, 1)
+        if not first:
+            return None
+        started = decode_event(first[0])
+        assert isinstance(started, RunStarted)
+        route = self.routes.routes.get(started.route_id)
+        persona: Persona | None = self.personas.by_id.get(started.persona_id or "default@1")
+        if route is None or persona is None:
+            await self._fail(
+                run_id,
+                "policy.route_not_found" if route is None else "validation.persona_not_found",
+                "the run's route or persona is no longer configured",
+            )
+            return None
+        return RunExecutor(
+            store=self.store,
+            run_id=run_id,
+            route=route,
+            persona=persona,
+            provider=self.provider_for(route),
+            tools=self.tools,
+            coalesce_s=self.coalesce_s,
+            resumed=resumed,
+        )
+
+    async def _history(self, run_id: str) -> list[dict[str, Any]]:
+        """The thread's conversation before the run started (consecutive roles merged)."""
+        first = await self.store.read_stream(run_stream(run_id), 0, 1)
+        started = decode_event(first[0])
+        assert isinstance(started, RunStarted)
+        rows = await self.queries.messages(started.thread_id, 10_000, first[0].position)
+        history: list[dict[str, Any]] = []
+        for row in rows:
+            if history and history[-1]["role"] == row["role"]:
+                history[-1]["content"] += "\n\n" + row["content"]
+            else:
+                history.append({"role": row["role"], "content": row["content"]})
+        return history
+
+    async def _fail(self, run_id: str, error_class: str, message: str) -> None:
+        for _ in range(5):
+            state = fold_recorded(await read_run(self.store, run_id))
+            if state is None or state.terminal:
+                return
+            event = RunFailed(error_class=error_class, message=message)
+            try:
+                await self.store.append(run_stream(run_id), [encode_event(event)], state.seq)
+                return
+            except ConcurrencyError:
+                continue
+
+    # -- cancel -----------------------------------------------------------------------------
+
+    async def cancel(self, run_id: str, user_id: str | None) -> None:
+        """Stop the run and record ``run.cancelled``; returns once it is in the log."""
+        task = self.tasks.get(run_id)
+        if task is not None and not task.done():
+            self._cancelled_by[run_id] = user_id
+            task.cancel()
+            await asyncio.wait([task])
+        # No task (waiting for input, not started yet, or the task just ended): append here,
+        # guarded by the run's seq.
+        for _ in range(10):
+            state = fold_recorded(await read_run(self.store, run_id))
+            if state is None:
+                return
+            decided = decide_cancel(state, user_id)
+            if not decided:
+                return
+            try:
+                await self.store.append(
+                    run_stream(run_id), [encode_event(e) for e in decided], state.seq
+                )
+                return
+            except ConcurrencyError:
+                continue
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop intake, stop every task (runs stay resumable), wait at most ``grace_s`` seconds."""
+        self.accepting = False
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)

@@ -1,0 +1,164 @@
+"""Tools the model may call. Each declares whether it is safe to run again after a crash
+interrupted it (issue 6): one that is not gets an "interrupted" error result instead."""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from runs.providers.base import ToolSpec
+
+__all__ = ["ASK_USER", "Tool", "ToolError", "ToolRegistry", "builtin_tools", "calculate"]
+
+ASK_USER = "ask_user"
+
+
+class ToolError(Exception):
+    """The tool failed; the model sees the message as an error result and goes on."""
+
+
+class Tool(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    run: Callable[[dict[str, Any]], Awaitable[str]] | None = None
+    safe_to_repeat: bool = False
+    timeout_s: float = 30.0
+
+    def spec(self) -> ToolSpec:
+        return ToolSpec(self.name, self.description, self.input_schema)
+
+
+_BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
+    ast.UAdd: operator.pos,
+    ast.USub: operator.neg,
+}
+_FUNCTIONS: dict[str, Callable[..., float]] = {
+    "sqrt": math.sqrt,
+    "abs": abs,
+    "round": round,
+    "floor": math.floor,
+    "ceil": math.ceil,
+    "log": math.log,
+    "exp": math.exp,
+    "sin": math.sin,
+    "cos": math.cos,
+    "tan": math.tan,
+}
+_CONSTANTS = {"pi": math.pi, "e": math.e}
+_MAX_EXPRESSION = 1000
+_MAX_EXPONENT = 10_000
+
+
+def calculate(expression: str) -> float | int:
+    """Evaluate arithmetic by walking the syntax tree: numbers, + - * / // % **, parentheses,
+    a few math functions. No names, attributes or calls beyond those: never ``eval``."""
+    if len(expression) > _MAX_EXPRESSION:
+        raise ToolError("expression is too long")
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except SyntaxError as exc:
+        raise ToolError(f"not an arithmetic expression: {exc.msg}") from exc
+
+    def walk(node: ast.AST) -> Any:
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            left, right = walk(node.left), walk(node.right)
+            if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:
+                raise ToolError("exponent too large")
+            return _BINARY[type(node.op)](left, right)
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+            return _UNARY[type(node.op)](walk(node.operand))
+        if isinstance(node, ast.Name) and node.id in _CONSTANTS:
+            return _CONSTANTS[node.id]
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCTIONS
+            and not node.keywords
+        ):
+            return _FUNCTIONS[node.func.id](*(walk(a) for a in node.args))
+        raise ToolError(f"unsupported element in expression: {ast.dump(node)[:60]}")
+
+    try:
+        return walk(tree)  # type: ignore[no-any-return]
+    except ZeroDivisionError as exc:
+        raise ToolError("division by zero") from exc
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise ToolError(str(exc)) from exc
+
+
+async def _calculator(arguments: dict[str, Any]) -> str:
+    expression = arguments.get("expression")
+    if not isinstance(expression, str):
+        raise ToolError("argument 'expression' (a string) is required")
+    result = calculate(expression)
+    return str(int(result) if isinstance(result, float) and result.is_integer() else result)
+
+
+async def _current_time(arguments: dict[str, Any]) -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def builtin_tools() -> list[Tool]:
+    return [
+        Tool(
+            name="calculator",
+            description="Evaluate an arithmetic expression, e.g. '(2 + 3) * 4' or 'sqrt(2)'.",
+            input_schema={
+                "type": "object",
+                "properties": {"expression": {"type": "string"}},
+                "required": ["expression"],
+            },
+            run=_calculator,
+            safe_to_repeat=True,
+        ),
+        Tool(
+            name="current_time",
+            description="The current date and time in UTC (ISO 8601).",
+            input_schema={"type": "object", "properties": {}},
+            run=_current_time,
+            safe_to_repeat=True,
+        ),
+        Tool(
+            name=ASK_USER,
+            description="Ask the user a question and wait for the answer.",
+            input_schema={
+                "type": "object",
+                "properties": {"question": {"type": "string"}},
+                "required": ["question"],
+            },
+            safe_to_repeat=True,
+        ),
+    ]
+
+
+class ToolRegistry:
+    def __init__(self, tools: Iterable[Tool] = ()) -> None:
+        self.tools: dict[str, Tool] = {}
+        for tool in [*builtin_tools(), *tools]:
+            self.tools[tool.name] = tool
+
+    def get(self, name: str) -> Tool | None:
+        return self.tools.get(name)
+
+    def visible(self, names: Iterable[str]) -> list[Tool]:
+        return [self.tools[n] for n in names if n in self.tools]

@@ -1,0 +1,740 @@
+"""runlog's HTTP service (DESIGN.md §5). ``python server.py`` and ``runlog`` are the same program.
+
+One route table; middleware for the trace id, auth and errors. Only this module turns errors
+into HTTP responses. The command line lives in ``runs.cli``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from eventstore import EventStoreError, SQLiteEventStore, StoreClosedError
+from projections import all_projections
+from projections.queries import Queries
+from runs.auth import (
+    DUMMY_PASSWORD_HASH,
+    key_sha256,
+    sign_access_token,
+    verify_access_token,
+    verify_password,
+)
+from runs.config import Config, Route
+from runs.errors import (
+    Conflict,
+    NotFound,
+    PolicyError,
+    RateLimited,
+    RunsError,
+    Unauthorized,
+    ValidationFailed,
+)
+from runs.events import TERMINAL_RUN_EVENTS, run_stream
+from runs.ids import is_id
+from runs.personas import PersonaRegistry
+from runs.providers.anthropic import AnthropicProvider
+from runs.providers.base import Provider
+from runs.providers.scripted import ScriptedProvider
+from runs.routes import RouteTable
+from runs.run import RUN_STATUSES, TERMINAL_STATUSES, fold_recorded
+from runs.schemas import (
+    MAX_INPUT_BYTES,
+    CreateMessage,
+    CreateRun,
+    CreateThread,
+    Error,
+    Login,
+    LoginResult,
+    Message,
+    Ok,
+    Run,
+    RunCreated,
+    RunDetail,
+    SseFrame,
+    SubmitInput,
+    Thread,
+    ThreadRun,
+)
+from runs.service import Accounts, Principal, RunService
+from runs.startup import bootstrap, load_secret, record_personas
+from runs.supervisor import Supervisor
+from runs.tools import Tool, ToolRegistry
+
+__all__ = ["RUNTIME", "Runtime", "create_app", "main"]
+
+log = structlog.get_logger("runlog.http")
+
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_STATUS: dict[type[RunsError], int] = {
+    ValidationFailed: 400,
+    Unauthorized: 401,
+    NotFound: 404,
+    Conflict: 409,
+    PolicyError: 422,
+    RateLimited: 429,
+}
+# Codes whose status differs from their class's.
+_STATUS_BY_CODE = {
+    "validation.persona_not_found": 422,
+    "validation.content_too_large": 413,
+    "validation.body_too_large": 413,
+    "validation.content_type": 415,
+    "validation.method_not_allowed": 405,
+}
+_TRACE_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+_LIMIT = re.compile(r"^[0-9]{1,4}$")
+_SEQ = re.compile(r"^[0-9]{1,15}$")
+_PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v1/auth/login", "/openapi.json"})
+
+
+class Runtime:
+    """Everything a request handler needs, built at start-up and closed at shutdown."""
+
+    def __init__(
+        self,
+        config: Config,
+        env: Mapping[str, str],
+        tools: Sequence[Tool],
+        provider_for: Callable[[Route], Provider] | None,
+    ) -> None:
+        self.config = config
+        self.env = env
+        self.routes = RouteTable(config, env)
+        self.personas = PersonaRegistry.from_dirs(config.personas_dir)
+        self.tools = ToolRegistry(tools)
+        self.provider_for = provider_for or self.default_provider
+        self.store: SQLiteEventStore
+        self.queries: Queries
+        self.accounts: Accounts
+        self.supervisor: Supervisor
+        self.service: RunService
+        self.secret = b""
+        self.streams: set[asyncio.Task[Any]] = set()
+        self.bootstrap_key: str | None = None
+
+    def default_provider(self, route: Route) -> Provider:
+        if route.provider == "scripted":
+            return ScriptedProvider()
+        return AnthropicProvider(route, self.routes.api_key(route))
+
+    async def start(self) -> None:
+        self.store = await SQLiteEventStore.open(self.config.db, all_projections())
+        try:
+            self.queries = Queries(self.store)
+            self.accounts = Accounts(self.store)
+            await record_personas(self.store, self.queries, self.personas)
+            self.bootstrap_key = await bootstrap(self.accounts, self.env)
+            self.secret = load_secret(self.config)
+            self.supervisor = Supervisor(
+                store=self.store,
+                queries=self.queries,
+                routes=self.routes,
+                personas=self.personas,
+                tools=self.tools,
+                provider_for=self.provider_for,
+                coalesce_s=self.config.delta_coalesce_ms / 1000,
+            )
+            self.service = RunService(
+                store=self.store,
+                queries=self.queries,
+                supervisor=self.supervisor,
+                routes=self.routes,
+                personas=self.personas,
+                max_live_runs_per_org=self.config.max_live_runs_per_org,
+            )
+            await self.supervisor.resume_all()
+        except BaseException:
+            await self.store.close()
+            raise
+
+    async def stop(self) -> None:
+        """Stop intake, stop run tasks (they stay resumable), end SSE streams, close the log."""
+        await self.supervisor.shutdown(self.config.shutdown_timeout_seconds)
+        for task in list(self.streams):
+            task.cancel()
+        if self.streams:
+            await asyncio.wait(list(self.streams), timeout=self.config.shutdown_timeout_seconds)
+        await self.store.close()
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+_json = msgspec.json.Encoder()
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_json.encode(body), status=status, content_type="application/json")
+
+
+def error_response(
+    status: int, code: str, message: str, trace_id: str, details: dict[str, Any] | None = None
+) -> web.Response:
+    return json_response(Error(code, message, details or {}, trace_id), status)
+
+
+def _field_of(message: str) -> str | None:
+    """The field a msgspec validation message points at (``- at `$.content```)."""
+    match = re.search(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*)", message)
+    if match:
+        return match.group(1)
+    match = re.search(r"required field `([A-Za-z_][A-Za-z0-9_]*)`", message)
+    if match:
+        return match.group(1)
+    match = re.search(r"unknown field `([^`]{1,100})`", message)
+    return match.group(1) if match else None
+
+
+async def read_body(request: web.Request, kind: type[T]) -> T:
+    """Decode a JSON body into ``kind`` or raise ``validation.*`` naming the field."""
+    if request.body_exists:
+        content_type = request.content_type
+        if content_type != "application/json":
+            raise ValidationFailed(
+                f"the body must be application/json, not {content_type or 'untyped'}",
+                code="validation.content_type",
+            )
+        raw = await request.read()
+    else:
+        raw = b""
+    if not raw.strip():
+        raw = b"{}"
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        field = _field_of(str(exc))
+        raise ValidationFailed(
+            str(exc),
+            code=f"validation.{field}" if field else "validation.body",
+            **({"field": field} if field else {}),
+        ) from exc
+    except msgspec.DecodeError as exc:
+        raise ValidationFailed(
+            f"the body is not valid JSON: {exc}", code="validation.json"
+        ) from exc
+
+
+def principal(request: web.Request) -> Principal:
+    who: Principal = request["principal"]
+    return who
+
+
+def path_id(request: web.Request, name: str) -> str:
+    """A well-formed id from the path; anything else cannot exist, so it is a 404."""
+    value = request.match_info[name]
+    if not is_id(value):
+        raise NotFound(f"{name.removesuffix('_id')} not found")
+    return value
+
+
+def query_limit(request: web.Request) -> int:
+    raw = request.query.get("limit")
+    if raw is None:
+        return 50
+    if not _LIMIT.match(raw) or not 1 <= int(raw) <= 200:
+        raise ValidationFailed(
+            "limit must be an integer from 1 to 200", code="validation.limit", field="limit"
+        )
+    return int(raw)
+
+
+def query_before(request: web.Request) -> str | None:
+    raw = request.query.get("before")
+    if raw is None:
+        return None
+    if not is_id(raw):
+        raise ValidationFailed(
+            "before must be the id of the last item of the previous page",
+            code="validation.before",
+            field="before",
+        )
+    return raw
+
+
+def query_seq(request: web.Request, name: str, raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    if not _SEQ.match(raw.strip()):
+        raise ValidationFailed(
+            f"{name} must be a non-negative integer", code=f"validation.{name}", field=name
+        )
+    return int(raw.strip())
+
+
+# -- middleware -------------------------------------------------------------------------------
+
+
+@web.middleware
+async def trace_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Trace id on every response, auth on ``/v1``, errors in the documented shape, and one
+    log line per request."""
+    incoming = request.headers.get("X-Trace-Id", "")
+    trace_id = incoming if _TRACE_ID.match(incoming) else uuid.uuid4().hex
+    request["trace_id"] = trace_id
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(trace_id=trace_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        if request.path.startswith("/v1/") and request.path not in _PUBLIC_PATHS:
+            request["principal"] = await authenticate(request)
+        response = await handler(request)
+        status = response.status
+        return response
+    except RunsError as exc:
+        status = _STATUS_BY_CODE.get(exc.code) or _STATUS.get(type(exc).__mro__[0], 0)
+        if not status:
+            status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 500)
+        return error_response(status, exc.code, exc.message, trace_id, exc.details)
+    except web.HTTPException as exc:
+        status = exc.status
+        code, message = {
+            404: ("not_found", "no such resource"),
+            405: ("validation.method_not_allowed", "method not allowed on this resource"),
+            413: ("validation.body_too_large", "the request body is too large"),
+        }.get(exc.status, (f"http.{exc.status}", exc.reason))
+        return error_response(exc.status, code, message, trace_id)
+    except StoreClosedError:
+        status = 503
+        return error_response(503, "internal.unavailable", "the service is stopping", trace_id)
+    except EventStoreError:
+        log.exception("request.store_error")
+        return error_response(500, "internal.error", "internal error", trace_id)
+    except asyncio.CancelledError:
+        status = 499  # the client went away
+        raise
+    except Exception:
+        log.exception("request.failed")
+        return error_response(500, "internal.error", "internal error", trace_id)
+    finally:
+        log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+
+async def add_trace_header(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: streamed responses (SSE) get the header too."""
+    response.headers["X-Trace-Id"] = request.get("trace_id", "")
+
+
+async def authenticate(request: web.Request) -> Principal:
+    runtime = request.app[RUNTIME]
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or not token.isascii() or " " in token:
+        # Hash anyway so a malformed header costs what a wrong key costs.
+        key_sha256(token)
+        raise Unauthorized("a valid Bearer token is required")
+    claims = verify_access_token(runtime.secret, token)
+    if claims is not None:
+        user = await runtime.queries.user(claims.sub)
+        if user is None or user["deleted_at"] is not None:
+            raise Unauthorized("a valid Bearer token is required")
+        return Principal(claims.sub, claims.org)
+    key = await runtime.queries.api_key_by_hash(key_sha256(token))
+    if key is None or key["revoked_at"] is not None or key["user_deleted_at"] is not None:
+        raise Unauthorized("a valid Bearer token is required")
+    return Principal(key["user_id"], key["org_id"])
+
+
+# -- handlers: health and auth ----------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    if runtime.store.closed or not await runtime.queries.ready():
+        return json_response({"status": "not_ready"}, 503)
+    return json_response({"status": "ready", "head": await runtime.store.head()})
+
+
+async def login(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    body = await read_body(request, Login)
+    user = await runtime.queries.user_by_login(body.login)
+    encoded = user["password_hash"] if user and user["password_hash"] else None
+    ok = await asyncio.to_thread(verify_password, body.password, encoded or DUMMY_PASSWORD_HASH)
+    if user is None or encoded is None or not ok:
+        raise Unauthorized("wrong login or password")
+    ttl = runtime.config.access_token_ttl_seconds
+    token = sign_access_token(runtime.secret, user["user_id"], user["org_id"], ttl)
+    return json_response(LoginResult(access_token=token, expires_in=ttl))
+
+
+# -- handlers: threads and messages -----------------------------------------------------------
+
+
+def _thread(row: dict[str, Any]) -> Thread:
+    return Thread(
+        id=row["id"],
+        org_id=row["org_id"],
+        created_by_user_id=row["created_by_user_id"],
+        title=row["title"],
+        created_at=row["created_at"],
+        active_run_id=row["active_run_id"],
+    )
+
+
+def _message(row: dict[str, Any]) -> Message:
+    return Message(
+        id=row["id"],
+        org_id=row["org_id"],
+        thread_id=row["thread_id"],
+        created_by_user_id=row["created_by_user_id"],
+        role=row["role"],
+        content=row["content"],
+        created_at=row["created_at"],
+        run_id=row["run_id"],
+    )
+
+
+async def create_thread(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    who = principal(request)
+    body = await read_body(request, CreateThread)
+    thread_id = await runtime.service.create_thread(who, body.title)
+    row = await runtime.queries.thread(who.org_id, thread_id)
+    assert row is not None
+    return json_response(_thread(row), 201)
+
+
+async def list_threads(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    rows = await runtime.queries.threads(
+        principal(request).org_id, query_limit(request), query_before(request)
+    )
+    return json_response([_thread(r) for r in rows])
+
+
+async def get_thread(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    row = await runtime.queries.thread(principal(request).org_id, path_id(request, "thread_id"))
+    if row is None:
+        raise NotFound("thread not found")
+    return json_response(_thread(row))
+
+
+async def add_message(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    who = principal(request)
+    thread_id = path_id(request, "thread_id")
+    body = await read_body(request, CreateMessage)
+    message_id = await runtime.service.add_message(who, thread_id, body.content)
+    row = await runtime.queries.message(message_id)
+    assert row is not None
+    return json_response(_message(row), 201)
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    who = principal(request)
+    thread_id = path_id(request, "thread_id")
+    limit = query_limit(request)
+    if await runtime.queries.thread(who.org_id, thread_id) is None:
+        raise NotFound("thread not found")
+    rows = await runtime.queries.messages(thread_id, limit)
+    return json_response([_message(r) for r in rows])
+
+
+# -- handlers: runs ---------------------------------------------------------------------------
+
+
+def _run_fields(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: row[name] for name in Run.__struct_fields__}
+
+
+async def create_run(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    who = principal(request)
+    thread_id = path_id(request, "thread_id")
+    body = await read_body(request, CreateRun)
+    if not runtime.supervisor.accepting:
+        raise RunsError("the service is shutting down", code="internal.unavailable")
+    run_id = await runtime.service.create_run(
+        who, thread_id, body.route_id, body.persona_id, request["trace_id"]
+    )
+    return json_response(RunCreated(run_id=run_id, trace_id=request["trace_id"]), 201)
+
+
+async def list_thread_runs(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    who = principal(request)
+    thread_id = path_id(request, "thread_id")
+    limit = query_limit(request)
+    if await runtime.queries.thread(who.org_id, thread_id) is None:
+        raise NotFound("thread not found")
+    rows = await runtime.queries.thread_runs(thread_id, limit)
+    return json_response([ThreadRun(**r) for r in rows])
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    limit = query_limit(request)
+    before = query_before(request)
+    status = request.query.get("status")
+    if status is not None and status not in RUN_STATUSES:
+        raise ValidationFailed(
+            f"status must be one of {', '.join(RUN_STATUSES)}",
+            code="validation.status",
+            field="status",
+        )
+    rows = await runtime.queries.runs(principal(request).org_id, limit, before, status)
+    return json_response([Run(**_run_fields(r)) for r in rows])
+
+
+async def get_run(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    run_id = path_id(request, "run_id")
+    as_of = query_seq(request, "as_of_seq", request.query.get("as_of_seq"))
+    row = await runtime.queries.run(principal(request).org_id, run_id)
+    if row is None:
+        raise NotFound("run not found")
+    if as_of is not None:
+        return json_response(await _run_as_of(runtime, row, as_of))
+    return json_response(
+        RunDetail(
+            **_run_fields(row),
+            trace_id=row["trace_id"],
+            route_id=row["route_id"],
+            error_class=row["error_class"],
+            error_message=row["error_message"],
+        )
+    )
+
+
+async def _run_as_of(runtime: Runtime, row: Mapping[str, Any], as_of: int) -> RunDetail:
+    """The run as it stood right after seq ``as_of``: a fold of its first events."""
+    events = await runtime.store.read_stream(run_stream(row["run_id"]), 0, as_of or 1)
+    last = await runtime.store.last_seq(run_stream(row["run_id"]))
+    if as_of < 1 or as_of > last:
+        raise ValidationFailed(
+            f"as_of_seq must be from 1 to the run's last seq ({last})",
+            code="validation.as_of_seq",
+            field="as_of_seq",
+        )
+    state = fold_recorded(events)
+    assert state is not None
+    fields = dict(_run_fields(row))
+    fields.update(
+        status=state.status,
+        total_input_tokens=state.total_input_tokens,
+        total_output_tokens=state.total_output_tokens,
+        total_cost_usd=state.total_cost_usd,
+        duration_ms=state.duration_ms,
+        cache_hit_rate=state.cache_hit_rate,
+        credits_used=state.credits_used,
+        completed_at=state.completed_at,
+        failed_at=state.failed_at,
+        cancelled_at=state.cancelled_at,
+    )
+    return RunDetail(
+        **fields,
+        trace_id=state.trace_id,
+        route_id=state.route_id,
+        error_class=state.error_class,
+        error_message=state.error_message,
+        as_of_seq=as_of,
+    )
+
+
+async def cancel_run(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    await runtime.service.cancel_run(principal(request), path_id(request, "run_id"))
+    return json_response(Ok())
+
+
+async def submit_input(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    run_id = path_id(request, "run_id")
+    body = await read_body(request, SubmitInput)
+    if not body.content.strip():
+        raise ValidationFailed(
+            "content must be a non-empty string", code="validation.content", field="content"
+        )
+    size = len(body.content.encode("utf-8", "surrogatepass"))
+    if size > MAX_INPUT_BYTES:
+        raise ValidationFailed(
+            f"content is {size} bytes; at most {MAX_INPUT_BYTES} bytes of UTF-8 are accepted",
+            code="validation.content_too_large",
+            field="content",
+            max_bytes=MAX_INPUT_BYTES,
+        )
+    await runtime.service.submit_input(principal(request), run_id, body.content)
+    return json_response(Ok())
+
+
+# -- SSE --------------------------------------------------------------------------------------
+
+_frame = msgspec.json.Encoder()
+
+
+def sse_frame(seq: int, type_: str, data: str, created_at: str) -> bytes:
+    """``id: <seq>`` and one ``data:`` line of compact JSON (no ``event:`` field, so
+    ``EventSource.onmessage`` sees every frame)."""
+    body = _frame.encode(SseFrame(seq, type_, msgspec.Raw(data.encode()), created_at))
+    return b"id: %d\ndata: %s\n\n" % (seq, body)
+
+
+async def run_events(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    run_id = path_id(request, "run_id")
+    after_seq = query_seq(request, "after_seq", request.query.get("after_seq"))
+    if after_seq is None:
+        after_seq = query_seq(request, "after_seq", request.headers.get("Last-Event-ID")) or 0
+    follow_raw = request.query.get("follow", "1")
+    if follow_raw not in {"0", "1", "true", "false"}:
+        raise ValidationFailed("follow must be 0 or 1", code="validation.follow", field="follow")
+    follow = follow_raw in {"1", "true"}
+    row = await runtime.queries.run(principal(request).org_id, run_id)
+    if row is None:
+        raise NotFound("run not found")
+
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    await response.write(b": ping\n\n")
+    task = asyncio.current_task()
+    if task is not None:
+        runtime.streams.add(task)
+    try:
+        await _stream_events(runtime, response, run_id, after_seq, follow, row["status"])
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass  # the client left, or the server is stopping: end quietly
+    finally:
+        if task is not None:
+            runtime.streams.discard(task)
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
+    return response
+
+
+async def _stream_events(
+    runtime: Runtime,
+    response: web.StreamResponse,
+    run_id: str,
+    after_seq: int,
+    follow: bool,
+    status: str,
+) -> None:
+    stream = run_stream(run_id)
+    batch_limit = runtime.config.sse_batch_limit
+    if not follow or status in TERMINAL_STATUSES:
+        cursor = after_seq
+        while True:
+            batch = await runtime.store.read_stream(stream, cursor, batch_limit)
+            for event in batch:
+                await response.write(sse_frame(event.seq, event.type, event.data, event.created_at))
+            if len(batch) < batch_limit:
+                return
+            cursor = batch[-1].seq
+    # Follow from no later than the log's end, so a cursor past the end still sees the
+    # terminal event (not sent, but it ends the stream).
+    start = min(after_seq, await runtime.store.last_seq(stream))
+    heartbeat = runtime.config.sse_heartbeat_seconds
+    events = runtime.store.subscribe(stream, start, batch_limit)
+    pending: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(events))
+            done, _ = await asyncio.wait({pending}, timeout=heartbeat)
+            if not done:
+                await response.write(b": ping\n\n")
+                continue
+            try:
+                event = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            if event.seq > after_seq:
+                await response.write(sse_frame(event.seq, event.type, event.data, event.created_at))
+            if event.type in TERMINAL_RUN_EVENTS:
+                return
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        await events.aclose()
+
+
+# -- the application --------------------------------------------------------------------------
+
+
+def add_routes(app: web.Application) -> None:
+    run = "{run_id:[^{}/:]+}"
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_post("/v1/auth/login", login)
+    app.router.add_post("/v1/threads", create_thread)
+    app.router.add_get("/v1/threads", list_threads)
+    app.router.add_get("/v1/threads/{thread_id}", get_thread)
+    app.router.add_post("/v1/threads/{thread_id}/messages", add_message)
+    app.router.add_get("/v1/threads/{thread_id}/messages", list_messages)
+    app.router.add_post("/v1/threads/{thread_id}/runs", create_run)
+    app.router.add_get("/v1/threads/{thread_id}/runs", list_thread_runs)
+    app.router.add_get("/v1/runs", list_runs)
+    app.router.add_get(f"/v1/runs/{run}", get_run)
+    app.router.add_post(f"/v1/runs/{run}:cancel", cancel_run)
+    app.router.add_post(f"/v1/runs/{run}/input", submit_input)
+    app.router.add_get(f"/v1/runs/{run}/events", run_events)
+
+
+def create_app(
+    config: Config,
+    *,
+    env: Mapping[str, str] | None = None,
+    tools: Sequence[Tool] = (),
+    provider_for: Callable[[Route], Provider] | None = None,
+) -> web.Application:
+    """The aiohttp application. The log is opened on start-up and closed on cleanup."""
+    runtime = Runtime(config, dict(os.environ if env is None else env), tools, provider_for)
+    app = web.Application(middlewares=[trace_and_errors], client_max_size=config.max_body_bytes)
+    app[RUNTIME] = runtime
+    add_routes(app)
+    app.on_response_prepare.append(add_trace_header)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await runtime.start()
+        yield
+        await runtime.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from runs.cli import main as cli_main
+
+    return cli_main(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,164 @@
+"""subscribe(): catch-up from the log, then live events, with no gap and no duplicate."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import msgspec
+import pytest
+
+from eventstore import NewEvent, RecordedEvent
+from eventstore.live import TAIL_WINDOW
+
+
+def ev(i: int) -> NewEvent:
+    return NewEvent("Tick", msgspec.json.encode({"i": i}))
+
+
+async def collect(store: Any, stream: str, after_seq: int, until_seq: int) -> list[RecordedEvent]:
+    received: list[RecordedEvent] = []
+    async with contextlib.aclosing(store.subscribe(stream, after_seq)) as events:
+        async for event in events:
+            received.append(event)
+            if event.seq >= until_seq:
+                break
+    return received
+
+
+async def test_hand_over_from_log_to_live_has_no_gap_and_no_duplicate(store: Any) -> None:
+    existing, more = 700, 1200
+    for start in range(0, existing, 100):
+        await store.append("s", [ev(i) for i in range(start, start + 100)])
+    total = existing + more
+
+    async def keep_appending() -> None:
+        # Singles and small batches, from several tasks, plus noise on another stream, so
+        # commits land while the subscriber is reading the log and while it waits.
+        async def producer(k: int) -> None:
+            for i in range(k, more, 4):
+                await store.append("s", [ev(existing + i)])
+                await store.append("other", [ev(i)])
+
+        await asyncio.gather(*(producer(k) for k in range(4)))
+
+    async with asyncio.timeout(30):
+        received, _ = await asyncio.gather(collect(store, "s", 0, total), keep_appending())
+
+    assert [e.seq for e in received] == list(range(1, total + 1))
+    assert all(e.stream == "s" for e in received)
+    assert received == await store.read_stream("s", 0, total + 10)
+    assert store.live.followed_streams == 0
+
+
+async def test_subscribe_from_the_end_receives_only_later_events(store: Any) -> None:
+    await store.append("s", [ev(i) for i in range(10)])
+
+    async with asyncio.timeout(10), contextlib.aclosing(store.subscribe("s", 10)) as events:
+        first = asyncio.ensure_future(anext(events))
+        await store.append("s", [ev(10), ev(11)])
+        received = [await first, await anext(events)]
+
+    assert [e.seq for e in received] == [11, 12]
+    assert store.live.followed_streams == 0
+
+
+async def test_subscribe_past_the_end_skips_to_after_the_cursor(store: Any) -> None:
+    await store.append("s", [ev(i) for i in range(3)])
+
+    async with asyncio.timeout(10), contextlib.aclosing(store.subscribe("s", 5)) as events:
+        first = asyncio.ensure_future(anext(events))
+        await store.append("s", [ev(3), ev(4)])  # seqs 4 and 5: not after the cursor
+        await store.append("s", [ev(5)])  # seq 6
+        received = await first
+
+    assert received.seq == 6
+
+
+async def test_subscribe_to_a_new_stream_waits_for_its_first_event(store: Any) -> None:
+    async with asyncio.timeout(10), contextlib.aclosing(store.subscribe("new", 0)) as events:
+        first = asyncio.ensure_future(anext(events))
+        await store.append("elsewhere", [ev(0)])
+        await store.append("new", [ev(1)], 0)
+        received = await first
+
+    assert (received.stream, received.seq, received.position) == ("new", 1, 2)
+
+
+async def test_slow_subscriber_falls_back_to_the_log(store: Any, monkeypatch: Any) -> None:
+    log_reads: list[int] = []
+    read_stream = store.read_stream
+
+    async def counting_read_stream(stream: str, after_seq: int = 0, limit: int = 500) -> Any:
+        log_reads.append(after_seq)
+        return await read_stream(stream, after_seq, limit)
+
+    monkeypatch.setattr(store, "read_stream", counting_read_stream)
+    total = 3 * TAIL_WINDOW + 7
+
+    async with asyncio.timeout(30), contextlib.aclosing(store.subscribe("s", 0)) as events:
+        first = asyncio.ensure_future(anext(events))
+        await store.append("s", [ev(0)])
+        received = [await first]
+        # The subscriber is parked while far more than the in-memory window is committed.
+        for start in range(1, total, 50):
+            await store.append("s", [ev(i) for i in range(start, min(start + 50, total))])
+        log_reads_before = len(log_reads)
+        while received[-1].seq < total:
+            received.append(await anext(events))
+
+    assert [e.seq for e in received] == list(range(1, total + 1))
+    assert [msgspec.json.decode(e.data)["i"] for e in received] == list(range(total))
+    # It could not have been served from memory alone: it read the log after falling behind.
+    assert len(log_reads) > log_reads_before
+    assert any(after >= 1 for after in log_reads[log_reads_before:])
+    assert store.live.followed_streams == 0
+
+
+async def test_many_subscribers_share_one_tail_and_release_it(store: Any) -> None:
+    await store.append("s", [ev(i) for i in range(5)])
+
+    async def one(after: int) -> list[int]:
+        return [e.seq for e in await collect(store, "s", after, 8)]
+
+    async with asyncio.timeout(10):
+        tasks = [asyncio.ensure_future(one(after)) for after in range(6)]
+        await store.append("s", [ev(5)])  # a round trip: every subscriber has started
+        assert store.live.followed_streams == 1
+        assert store.live.subscribers == 6
+        await store.append("s", [ev(6), ev(7)])
+        results = await asyncio.gather(*tasks)
+
+    assert results == [list(range(after + 1, 9)) for after in range(6)]
+    assert store.live.followed_streams == 0
+    assert store.live.subscribers == 0
+
+
+async def test_subscriber_closed_while_waiting_releases_the_stream(store: Any) -> None:
+    subscription = store.subscribe("s", 0)
+    waiting = asyncio.ensure_future(anext(subscription))
+    await store.append("other", [ev(0)])  # a full round trip through the writer
+    assert not waiting.done()
+    assert store.live.followed_streams == 1
+
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await subscription.aclose()
+
+    assert store.live.followed_streams == 0
+
+
+async def test_subscriber_ends_when_the_store_closes(store: Any) -> None:
+    async with asyncio.timeout(10), contextlib.aclosing(store.subscribe("s", 0)) as events:
+        first = asyncio.ensure_future(anext(events))
+        await store.append("s", [ev(0)])
+        assert (await first).seq == 1
+        waiting = asyncio.ensure_future(anext(events))
+        await store.close()
+        # A parked subscriber is woken and its iterator ends instead of hanging.
+        with pytest.raises(StopAsyncIteration):
+            await waiting
+
+    assert store.live.followed_streams == 0
