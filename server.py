@@ -93,7 +93,7 @@ _STATUS_BY_CODE = {
     "validation.content_type": 415,
     "validation.method_not_allowed": 405,
 }
-_TRACE_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+_TRACE_ID_FORMAT = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _LIMIT = re.compile(r"^[0-9]{1,4}$")
 _SEQ = re.compile(r"^[0-9]{1,15}$")
 _PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v1/auth/login", "/openapi.json"})
@@ -170,6 +170,8 @@ class Runtime:
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
+TRACE_ID = web.RequestKey("trace_id", str)
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -229,7 +231,7 @@ async def read_body(request: web.Request, kind: type[T]) -> T:
 
 
 def principal(request: web.Request) -> Principal:
-    who: Principal = request["principal"]
+    who: Principal = request[PRINCIPAL]
     return who
 
 
@@ -283,15 +285,15 @@ async def trace_and_errors(request: web.Request, handler: Handler) -> web.Stream
     """Trace id on every response, auth on ``/v1``, errors in the documented shape, and one
     log line per request."""
     incoming = request.headers.get("X-Trace-Id", "")
-    trace_id = incoming if _TRACE_ID.match(incoming) else uuid.uuid4().hex
-    request["trace_id"] = trace_id
+    trace_id = incoming if _TRACE_ID_FORMAT.match(incoming) else uuid.uuid4().hex
+    request[TRACE_ID] = trace_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(trace_id=trace_id)
     started = time.perf_counter()
     status = 500
     try:
         if request.path.startswith("/v1/") and request.path not in _PUBLIC_PATHS:
-            request["principal"] = await authenticate(request)
+            request[PRINCIPAL] = await authenticate(request)
         response = await handler(request)
         status = response.status
         return response
@@ -332,7 +334,7 @@ async def trace_and_errors(request: web.Request, handler: Handler) -> web.Stream
 
 async def add_trace_header(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: streamed responses (SSE) get the header too."""
-    response.headers["X-Trace-Id"] = request.get("trace_id", "")
+    response.headers["X-Trace-Id"] = request.get(TRACE_ID, "")
 
 
 async def authenticate(request: web.Request) -> Principal:
@@ -473,9 +475,9 @@ async def create_run(request: web.Request) -> web.Response:
     if not runtime.supervisor.accepting:
         raise RunsError("the service is shutting down", code="internal.unavailable")
     run_id = await runtime.service.create_run(
-        who, thread_id, body.route_id, body.persona_id, request["trace_id"]
+        who, thread_id, body.route_id, body.persona_id, request[TRACE_ID]
     )
-    return json_response(RunCreated(run_id=run_id, trace_id=request["trace_id"]), 201)
+    return json_response(RunCreated(run_id=run_id, trace_id=request[TRACE_ID]), 201)
 
 
 async def list_thread_runs(request: web.Request) -> web.Response:
