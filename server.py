@@ -159,13 +159,18 @@ class Runtime:
             await self.store.close()
             raise
 
-    async def stop(self) -> None:
-        """Stop intake, stop run tasks (they stay resumable), end SSE streams, close the log."""
-        await self.supervisor.shutdown(self.config.shutdown_timeout_seconds)
+    async def stop_intake(self) -> None:
+        """First step of a graceful shutdown: no new runs, SSE streams end cleanly."""
+        self.supervisor.accepting = False
         for task in list(self.streams):
             task.cancel()
         if self.streams:
             await asyncio.wait(list(self.streams), timeout=self.config.shutdown_timeout_seconds)
+
+    async def stop(self) -> None:
+        """Stop run tasks (their appends commit; the runs stay resumable), close the log."""
+        await self.stop_intake()
+        await self.supervisor.shutdown(self.config.shutdown_timeout_seconds)
         await self.store.close()
 
 
@@ -728,7 +733,11 @@ def create_app(
         yield
         await runtime.stop()
 
+    async def on_shutdown(app: web.Application) -> None:
+        await runtime.stop_intake()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(on_shutdown)
     return app
 
 

@@ -3,7 +3,7 @@
 from eventstore import Projection
 from projections.accounts import AccountsProjection
 from projections.personas import PersonasProjection
-from projections.rebuild import rebuild, table_rows
+from projections.rebuild import diff_tables, rebuild, rebuild_in_place, table_rows
 from projections.runs import RUN_COLUMNS, RunsProjection
 from projections.threads import ThreadsProjection
 
@@ -14,7 +14,9 @@ __all__ = [
     "RunsProjection",
     "ThreadsProjection",
     "all_projections",
+    "diff_tables",
     "rebuild",
+    "rebuild_in_place",
     "table_rows",
 ]
 

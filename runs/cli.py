@@ -1,4 +1,4 @@
-"""The ``runlog`` command line: serve (the default), admin, verify.
+"""The ``runlog`` command line: serve (the default), admin, verify, rebuild, export, tail.
 
 Every command that changes something appends events through the event store, so it is safe
 to run while the server runs on the same file.
@@ -18,17 +18,17 @@ from typing import Any
 from aiohttp import web
 
 from eventstore import SQLiteEventStore
-from eventstore.schema import connect
-from eventstore.verify import verify_connection
 from projections import all_projections
+from runs.audit import export_events, run_rebuild, run_verify
 from runs.config import Config, load_config
 from runs.errors import RunsError
 from runs.logs import configure_logging
 from runs.service import Accounts
+from runs.tail import tail
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = ("serve", "admin", "verify")
+COMMANDS = ("serve", "admin", "verify", "rebuild", "export", "tail")
 ADMIN_COMMANDS = ("create-org", "create-user", "create-key", "list-keys", "revoke-key")
 
 
@@ -67,6 +67,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="check the log's hash chain, positions and seqs")
     verify.add_argument("--db", default=None, help="SQLite log file (default ./runlog.db)")
+
+    rebuild = sub.add_parser("rebuild", help="rebuild every projection from the log")
+    rebuild.add_argument("--db", default=None, help="SQLite log file (default ./runlog.db)")
+    rebuild.add_argument(
+        "--check", action="store_true", help="rebuild into scratch tables and report differences"
+    )
+
+    export = sub.add_parser("export", help="events of a run, thread or org as JSON lines")
+    export.add_argument("--db", default=None, help="SQLite log file (default ./runlog.db)")
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="run id")
+    which.add_argument("--thread", help="thread id (with its runs)")
+    which.add_argument("--org", help="org id (its org, thread and run streams)")
+
+    tail_cmd = sub.add_parser("tail", help="follow a run live over SSE")
+    tail_cmd.add_argument("run_id")
+    tail_cmd.add_argument(
+        "--url", default=os.environ.get("RUNLOG_URL", "http://127.0.0.1:8001"), help="server URL"
+    )
+    tail_cmd.add_argument("--token", help="API key or access token (or RUNLOG_TOKEN)")
     return parser
 
 
@@ -80,8 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(args)
         if args.command == "admin":
             return _run(admin(args))
-        if args.command == "verify":
-            return verify(args)
+        if args.command in ("verify", "rebuild", "export"):
+            return audit(args)
+        if args.command == "tail":
+            token = args.token or os.environ.get("RUNLOG_TOKEN", "")
+            if not token:
+                print("error: give --token or set RUNLOG_TOKEN", file=sys.stderr)
+                return 2
+            return _run(tail(args.url, token, args.run_id))
     except RunsError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
@@ -174,39 +200,27 @@ async def admin(args: argparse.Namespace) -> int:
 # -- audit ------------------------------------------------------------------------------------
 
 
-def _progress(label: str) -> Callable[[int], None] | None:
-    if not sys.stderr.isatty():
-        return None
-
-    def show(count: int) -> None:
-        print(f"\r{label}: {count:,} events", end="", file=sys.stderr, flush=True)
-
-    return show
-
-
-def verify(args: argparse.Namespace) -> int:
-    path = args.db or _db_default()
+def _existing_db(args: argparse.Namespace) -> str | None:
+    path: str = args.db or _db_default()
     if not os.path.exists(path):
         print(f"error: no log at {path}", file=sys.stderr)
+        return None
+    return path
+
+
+def audit(args: argparse.Namespace) -> int:
+    path = _existing_db(args)
+    if path is None:
         return 2
     try:
-        conn = connect(path)
-        try:
-            report = verify_connection(conn, _progress("verifying"))
-        finally:
-            conn.close()
+        if args.command == "verify":
+            return run_verify(path, sys.stdout)
+        if args.command == "rebuild":
+            return run_rebuild(path, args.check, sys.stdout)
+        for line in export_events(path, run=args.run, thread=args.thread, org=args.org):
+            sys.stdout.buffer.write(line)
+        sys.stdout.flush()
+        return 0
     except sqlite3.Error as exc:
         print(f"error: cannot read {path}: {exc}", file=sys.stderr)
         return 2
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
-    if report.ok:
-        print(
-            f"ok: {report.events} events in {report.streams} streams,"
-            f" positions 1..{report.head_position} gapless,"
-            f" hash chain intact (head {report.head_hash})"
-        )
-        return 0
-    print(f"FAILED at position {report.first_bad_position}: {report.problem}")
-    print(f"the first {report.events} events verify (up to position {report.head_position})")
-    return 1
