@@ -32,6 +32,15 @@ BEFORE DELETE ON events
 BEGIN
     SELECT RAISE(ABORT, 'events is append-only: DELETE is not allowed');
 END;
+-- INSERT OR REPLACE deletes the row it conflicts with without firing the DELETE trigger
+-- (unless recursive_triggers is on, which is per connection): refuse it here.
+CREATE TRIGGER IF NOT EXISTS events_append_only_replace
+BEFORE INSERT ON events
+WHEN EXISTS (SELECT 1 FROM events WHERE position = NEW.position)
+    OR EXISTS (SELECT 1 FROM events WHERE stream = NEW.stream AND seq = NEW.seq)
+BEGIN
+    SELECT RAISE(ABORT, 'events is append-only: an existing event cannot be replaced');
+END;
 CREATE TABLE IF NOT EXISTS projection_checkpoints (
     name     TEXT    PRIMARY KEY,
     position INTEGER NOT NULL

@@ -67,6 +67,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     login_max_failures: int = 5
     login_window_seconds: float = 300.0
     routes: list[Route] = []
+    #: Modules whose ``TOOLS`` list adds tools (self-hosters' own; tests register one too).
+    tool_modules: list[str] = []
 
 
 _ENV: dict[str, tuple[str, type]] = {

@@ -81,6 +81,7 @@ class RunExecutor:
         tools: ToolRegistry,
         coalesce_s: float,
         resumed: bool = False,
+        interrupted: bool = False,
     ) -> None:
         self.store = store
         self.run_id = run_id
@@ -91,6 +92,8 @@ class RunExecutor:
         self.tools = tools
         self.coalesce_s = coalesce_s
         self.resumed = resumed
+        # After a crash (or a lost append) a pending tool call may already have run.
+        self.interrupted = resumed or interrupted
         self.state: RunState | None = None
         self.call_usage: Usage | None = None  # usage of the call in flight, as reported
         self.call_number = 0
@@ -126,43 +129,47 @@ class RunExecutor:
         self.state = fold_recorded(events)
         if self.state is None or self.state.terminal or self.state.status != "running":
             return
-        transcript = build_transcript(events)
-        self.call_number = transcript.last_call
         if self.resumed:
             await self.append(RunResumed(from_seq=self.state.seq))
         try:
             while True:
+                # Every step starts from the log, so a resumed run and a live one take the
+                # same path: results first, then either the answer is complete or the model
+                # is called again.
+                transcript = build_transcript(await read_run(self.store, self.run_id))
                 await self._resolve_tool_calls(transcript)
                 transcript = build_transcript(await read_run(self.store, self.run_id))
+                last = transcript.turns[-1] if transcript.turns else None
+                if last is not None and last.finished and not last.tool_calls:
+                    await self._complete(transcript)
+                    return
                 if transcript.completed_calls >= self.persona.max_iterations:
-                    await self.append(
-                        RunFailed(
-                            error_class="budget.max_iterations",
-                            message=f"the run reached max_iterations"
-                            f" ({self.persona.max_iterations}) of persona"
-                            f" {self.persona.persona_id}",
-                        )
+                    await self._fail(
+                        "budget.max_iterations",
+                        f"the run reached max_iterations ({self.persona.max_iterations})"
+                        f" of persona {self.persona.persona_id}",
                     )
-                    return
-                finished = await self._model_call(transcript, history)
-                transcript = build_transcript(await read_run(self.store, self.run_id))
-                if finished:
-                    await self.append(
-                        RunCompleted(message_id=(message_id := new_id())),
-                        thread=[
-                            MessageAdded(
-                                message_id=message_id,
-                                thread_id=self.state.thread_id,
-                                org_id=self.state.org_id,
-                                role="assistant",
-                                content=transcript.text,
-                                run_id=self.run_id,
-                            )
-                        ],
-                    )
-                    return
+                await self._model_call(transcript, history)
         except _Stopped:
             return
+
+    async def _complete(self, transcript: Transcript) -> None:
+        """The assistant's message on the thread and ``run.completed``, in one append."""
+        assert self.state is not None
+        message_id = new_id()
+        await self.append(
+            RunCompleted(message_id=message_id),
+            thread=[
+                MessageAdded(
+                    message_id=message_id,
+                    thread_id=self.state.thread_id,
+                    org_id=self.state.org_id,
+                    role="assistant",
+                    content=transcript.text,
+                    run_id=self.run_id,
+                )
+            ],
+        )
 
     async def _fail(self, error_class: str, message: str) -> None:
         await self.append(RunFailed(error_class=error_class, message=message))
@@ -170,8 +177,8 @@ class RunExecutor:
 
     # -- model calls ------------------------------------------------------------------------
 
-    async def _model_call(self, transcript: Transcript, history: list[dict[str, Any]]) -> bool:
-        """One model call with retries. Returns True when the model ended its turn."""
+    async def _model_call(self, transcript: Transcript, history: list[dict[str, Any]]) -> None:
+        """One model call, retried on retryable provider errors."""
         assert self.state is not None
         unfinished = transcript.unfinished_call()
         self.call_number = transcript.last_call + 1
@@ -215,42 +222,19 @@ class RunExecutor:
                     )
                 )
                 await asyncio.sleep(delay)
-        await self._record_usage()
-        if tool_uses:
-            calls = [
-                ToolCalled(
-                    tool_call_id=use.id, name=use.name, arguments=use.input, call=self.call_number
-                )
-                for use in tool_uses
-            ]
-            self._fresh_tool_calls.update(c.tool_call_id for c in calls)
-            await self.append(*calls)
-            return False
+        calls = [
+            ToolCalled(
+                tool_call_id=use.id, name=use.name, arguments=use.input, call=self.call_number
+            )
+            for use in tool_uses
+        ]
+        self._fresh_tool_calls.update(c.tool_call_id for c in calls)
+        # Usage and the tool calls in one append: a crash cannot separate a finished call
+        # from the tools it asked for.
+        await self.append(self._usage_event(self.call_usage or Usage()), *calls)
+        self.call_usage = None
         if stop.reason == "max_tokens":
             log.info("run.max_tokens", run_id=self.run_id)
-        return True
-
-    async def _record_usage(self) -> None:
-        assert self.state is not None
-        usage = self.call_usage or Usage()
-        self.call_usage = None
-        cost = self.route.cost_usd(
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.cache_write_tokens,
-            usage.cache_read_tokens,
-        )
-        await self.append(
-            RunUsage(
-                model=self.route.model,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                cache_read_tokens=usage.cache_read_tokens,
-                cost_usd=cost,
-                call=self.call_number,
-            )
-        )
         limit = self.persona.max_cost_usd
         if limit is not None and self.state.total_cost_usd > limit:
             await self._fail(
@@ -258,6 +242,22 @@ class RunExecutor:
                 f"the run cost {self.state.total_cost_usd:.6f} USD, over the persona's"
                 f" max_cost_usd of {limit}",
             )
+
+    def _usage_event(self, usage: Usage) -> RunUsage:
+        return RunUsage(
+            model=self.route.model,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cost_usd=self.route.cost_usd(
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cache_write_tokens,
+                usage.cache_read_tokens,
+            ),
+            call=max(self.call_number, 1),
+        )
 
     async def _stream_call(self, request: ModelRequest) -> tuple[list[ToolUse], Stop]:
         """Stream one attempt, appending coalesced deltas. The provider runs in its own task
@@ -364,7 +364,11 @@ class RunExecutor:
         tool = self.tools.get(call.name)
         if tool is None or tool.run is None or call.name not in self.persona.tools:
             return result(f"unknown tool {call.name!r}", is_error=True)
-        if call.tool_call_id not in self._fresh_tool_calls and not tool.safe_to_repeat:
+        if (
+            self.interrupted
+            and call.tool_call_id not in self._fresh_tool_calls
+            and not tool.safe_to_repeat
+        ):
             # The call was made before a restart and may have run: never repeat it silently.
             return result(
                 "the tool call was interrupted by a service restart and may or may not have"
@@ -396,23 +400,7 @@ class RunExecutor:
                 return
             usage = self.call_usage
             if usage is not None and (usage.input_tokens or usage.output_tokens):
-                decided = [
-                    RunUsage(
-                        model=self.route.model,
-                        input_tokens=usage.input_tokens,
-                        output_tokens=usage.output_tokens,
-                        cache_write_tokens=usage.cache_write_tokens,
-                        cache_read_tokens=usage.cache_read_tokens,
-                        cost_usd=self.route.cost_usd(
-                            usage.input_tokens,
-                            usage.output_tokens,
-                            usage.cache_write_tokens,
-                            usage.cache_read_tokens,
-                        ),
-                        call=max(self.call_number, 1),
-                    ),
-                    *decided,
-                ]
+                decided = [self._usage_event(usage), *decided]
             try:
                 await self.store.append(self.stream, [encode_event(e) for e in decided], state.seq)
                 self.call_usage = None

@@ -81,9 +81,10 @@ class Supervisor:
 
     async def _run(self, run_id: str, resumed: bool) -> None:
         structlog.contextvars.bind_contextvars(run_id=run_id)
+        interrupted = False
         for _attempt in range(3):
             try:
-                executor = await self._executor(run_id, resumed)
+                executor = await self._executor(run_id, resumed, interrupted)
                 if executor is None:
                     return
                 self._executors[run_id] = executor
@@ -101,14 +102,16 @@ class Supervisor:
             except ConcurrencyError:
                 # Someone else appended (a cancel while we had no task, say): start over from
                 # the log, which decides whether there is anything left to do.
-                resumed = False
+                resumed, interrupted = False, True
                 continue
             except Exception as exc:
                 log.exception("run.crashed")
                 await self._fail(run_id, "internal.error", f"internal error: {type(exc).__name__}")
                 return
 
-    async def _executor(self, run_id: str, resumed: bool) -> RunExecutor | None:
+    async def _executor(
+        self, run_id: str, resumed: bool, interrupted: bool
+    ) -> RunExecutor | None:
         first = await self.store.read_stream(run_stream(run_id), 0, 1)
         if not first:
             return None
@@ -132,6 +135,7 @@ class Supervisor:
             tools=self.tools,
             coalesce_s=self.coalesce_s,
             resumed=resumed,
+            interrupted=interrupted,
         )
 
     async def _history(self, run_id: str) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ interrupted it (issue 6): one that is not gets an "interrupted" error result ins
 from __future__ import annotations
 
 import ast
+import importlib
 import math
 import operator
 from collections.abc import Awaitable, Callable, Iterable
@@ -14,7 +15,15 @@ import msgspec
 
 from runs.providers.base import ToolSpec
 
-__all__ = ["ASK_USER", "Tool", "ToolError", "ToolRegistry", "builtin_tools", "calculate"]
+__all__ = [
+    "ASK_USER",
+    "Tool",
+    "ToolError",
+    "ToolRegistry",
+    "builtin_tools",
+    "calculate",
+    "load_tool_modules",
+]
 
 ASK_USER = "ask_user"
 
@@ -162,3 +171,20 @@ class ToolRegistry:
 
     def visible(self, names: Iterable[str]) -> list[Tool]:
         return [self.tools[n] for n in names if n in self.tools]
+
+
+def load_tool_modules(names: Iterable[str]) -> list[Tool]:
+    """Tools from the ``TOOLS`` list of each named module (config ``tool_modules``)."""
+    from runs.config import ConfigError
+
+    tools: list[Tool] = []
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"tool module {name!r} cannot be imported: {exc}") from exc
+        found = getattr(module, "TOOLS", None)
+        if not isinstance(found, list) or not all(isinstance(t, Tool) for t in found):
+            raise ConfigError(f"tool module {name!r} must define TOOLS: list[Tool]")
+        tools.extend(found)
+    return tools

@@ -114,12 +114,6 @@ async def test_update_and_delete_are_refused_by_the_database(
     ],
     ids=["same-position", "same-stream-seq"],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in eventstore/schema.py: no trigger stops INSERT OR REPLACE from overwriting"
-    " or deleting a row; add a BEFORE INSERT trigger that aborts on an existing position or"
-    " (stream, seq)",
-)
 async def test_replace_is_refused_by_the_database(
     filled: SQLiteEventStore, db_path: Path, sql: str
 ) -> None:
