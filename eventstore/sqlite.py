@@ -90,9 +90,11 @@ class SQLiteEventStore:
                 await reader.execute("PRAGMA busy_timeout = 10000")
                 await reader.execute("PRAGMA query_only = ON")
                 self._readers.append(reader)
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             await self._shutdown_connections()
-            raise StorageError(f"cannot open event store at {self.path}: {exc}") from exc
+            if isinstance(exc, EventStoreError) or not isinstance(exc, Exception):
+                raise
+            raise StorageError(f"cannot open event store at {self.path}: {exc!r}") from exc
         self._writer_task = asyncio.create_task(self._run_writer(), name="runlog-writer")
 
     async def close(self) -> None:
@@ -138,6 +140,13 @@ class SQLiteEventStore:
         """Append to several streams atomically: all requests commit, or none does."""
         if self._closed:
             raise StoreClosedError("the event store is closed")
+        for request in requests:
+            for event in request.events:
+                if not isinstance(event.data, bytes):
+                    raise StorageError(
+                        f"event {event.type!r}: data must be encoded JSON bytes,"
+                        f" not {type(event.data).__name__}"
+                    )
         future: asyncio.Future[list[RecordedEvent]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(list(requests), future))
         return await future
@@ -251,6 +260,8 @@ class SQLiteEventStore:
         a commit that lands during the read is never missed. Close the iterator (``aclose``
         or ``contextlib.aclosing``) to release the subscription at once.
         """
+        if self._closed:
+            raise StoreClosedError("the event store is closed")
         tail = self.live.acquire(stream)
         try:
             cursor = after_seq
@@ -272,6 +283,8 @@ class SQLiteEventStore:
 
     async def verify(self) -> VerifyReport:
         """Walk the whole log and report the first position that breaks the chain, if any."""
+        if self._closed:
+            raise StoreClosedError("the event store is closed")
 
         def run() -> VerifyReport:
             conn = connect(self.path, self._synchronous)

@@ -90,9 +90,13 @@ class BatchWriter:
                 conn.execute("SAVEPOINT item")
                 try:
                     recorded = self._append_item(item, head_position, head_hash, created_at)
-                except EventStoreError as exc:
+                except Exception as exc:  # one append's failure never fails its neighbours
                     conn.execute("ROLLBACK TO item")
                     conn.execute("RELEASE item")
+                    if not isinstance(exc, EventStoreError):
+                        wrapped = StorageError(f"append failed: {exc!r}")
+                        wrapped.__cause__ = exc
+                        exc = wrapped
                     outcomes.append(exc)
                     continue
                 conn.execute("RELEASE item")

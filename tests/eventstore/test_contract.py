@@ -338,11 +338,6 @@ async def test_reopen_sees_the_same_log_and_continues_it(store_factory: Any) -> 
     assert (await reopened.verify()).ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="inconsistency in eventstore/sqlite.py: verify() still runs and subscribe() ends"
-    " silently on a closed store instead of raising StoreClosedError",
-)
 async def test_closed_store_refuses_verify_and_subscribe(store: Any) -> None:
     await store.close()
 
@@ -368,12 +363,6 @@ async def test_invalid_utf8_fails_only_its_own_append(store: Any) -> None:
     assert await store.read_stream("b") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in eventstore/writer.py commit_batch: only EventStoreError is isolated per"
-    " item, so any other exception from one append (here str.decode) rolls back and fails"
-    " every append of the batch",
-)
 async def test_malformed_event_fails_only_its_own_append(store: Any) -> None:
     results = await asyncio.gather(
         store.append("a", [ev()]),

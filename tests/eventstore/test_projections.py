@@ -200,12 +200,6 @@ async def test_events_of_a_process_without_the_projection_are_caught_up_by_the_n
         await store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in eventstore/sqlite.py _start: only sqlite3.Error is translated and cleaned"
-    " up, so a projection failing during catch-up on open escapes raw and leaks the write"
-    " connection and the writer thread",
-)
 async def test_projection_failing_on_open_raises_storage_error_and_cleans_up(
     db_path: Path,
 ) -> None:

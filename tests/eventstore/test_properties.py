@@ -98,7 +98,7 @@ async def _run(opener: Any, directory: Path, rounds: list[list[Any]]) -> None:
 
 
 @settings(
-    max_examples=100,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
