@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import math
 import os
 import re
 import time
@@ -19,7 +21,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from eventstore import EventStoreError, SQLiteEventStore, StoreClosedError
+from eventstore import EventStoreError, RecordedEvent, SQLiteEventStore, StoreClosedError
 from projections import all_projections
 from projections.queries import Queries
 from runs.auth import (
@@ -41,10 +43,12 @@ from runs.errors import (
 )
 from runs.events import TERMINAL_RUN_EVENTS, run_stream
 from runs.ids import is_id
+from runs.openapi import document_bytes as openapi_document_bytes
 from runs.personas import PersonaRegistry
 from runs.providers.anthropic import AnthropicProvider
 from runs.providers.base import Provider
 from runs.providers.scripted import ScriptedProvider
+from runs.ratelimit import FailureLimiter
 from runs.routes import RouteTable
 from runs.run import RUN_STATUSES, TERMINAL_STATUSES, fold_recorded
 from runs.schemas import (
@@ -68,7 +72,7 @@ from runs.schemas import (
 from runs.service import Accounts, Principal, RunService
 from runs.startup import bootstrap, load_secret, record_personas
 from runs.supervisor import Supervisor
-from runs.tools import Tool, ToolRegistry
+from runs.tools import Tool, ToolRegistry, load_tool_modules
 
 __all__ = ["RUNTIME", "Runtime", "create_app", "main"]
 
@@ -92,6 +96,8 @@ _STATUS_BY_CODE = {
     "validation.body_too_large": 413,
     "validation.content_type": 415,
     "validation.method_not_allowed": 405,
+    "validation.body_timeout": 408,
+    "auth.rate_limited": 429,
 }
 _TRACE_ID_FORMAT = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _LIMIT = re.compile(r"^[0-9]{1,4}$")
@@ -113,7 +119,8 @@ class Runtime:
         self.env = env
         self.routes = RouteTable(config, env)
         self.personas = PersonaRegistry.from_dirs(config.personas_dir)
-        self.tools = ToolRegistry(tools)
+        self.tools = ToolRegistry([*tools, *load_tool_modules(config.tool_modules)])
+        self._providers: dict[str, Provider] = {}
         self.provider_for = provider_for or self.default_provider
         self.store: SQLiteEventStore
         self.queries: Queries
@@ -123,11 +130,18 @@ class Runtime:
         self.secret = b""
         self.streams: set[asyncio.Task[Any]] = set()
         self.bootstrap_key: str | None = None
+        self.login_limiter = FailureLimiter(config.login_max_failures, config.login_window_seconds)
 
     def default_provider(self, route: Route) -> Provider:
-        if route.provider == "scripted":
-            return ScriptedProvider()
-        return AnthropicProvider(route, self.routes.api_key(route))
+        """One provider per route (one HTTP client and connection pool), closed at stop."""
+        provider = self._providers.get(route.id)
+        if provider is None:
+            if route.provider == "scripted":
+                provider = ScriptedProvider()
+            else:
+                provider = AnthropicProvider(route, self.routes.api_key(route))
+            self._providers[route.id] = provider
+        return provider
 
     async def start(self) -> None:
         self.store = await SQLiteEventStore.open(self.config.db, all_projections())
@@ -171,6 +185,9 @@ class Runtime:
         """Stop run tasks (their appends commit; the runs stay resumable), close the log."""
         await self.stop_intake()
         await self.supervisor.shutdown(self.config.shutdown_timeout_seconds)
+        for provider in self._providers.values():
+            if isinstance(provider, AnthropicProvider):
+                await provider.aclose()
         await self.store.close()
 
 
@@ -215,13 +232,21 @@ async def read_body(request: web.Request, kind: type[T]) -> T:
                 f"the body must be application/json, not {content_type or 'untyped'}",
                 code="validation.content_type",
             )
-        raw = await request.read()
+        # A body trickled in slowly must not hold the handler (slow-loris, issue 7).
+        timeout = request.app[RUNTIME].config.request_read_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                raw = await request.read()
+        except TimeoutError:
+            raise ValidationFailed(
+                f"the body was not received within {timeout:g} s", code="validation.body_timeout"
+            ) from None
     else:
         raw = b""
     if not raw.strip():
         raw = b"{}"
     try:
-        return msgspec.json.decode(raw, type=kind)
+        decoded = msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:
         field = _field_of(str(exc))
         raise ValidationFailed(
@@ -229,10 +254,67 @@ async def read_body(request: web.Request, kind: type[T]) -> T:
             code=f"validation.{field}" if field else "validation.body",
             **({"field": field} if field else {}),
         ) from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec checks UTF-8 inside strings as it goes, and raises UnicodeDecodeError.
+        bad_utf8 = isinstance(exc, UnicodeDecodeError)
+        field = _malformed_field(raw, kind, bad_utf8)
+        reason = "not valid UTF-8" if bad_utf8 else f"not valid JSON: {exc}"
         raise ValidationFailed(
-            f"the body is not valid JSON: {exc}", code="validation.json"
-        ) from exc
+            f"the body is {reason}",
+            code=f"validation.{field}" if field else "validation.json",
+            **({"field": field} if field else {}),
+        ) from None
+    for name in getattr(kind, "__struct_fields__", ()):
+        value = getattr(decoded, name)
+        if isinstance(value, str) and "\x00" in value:
+            raise ValidationFailed(
+                f"{name} must not contain NUL characters", code=f"validation.{name}", field=name
+            )
+    return decoded
+
+
+def _malformed_field(raw: bytes, kind: type[Any], bad_utf8: bool) -> str | None:
+    """Which top-level field of a malformed body is to blame, found with a lenient parse
+    (invalid UTF-8 replaced, NaN/Infinity and raw control characters accepted); ``None`` when
+    the JSON's structure itself is broken (issue 7: errors name the field)."""
+    try:
+        value = json.loads(raw.decode("utf-8", "replace"), strict=False)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, dict):
+        return None
+    fields = getattr(kind, "__struct_fields__", ())
+    candidates = [(name, item) for name, item in value.items() if name in fields]
+    tests: list[Callable[[Any], bool]] = (
+        [lambda leaf: isinstance(leaf, str) and "\ufffd" in leaf]
+        if bad_utf8
+        else [
+            lambda leaf: isinstance(leaf, float) and not math.isfinite(leaf),
+            lambda leaf: isinstance(leaf, str) and any("\ud800" <= c <= "\udfff" for c in leaf),
+            lambda leaf: isinstance(leaf, str) and any(c < " " for c in leaf),
+        ]
+    )
+    for test in tests:
+        for name, item in candidates:
+            if any(test(leaf) for leaf in _leaves(item)):
+                return str(name)
+    return None
+
+
+def _leaves(value: Any) -> list[Any]:
+    """The scalars and keys inside a decoded JSON value (iterative: it may be deep)."""
+    leaves: list[Any] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            leaves.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        else:
+            leaves.append(item)
+    return leaves
 
 
 def principal(request: web.Request) -> Principal:
@@ -285,6 +367,19 @@ def query_seq(request: web.Request, name: str, raw: str | None) -> int | None:
 # -- middleware -------------------------------------------------------------------------------
 
 
+def check_declared_size(request: web.Request) -> None:
+    """Refuse a body on its Content-Length, before a byte of it is read (issue 7). A body
+    without one (chunked) is cut off by ``client_max_size`` as it is read."""
+    limit = request.app[RUNTIME].config.max_body_bytes
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise ValidationFailed(
+            f"the body is {declared} bytes; at most {limit} are accepted",
+            code="validation.body_too_large",
+            max_bytes=limit,
+        )
+
+
 @web.middleware
 async def trace_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Trace id on every response, auth on ``/v1``, errors in the documented shape, and one
@@ -297,6 +392,7 @@ async def trace_and_errors(request: web.Request, handler: Handler) -> web.Stream
     started = time.perf_counter()
     status = 500
     try:
+        check_declared_size(request)
         if request.path.startswith("/v1/") and request.path not in _PUBLIC_PATHS:
             request[PRINCIPAL] = await authenticate(request)
         response = await handler(request)
@@ -377,14 +473,32 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": "ready", "head": await runtime.store.head()})
 
 
+async def openapi_json(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document, generated from ``runs.schemas`` (``runs.openapi``)."""
+    return web.Response(body=openapi_document_bytes(), content_type="application/json")
+
+
 async def login(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     body = await read_body(request, Login)
+    # Throttled per login and per client address; the attempt counts before the (slow)
+    # password check, so concurrent guesses cannot all pass the check (issue 7).
+    by_login, by_address = f"login:{body.login.casefold()}", f"address:{request.remote}"
+    limiter = runtime.login_limiter
+    wait = limiter.retry_after((by_login, by_address))
+    if wait > 0:
+        raise RateLimited(
+            "too many failed logins; try again later",
+            code="auth.rate_limited",
+            retry_after_seconds=math.ceil(wait),
+        )
+    limiter.attempt((by_login, by_address))
     user = await runtime.queries.user_by_login(body.login)
     encoded = user["password_hash"] if user and user["password_hash"] else None
     ok = await asyncio.to_thread(verify_password, body.password, encoded or DUMMY_PASSWORD_HASH)
     if user is None or encoded is None or not ok:
         raise Unauthorized("wrong login or password")
+    limiter.succeeded(by_login, forgive=(by_address,))
     ttl = runtime.config.access_token_ttl_seconds
     token = sign_access_token(runtime.secret, user["user_id"], user["org_id"], ttl)
     return json_response(LoginResult(access_token=token, expires_in=ttl))
@@ -651,45 +765,79 @@ async def _stream_events(
     status: str,
 ) -> None:
     stream = run_stream(run_id)
+    store = runtime.store
     batch_limit = runtime.config.sse_batch_limit
-    if not follow or status in TERMINAL_STATUSES:
-        cursor = after_seq
-        while True:
-            batch = await runtime.store.read_stream(stream, cursor, batch_limit)
-            for event in batch:
-                await response.write(sse_frame(event.seq, event.type, event.data, event.created_at))
-            if len(batch) < batch_limit:
-                return
+    # History: batches of at most ``batch_limit`` rows, one write per batch (a send per frame
+    # would cap catch-up far below the log's read speed).
+    cursor = after_seq
+    while True:
+        batch = await store.read_stream(stream, cursor, batch_limit)
+        if batch:
+            await response.write(b"".join(map(_frame_of, batch)))
             cursor = batch[-1].seq
-    # Follow from no later than the log's end, so a cursor past the end still sees the
-    # terminal event (not sent, but it ends the stream).
-    start = min(after_seq, await runtime.store.last_seq(stream))
-    heartbeat = runtime.config.sse_heartbeat_seconds
-    events = runtime.store.subscribe(stream, start, batch_limit)
-    pending: asyncio.Future[Any] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(events))
-            done, _ = await asyncio.wait({pending}, timeout=heartbeat)
-            if not done:
-                await response.write(b": ping\n\n")
-                continue
-            try:
-                event = pending.result()
-            except StopAsyncIteration:
+            if batch[-1].type in TERMINAL_RUN_EVENTS:
                 return
-            pending = None
-            if event.seq > after_seq:
-                await response.write(sse_frame(event.seq, event.type, event.data, event.created_at))
+        if len(batch) < batch_limit:
+            break
+    if not follow or status in TERMINAL_STATUSES:
+        return
+    # Live: follow from no later than the log's last event, so a cursor past the end still
+    # sees the terminal event (not sent, but it ends the stream) — also when the run ended
+    # after its status was read (then the last event *is* the terminal one).
+    start = min(cursor, max(0, await store.last_seq(stream) - 1))
+    pulse = _Pulse(asyncio.get_running_loop().time())
+    events = store.subscribe(stream, start, batch_limit)
+    owner = asyncio.current_task()
+    assert owner is not None
+    beat = asyncio.create_task(
+        _heartbeat(response, pulse, runtime.config.sse_heartbeat_seconds, owner),
+        name="sse-heartbeat",
+    )
+    try:
+        # No task, future or timer per event: the handler waits inside the subscription (on
+        # the stream's shared notification) and a heartbeat task per connection fills silences.
+        async for event in events:
+            if event.seq > cursor:
+                await response.write(_frame_of(event))
+                pulse.last = asyncio.get_running_loop().time()
             if event.type in TERMINAL_RUN_EVENTS:
                 return
     finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
+        beat.cancel()
         await events.aclose()
+        with contextlib.suppress(BaseException):
+            await beat
+
+
+def _frame_of(event: RecordedEvent) -> bytes:
+    return sse_frame(event.seq, event.type, event.data, event.created_at)
+
+
+class _Pulse:
+    """When a stream last sent something (loop time), for its heartbeat."""
+
+    __slots__ = ("last",)
+
+    def __init__(self, last: float) -> None:
+        self.last = last
+
+
+async def _heartbeat(
+    response: web.StreamResponse, pulse: _Pulse, interval: float, owner: asyncio.Task[Any]
+) -> None:
+    """``: ping`` whenever nothing was sent for ``interval`` seconds (one timer per interval,
+    not per event). A failed write means the client left: end its stream at once."""
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            idle = loop.time() - pulse.last
+            if idle < interval:
+                await asyncio.sleep(interval - idle)
+                continue
+            pulse.last = loop.time()
+            await response.write(b": ping\n\n")
+    except ConnectionResetError:
+        owner.cancel()
 
 
 # -- the application --------------------------------------------------------------------------
@@ -699,6 +847,7 @@ def add_routes(app: web.Application) -> None:
     run = "{run_id:[^{}/:]+}"
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi_json)
     app.router.add_post("/v1/auth/login", login)
     app.router.add_post("/v1/threads", create_thread)
     app.router.add_get("/v1/threads", list_threads)

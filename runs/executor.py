@@ -53,6 +53,7 @@ __all__ = ["RunExecutor", "read_run"]
 log = structlog.get_logger("runlog.run")
 
 _END = object()
+_MAX_RETRY_AFTER_S = 60.0
 
 
 async def read_run(store: SQLiteEventStore, run_id: str) -> list[Any]:
@@ -171,9 +172,16 @@ class RunExecutor:
             ],
         )
 
-    async def _fail(self, error_class: str, message: str) -> None:
-        await self.append(RunFailed(error_class=error_class, message=message))
+    async def _fail(self, error_class: str, message: str, *before: DomainEvent) -> None:
+        await self.append(*before, RunFailed(error_class=error_class, message=message))
         raise _Stopped
+
+    def _usage_so_far(self) -> list[DomainEvent]:
+        """A ``run.usage`` for what the call in flight has reported, if anything."""
+        usage, self.call_usage = self.call_usage, None
+        if usage is None or not (usage.input_tokens or usage.output_tokens):
+            return []
+        return [self._usage_event(usage)]
 
     # -- model calls ------------------------------------------------------------------------
 
@@ -206,13 +214,18 @@ class RunExecutor:
                 tool_uses, stop = await self._stream_call(request)
                 break
             except ProviderError as exc:
+                # Tokens the failed attempt already used are billed, like any call's.
+                spent = self._usage_so_far()
                 if not exc.retryable or attempt >= self.route.max_attempts:
-                    await self._fail(exc.error_class, exc.message)
+                    await self._fail(exc.error_class, exc.message, *spent)
                 delay = self.route.retry_base_delay_s * (2 ** (attempt - 1))
+                if exc.retry_after_s is not None:
+                    delay = max(delay, min(exc.retry_after_s, _MAX_RETRY_AFTER_S))
                 attempt += 1
                 discarded = self.call_number
                 self.call_number += 1
                 await self.append(
+                    *spent,
                     RunRetried(
                         call=self.call_number,
                         discarded_call=discarded,
@@ -400,7 +413,7 @@ class RunExecutor:
                 return
             usage = self.call_usage
             if usage is not None and (usage.input_tokens or usage.output_tokens):
-                decided = [self._usage_event(usage), *decided]
+                decided = [self._usage_event(usage), *decided]  # usage known so far
             try:
                 await self.store.append(self.stream, [encode_event(e) for e in decided], state.seq)
                 self.call_usage = None

@@ -50,7 +50,8 @@ class CreateMessage(Request):
 
 class CreateRun(Request):
     route_id: Id | None = None
-    persona_id: Id | None = None
+    # The spec: persona_id "defaults if empty" — an empty string means the default persona.
+    persona_id: Annotated[str, msgspec.Meta(max_length=200)] | None = None
 
 
 class SubmitInput(Request):

@@ -52,13 +52,21 @@ class Supervisor:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._executors: dict[str, RunExecutor] = {}
         self._cancelled_by: dict[str, str | None] = {}
+        # Runs to launch again when their current task ends (input that arrived while the
+        # task was still finishing its step).
+        self._relaunch: set[str] = set()
         self.accepting = True
 
     # -- launching --------------------------------------------------------------------------
 
     def launch(self, run_id: str, *, resumed: bool = False) -> None:
-        """Start (or continue) a run's task; a no-op if it already has one."""
-        if not self.accepting or run_id in self.tasks:
+        """Start (or continue) a run's task. If it still has one (finishing the step that
+        ended in a wait, say), it is launched again when that task ends: the new task reads
+        the log, so a launch is never lost and never doubled."""
+        if not self.accepting:
+            return
+        if run_id in self.tasks:
+            self._relaunch.add(run_id)
             return
         task = asyncio.create_task(self._run(run_id, resumed), name=f"run-{run_id}")
         self.tasks[run_id] = task
@@ -69,6 +77,10 @@ class Supervisor:
             del self.tasks[run_id]
             self._executors.pop(run_id, None)
             self._cancelled_by.pop(run_id, None)
+            if run_id in self._relaunch:
+                self._relaunch.discard(run_id)
+                if not task.cancelled():
+                    self.launch(run_id)
 
     async def resume_all(self) -> list[str]:
         """Continue every run the log says is running (after a restart or a crash)."""

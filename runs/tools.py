@@ -72,6 +72,21 @@ _FUNCTIONS: dict[str, Callable[..., float]] = {
 _CONSTANTS = {"pi": math.pi, "e": math.e}
 _MAX_EXPRESSION = 1000
 _MAX_EXPONENT = 10_000
+# Integer results stay small enough to compute in microseconds and to print (str() refuses
+# past 4,300 digits): the tool runs on the event loop, where a timeout cannot stop it.
+_MAX_INT_BITS = 14_000
+
+
+def _too_large(op: ast.operator, left: Any, right: Any) -> bool:
+    """Whether an integer ``**`` or ``*`` would exceed ``_MAX_INT_BITS`` (checked before
+    computing it: ``(10**10000)**10000`` would otherwise hold the process for minutes)."""
+    if not (isinstance(left, int) and isinstance(right, int)):
+        return False
+    if isinstance(op, ast.Pow):
+        return right > 0 and abs(left) > 1 and right * math.log2(abs(left)) > _MAX_INT_BITS
+    if isinstance(op, ast.Mult):
+        return abs(left).bit_length() + abs(right).bit_length() > _MAX_INT_BITS
+    return False
 
 
 def calculate(expression: str) -> float | int:
@@ -93,6 +108,8 @@ def calculate(expression: str) -> float | int:
             left, right = walk(node.left), walk(node.right)
             if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:
                 raise ToolError("exponent too large")
+            if _too_large(node.op, left, right):
+                raise ToolError("result too large")
             return _BINARY[type(node.op)](left, right)
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
             return _UNARY[type(node.op)](walk(node.operand))

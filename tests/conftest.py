@@ -70,11 +70,13 @@ class Api:
         store = self.runtime.store
         async with asyncio.timeout(timeout):
             while True:
+                # The cursor is read before the status, so an event appended in between
+                # still wakes the wait below (projections commit with their events).
+                last = await store.last_seq(f"run-{run_id}")
                 _, run = await self.request("GET", f"/v1/runs/{run_id}", expect=200)
                 if run["status"] in wanted:
                     return dict(run)
                 # Wait for the run's next event instead of sleeping.
-                last = await store.last_seq(f"run-{run_id}")
                 events = store.subscribe(f"run-{run_id}", last)
                 try:
                     await anext(events)

@@ -6,6 +6,7 @@ run's log with its reason. Prompt caching marks the system prompt and the tool d
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,9 +24,29 @@ from runs.providers.base import (
     Usage,
 )
 
+try:  # the HTTP library under the SDK (httpx2 since SDK 2.0, httpx before)
+    from httpx2 import TransportError
+except ImportError:  # pragma: no cover - older SDKs
+    from httpx import TransportError  # type: ignore[assignment]
+
 __all__ = ["AnthropicProvider", "classify"]
 
 _RETRYABLE_TYPES = frozenset({"rate_limit_error", "overloaded_error", "api_error"})
+
+# SDK 2.x speaks API version 2026-10-21, which removed the sampling parameters: its
+# ``messages.create`` has no ``temperature`` and the API answers 400 to one sent anyway. The
+# persona's temperature is sent only through an SDK (API version) that still accepts it.
+_SENDS_TEMPERATURE = (
+    "temperature" in inspect.signature(anthropic.resources.messages.AsyncMessages.create).parameters
+)
+
+
+def _retry_after(exc: anthropic.APIStatusError) -> float | None:
+    try:
+        value = exc.response.headers.get("retry-after")
+        return max(0.0, float(value)) if value is not None else None
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 def classify(exc: Exception) -> ProviderError:
@@ -48,7 +69,9 @@ def classify(exc: Exception) -> ProviderError:
             error_class = "provider.bad_request"
         else:
             error_class = f"provider.http_{status}"
-        return ProviderError(error_class, message, retryable=retryable)
+        return ProviderError(
+            error_class, message, retryable=retryable, retry_after_s=_retry_after(exc)
+        )
     if isinstance(exc, anthropic.APIConnectionError):
         return ProviderError("provider.connection", str(exc) or "connection failed", retryable=True)
     return ProviderError("provider.error", f"{type(exc).__name__}: {exc}")
@@ -63,6 +86,10 @@ class AnthropicProvider:
             max_retries=0,
             timeout=route.timeout_s,
         )
+
+    async def aclose(self) -> None:
+        """Close the HTTP client (its connection pool)."""
+        await self.client.close()
 
     def _params(self, request: ModelRequest) -> dict[str, Any]:
         tools = [
@@ -81,7 +108,7 @@ class AnthropicProvider:
         }
         if tools:
             params["tools"] = tools
-        if request.temperature is not None:
+        if request.temperature is not None and _SENDS_TEMPERATURE:
             params["temperature"] = request.temperature
         return params
 
@@ -130,3 +157,9 @@ class AnthropicProvider:
                             yield Stop(event.delta.stop_reason)
         except anthropic.AnthropicError as exc:
             raise classify(exc) from exc
+        except TransportError as exc:
+            # A connection dropped mid-stream: the SDK wraps errors of sending the request,
+            # not those of reading the streamed body.
+            raise ProviderError(
+                "provider.connection", f"connection lost: {exc}", retryable=True
+            ) from exc

@@ -65,11 +65,20 @@ class ProviderError(Exception):
     """A model call failed. ``retryable`` errors (429, 529, 5xx, dropped connections) may be
     issued again; others end the run with ``error_class``."""
 
-    def __init__(self, error_class: str, message: str, *, retryable: bool = False) -> None:
+    def __init__(
+        self,
+        error_class: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.error_class = error_class
         self.message = message
         self.retryable = retryable
+        #: The provider's own ``retry-after``, honoured (capped) when it is longer than ours.
+        self.retry_after_s = retry_after_s
 
 
 class Provider(Protocol):

@@ -1,0 +1,117 @@
+"""The agent loop on the scripted provider: one tool round trip, as the log and SSE show it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from tests.agent.conftest import MakeApi, events_of, only, types_of, wait_for_event
+from tests.conftest import Api
+
+
+async def sse_frames(api: Api, run_id: str) -> list[dict[str, Any]]:
+    """Every frame of the run's history through ``GET /events?follow=0``."""
+    async with api.client.get(
+        f"/v1/runs/{run_id}/events", params={"follow": "0"}, headers=api.headers()
+    ) as response:
+        assert response.status == 200
+        text = await response.text()
+    return [
+        json.loads(line.removeprefix("data: "))
+        for line in text.splitlines()
+        if line.startswith("data: ")
+    ]
+
+
+async def test_tool_directive_round_trip(make_api: MakeApi) -> None:
+    api = await make_api()
+    thread_id, run_id = await api.start_run('/tool calculator {"expression": "6*7"}')
+    run = await api.wait_for(run_id)
+    assert run["status"] == "completed"
+
+    events = await events_of(api, run_id)
+    [call] = only(events, "tool.call")
+    [result] = only(events, "tool.result")
+    assert call["name"] == "calculator"
+    assert call["arguments"] == {"expression": "6*7"}
+    assert call["call"] == 1
+    assert result == {
+        "tool_call_id": call["tool_call_id"],
+        "name": "calculator",
+        "output": "42",
+        "is_error": False,
+    }
+    deltas = only(events, "message.delta")
+    assert "".join(d["content"] for d in deltas) == "tool calculator returned: 42"
+    assert {d["call"] for d in deltas} == {2}
+    assert {d["role"] for d in deltas} == {"assistant"}
+    assert [u["call"] for u in only(events, "run.usage")] == [1, 2]
+    [completed] = only(events, "run.completed")
+
+    kinds = types_of(events)
+    assert kinds[0] == "run.started"
+    assert kinds[-1] == "run.completed"
+    assert (
+        kinds.index("tool.call")
+        < kinds.index("tool.result")
+        < kinds.index("message.delta")
+        < kinds.index("run.completed")
+    )
+
+    _, messages = await api.request("GET", f"/v1/threads/{thread_id}/messages", expect=200)
+    assert [(m["role"], m["content"]) for m in messages] == [
+        ("user", '/tool calculator {"expression": "6*7"}'),
+        ("assistant", "tool calculator returned: 42"),
+    ]
+    assert messages[1]["id"] == completed["message_id"]
+    assert messages[1]["run_id"] == run_id
+
+    # SSE shows the same history, in seq order, with the documented frame shape.
+    frames = await sse_frames(api, run_id)
+    assert [f["type"] for f in frames] == kinds
+    assert [f["seq"] for f in frames] == list(range(1, len(kinds) + 1))
+    assert all(set(f) == {"seq", "type", "data", "created_at"} for f in frames)
+    assert next(f for f in frames if f["type"] == "tool.result")["data"]["output"] == "42"
+
+
+async def test_echo_and_failure(make_api: MakeApi) -> None:
+    api = await make_api()
+    thread_id, run_id = await api.start_run("hello\nworld")
+    assert (await api.wait_for(run_id))["status"] == "completed"
+    _, messages = await api.request("GET", f"/v1/threads/{thread_id}/messages", expect=200)
+    assert messages[-1]["content"] == "echo: hello\nworld"
+
+    _, run_id = await api.start_run("/fail")
+    run = await api.wait_for(run_id)
+    assert (run["status"], run["error_class"]) == ("failed", "provider.error")
+    assert types_of(await events_of(api, run_id))[-1] == "run.failed"
+
+
+async def test_cancel_during_a_slow_scripted_stream(make_api: MakeApi) -> None:
+    api = await make_api()
+    _, run_id = await api.start_run("/slow 200\na fairly long answer that streams slowly")
+    await wait_for_event(api, run_id, "message.delta")
+    started = time.monotonic()
+    await api.request("POST", f"/v1/runs/{run_id}:cancel", expect=200)
+    run = await api.wait_for(run_id, timeout=1.0)
+    assert time.monotonic() - started < 1.0
+    assert run["status"] == "cancelled"
+    assert types_of(await events_of(api, run_id))[-1] == "run.cancelled"
+    # Nothing more is appended after the terminal event.
+    seq = await api.runtime.store.last_seq(f"run-{run_id}")
+    await asyncio.sleep(0.3)
+    assert await api.runtime.store.last_seq(f"run-{run_id}") == seq
+
+
+async def test_deltas_are_coalesced_within_the_window(make_api: MakeApi) -> None:
+    api = await make_api(delta_coalesce_ms=50)
+    text = " ".join(f"word{i}" for i in range(200))
+    _, run_id = await api.start_run(text)
+    assert (await api.wait_for(run_id))["status"] == "completed"
+    deltas = only(await events_of(api, run_id), "message.delta")
+    reply = f"echo: {text}"
+    assert "".join(d["content"] for d in deltas) == reply
+    # The scripted provider yields 4-character chunks; the log holds far fewer deltas.
+    assert len(deltas) < len(reply) // 4 // 4
