@@ -64,7 +64,7 @@ class Api:
         return thread_id, await self.create_run(thread_id, **body)
 
     async def wait_for(self, run_id: str, statuses: set[str] | None = None,
-                       timeout: float = 10.0) -> dict[str, Any]:
+                       timeout: float = 10.0, key: str | None = None) -> dict[str, Any]:
         """Await the run reaching one of ``statuses`` (default: any terminal one)."""
         wanted = statuses or {"completed", "failed", "cancelled"}
         store = self.runtime.store
@@ -73,7 +73,7 @@ class Api:
                 # The cursor is read before the status, so an event appended in between
                 # still wakes the wait below (projections commit with their events).
                 last = await store.last_seq(f"run-{run_id}")
-                _, run = await self.request("GET", f"/v1/runs/{run_id}", expect=200)
+                _, run = await self.request("GET", f"/v1/runs/{run_id}", key=key, expect=200)
                 if run["status"] in wanted:
                     return dict(run)
                 # Wait for the run's next event instead of sleeping.

@@ -12,7 +12,6 @@ import pytest
 from runs.auth import key_sha256, sign_access_token
 from runs.events import UserDeleted, encode_event, org_stream
 from tests.conftest import ADMIN_KEY, Api
-from tests.http.conftest import wait_run
 
 ERROR_KEYS = {"code", "message", "details", "trace_id"}
 
@@ -189,10 +188,10 @@ async def test_access_token_of_another_org_claim_cannot_be_forged(api: Api) -> N
 async def test_another_orgs_resources_are_404_on_every_route(api: Api) -> None:
     other = await api.new_org_key()
     thread_id, done = await api.start_run("finished")
-    await wait_run(api, done)
+    await api.wait_for(done)
     await api.add_message(thread_id, "/ask what now?")
     waiting = await api.create_run(thread_id)
-    await wait_run(api, waiting, {"waiting_for_input"})
+    await api.wait_for(waiting, {"waiting_for_input"})
     store = api.runtime.store
     head = await store.head()
 

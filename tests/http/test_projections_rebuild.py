@@ -12,7 +12,6 @@ from projections import all_projections, rebuild, table_rows
 from runs.auth import key_sha256
 from runs.events import UserDeleted, encode_event, org_stream
 from tests.conftest import ADMIN_KEY, Api
-from tests.http.conftest import wait_run
 
 
 async def build_varied_log(api: Api) -> None:
@@ -31,20 +30,20 @@ async def build_varied_log(api: Api) -> None:
 
     # Threads with messages and runs that end every way.
     thread_id, done = await api.start_run("hello there\n/cache 2")
-    await wait_run(api, done)
+    await api.wait_for(done)
     await api.add_message(thread_id, "and a second question")
     second = await api.create_run(thread_id)
-    await wait_run(api, second)
+    await api.wait_for(second)
     _, failed = await api.start_run("/fail")
-    await wait_run(api, failed)
+    await api.wait_for(failed)
     _, cancelled = await api.start_run("/slow 200\nnever finished")
     await api.request("POST", f"/v1/runs/{cancelled}:cancel", expect=200)
     _, answered = await api.start_run("/ask favourite colour?")
-    await wait_run(api, answered, {"waiting_for_input"})
+    await api.wait_for(answered, {"waiting_for_input"})
     await api.request("POST", f"/v1/runs/{answered}/input", json={"content": "blue"}, expect=200)
-    await wait_run(api, answered)
+    await api.wait_for(answered)
     _, waiting = await api.start_run("/ask still there?")
-    await wait_run(api, waiting, {"waiting_for_input"})
+    await api.wait_for(waiting, {"waiting_for_input"})
     await api.create_thread(None)
     await api.create_thread("bob's", key=spare_key)
 
@@ -53,7 +52,7 @@ async def build_varied_log(api: Api) -> None:
     other_thread = await api.create_thread("other org", key=other)
     await api.add_message(other_thread, "from the other org", key=other)
     other_run = await api.create_run(other_thread, key=other)
-    await wait_run(api, other_run, key=other)
+    await api.wait_for(other_run, key=other)
     assert bob_key
 
 
@@ -99,7 +98,7 @@ async def test_rebuilt_projections_equal_the_live_ones(api: Api, tmp_path: Path)
 async def test_the_comparison_sees_a_difference(api: Api, tmp_path: Path) -> None:
     """The row-for-row check can fail: a run changed only in the rebuilt copy is noticed."""
     _, run_id = await api.start_run("x")
-    await wait_run(api, run_id)
+    await api.wait_for(run_id)
     source = sqlite3.connect(api.runtime.config.db)
     scratch = sqlite3.connect(tmp_path / "scratch.db")
     try:

@@ -14,7 +14,6 @@ from runs.events import run_stream, thread_stream
 from runs.ids import is_id
 from runs.run import ms_between
 from tests.conftest import ADMIN_KEY, Api
-from tests.http.conftest import wait_run
 
 # Every field of the spec's ``GET /v1/runs`` example, plus ``cancelled_at`` (our one extra).
 SPEC_RUN_KEYS = {
@@ -84,7 +83,7 @@ async def test_create_run_returns_run_id_and_trace_id_matching_the_header(api: A
     assert set(body) == {"run_id", "trace_id"}
     assert is_id(body["run_id"])
     assert body["trace_id"] == header
-    run = await wait_run(api, body["run_id"])
+    run = await api.wait_for(body["run_id"])
     assert run["trace_id"] == header
 
 
@@ -109,7 +108,7 @@ async def test_run_started_is_seq_1_and_records_the_run(api: Api) -> None:
     ) as r:
         created = await r.json()
     run_id = created["run_id"]
-    await wait_run(api, run_id)
+    await api.wait_for(run_id)
     store = api.runtime.store
     (first,) = await store.read_stream(run_stream(run_id), 0, 1)
     assert (first.seq, first.type) == (1, "run.started")
@@ -133,7 +132,7 @@ async def test_run_started_is_seq_1_and_records_the_run(api: Api) -> None:
 async def test_explicit_route_and_persona_are_recorded(api: Api) -> None:
     thread_id = await api.create_thread()
     run_id = await api.create_run(thread_id, route_id="scripted", persona_id="default")
-    run = await wait_run(api, run_id)
+    run = await api.wait_for(run_id)
     assert run["route_id"] == "scripted"
     assert run["persona_id"] == "default@1"  # a bare key resolves to its latest version
 
@@ -144,7 +143,7 @@ async def test_explicit_route_and_persona_are_recorded(api: Api) -> None:
 async def test_list_runs_has_every_field_of_the_spec_example(api: Api) -> None:
     org_id, user_id = await admin_ids(api)
     thread_id, run_id = await api.start_run("one two three four")
-    await wait_run(api, run_id)
+    await api.wait_for(run_id)
     item = await listed_run(api, run_id)
     assert set(item) == RUN_KEYS
     assert item["run_id"] == run_id
@@ -171,10 +170,10 @@ async def test_list_runs_has_every_field_of_the_spec_example(api: Api) -> None:
 
 async def test_usage_counts_the_whole_prompt_of_a_later_run(api: Api) -> None:
     thread_id, first = await api.start_run("a b")
-    await wait_run(api, first)
+    await api.wait_for(first)
     await api.add_message(thread_id, "c d e")
     second = await api.create_run(thread_id)
-    run = await wait_run(api, second)
+    run = await api.wait_for(second)
     # The prompt is the thread so far: "a b" + "echo: a b" + "c d e".
     assert run["total_input_tokens"] == 2 + 3 + 3
     assert run["total_output_tokens"] == 4
@@ -200,7 +199,7 @@ async def test_accounting_of_a_priced_route(
     }
     api = Api(await aiohttp_client(make_app(routes=[route])), ADMIN_KEY)
     _, run_id = await api.start_run("alpha beta gamma\n/cache 4", route_id="priced")
-    run = await wait_run(api, run_id)
+    run = await api.wait_for(run_id)
     assert run["status"] == "completed"
     assert run["route_id"] == "priced"
     assert run["total_input_tokens"] == 5  # the directive line is part of the prompt
@@ -214,7 +213,7 @@ async def test_accounting_of_a_priced_route(
 
 async def test_run_detail_has_the_spec_shape_plus_the_list_fields(api: Api) -> None:
     _, run_id = await api.start_run("detail please")
-    await wait_run(api, run_id)
+    await api.wait_for(run_id)
     _, detail = await api.request("GET", f"/v1/runs/{run_id}", expect=200)
     assert set(detail) == DETAIL_KEYS
     item = await listed_run(api, run_id)
@@ -230,11 +229,11 @@ async def test_run_detail_has_the_spec_shape_plus_the_list_fields(api: Api) -> N
 
 async def test_thread_runs_are_listed_newest_first(api: Api) -> None:
     thread_id, first = await api.start_run("one")
-    await wait_run(api, first)
+    await api.wait_for(first)
     second = await api.create_run(thread_id)
-    await wait_run(api, second)
+    await api.wait_for(second)
     _, elsewhere = await api.start_run("other thread")
-    await wait_run(api, elsewhere)
+    await api.wait_for(elsewhere)
 
     _, runs = await api.request("GET", f"/v1/threads/{thread_id}/runs", expect=200)
     assert [r["run_id"] for r in runs] == [second, first]
@@ -246,13 +245,13 @@ async def test_thread_runs_are_listed_newest_first(api: Api) -> None:
 
 async def test_list_runs_is_newest_first_and_filters_by_status(api: Api) -> None:
     _, done = await api.start_run("fine")
-    await wait_run(api, done)
+    await api.wait_for(done)
     _, failed = await api.start_run("/fail")
-    await wait_run(api, failed)
+    await api.wait_for(failed)
     _, cancelled = await api.start_run("/slow 200\nslow")
     await api.request("POST", f"/v1/runs/{cancelled}:cancel", expect=200)
     _, waiting = await api.start_run("/ask your name?")
-    await wait_run(api, waiting, {"waiting_for_input"})
+    await api.wait_for(waiting, {"waiting_for_input"})
     _, running = await api.start_run("/slow 200\nstill going")
 
     _, everything = await api.request("GET", "/v1/runs", expect=200)
@@ -303,7 +302,7 @@ async def test_cancel_a_slow_run(api: Api) -> None:
 
 async def test_cancel_a_run_waiting_for_input(api: Api) -> None:
     _, run_id = await api.start_run("/ask are you there?")
-    await wait_run(api, run_id, {"waiting_for_input"})
+    await api.wait_for(run_id, {"waiting_for_input"})
     await api.request("POST", f"/v1/runs/{run_id}:cancel", expect=200)
     _, run = await api.request("GET", f"/v1/runs/{run_id}", expect=200)
     assert run["status"] == "cancelled"
@@ -313,9 +312,9 @@ async def test_cancel_a_run_waiting_for_input(api: Api) -> None:
 
 async def test_cancelling_a_terminal_run_changes_nothing(api: Api) -> None:
     _, done = await api.start_run("done soon")
-    await wait_run(api, done)
+    await api.wait_for(done)
     _, failed = await api.start_run("/fail")
-    await wait_run(api, failed)
+    await api.wait_for(failed)
     _, cancelled = await api.start_run("/slow 200\nx")
     await api.request("POST", f"/v1/runs/{cancelled}:cancel", expect=200)
     store = api.runtime.store
@@ -334,7 +333,7 @@ async def test_cancelling_a_terminal_run_changes_nothing(api: Api) -> None:
 
 async def test_fail_directive_ends_the_run_with_provider_error(api: Api) -> None:
     thread_id, run_id = await api.start_run("/fail")
-    run = await wait_run(api, run_id)
+    run = await api.wait_for(run_id)
     assert run["status"] == "failed"
     assert run["error_class"] == "provider.error"
     assert run["error_message"]
@@ -383,18 +382,18 @@ async def test_second_run_is_refused_while_one_is_live(api: Api) -> None:
     assert status == 409
     assert body["code"] == "runs.thread_busy"
     assert body["details"]["active_run_id"] == first
-    await wait_run(api, first)
+    await api.wait_for(first)
     second = await api.create_run(thread_id)
-    await wait_run(api, second)
+    await api.wait_for(second)
     # A waiting run is live too; after it is cancelled the thread is free again.
     await api.add_message(thread_id, "/ask name?")
     third = await api.create_run(thread_id)
-    await wait_run(api, third, {"waiting_for_input"})
+    await api.wait_for(third, {"waiting_for_input"})
     status, body = await api.request("POST", f"/v1/threads/{thread_id}/runs", json={})
     assert (status, body["code"]) == (409, "runs.thread_busy")
     await api.request("POST", f"/v1/runs/{third}:cancel", expect=200)
     fourth = await api.create_run(thread_id)
-    await wait_run(api, fourth, {"waiting_for_input"})
+    await api.wait_for(fourth, {"waiting_for_input"})
     await api.request("POST", f"/v1/runs/{fourth}:cancel", expect=200)
 
 
@@ -482,7 +481,7 @@ async def test_paging_runs_while_runs_are_created(
     missing = set(at_start) - set(seen)
     assert not missing, f"paging skipped {missing}"
     for run_id in [*existing, *made]:
-        await wait_run(api, run_id)
+        await api.wait_for(run_id)
 
 
 async def test_cancel_racing_the_end_of_a_run_leaves_one_terminal_event(

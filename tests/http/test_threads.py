@@ -7,7 +7,6 @@ from typing import Any
 from runs.auth import key_sha256
 from runs.ids import is_id
 from tests.conftest import ADMIN_KEY, Api
-from tests.http.conftest import wait_run
 
 THREAD_KEYS = {"id", "org_id", "created_by_user_id", "title", "created_at", "active_run_id"}
 # The spec's message shape; ``run_id`` (which run wrote an assistant message) is our one extra.
@@ -130,10 +129,10 @@ async def test_messages_of_other_threads_are_not_listed(api: Api) -> None:
 async def test_assistant_messages_are_written_by_runs(api: Api) -> None:
     org_id, user_id = await admin_ids(api)
     thread_id, run_id = await api.start_run("what is up")
-    await wait_run(api, run_id)
+    await api.wait_for(run_id)
     await api.add_message(thread_id, "and again")
     second = await api.create_run(thread_id)
-    await wait_run(api, second)
+    await api.wait_for(second)
 
     _, listed = await api.request("GET", f"/v1/threads/{thread_id}/messages", expect=200)
     assert [(m["role"], m["content"]) for m in listed] == [
