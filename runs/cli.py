@@ -29,7 +29,14 @@ from runs.tail import tail
 __all__ = ["build_parser", "main"]
 
 COMMANDS = ("serve", "admin", "verify", "rebuild", "export", "tail")
-ADMIN_COMMANDS = ("create-org", "create-user", "create-key", "list-keys", "revoke-key")
+ADMIN_COMMANDS = (
+    "create-org",
+    "create-user",
+    "delete-user",
+    "create-key",
+    "list-keys",
+    "revoke-key",
+)
 
 
 def _db_default() -> str:
@@ -58,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     user.add_argument("--name", required=True)
     user.add_argument("--email", required=True)
     user.add_argument("--password", help="lets the user log in with POST /v1/auth/login")
+    delete = admin_sub.add_parser("delete-user", help="delete a user (keys and tokens stop)")
+    delete.add_argument("user_id")
     key = admin_sub.add_parser("create-key", help="create an API key; prints it (only time)")
     key.add_argument("--user", required=True, help="user id")
     keys = admin_sub.add_parser("list-keys", help="list API keys (never the keys themselves)")
@@ -182,6 +191,9 @@ async def admin(args: argparse.Namespace) -> int:
             print(await accounts.create_org(args.name))
         elif command == "create-user":
             print(await accounts.create_user(args.org, args.name, args.email, args.password))
+        elif command == "delete-user":
+            await accounts.delete_user(args.user_id)
+            print("deleted")
         elif command == "create-key":
             key_id, key = await accounts.create_key(args.user)
             print(key)

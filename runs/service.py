@@ -19,6 +19,7 @@ from runs.events import (
     ThreadCreated,
     ThreadRunStarted,
     UserCreated,
+    UserDeleted,
     encode_event,
     org_stream,
     run_stream,
@@ -88,6 +89,14 @@ class Accounts:
         )
         await self.store.append(org_stream(user["org_id"]), [encode_event(event)])
         return key_id, key
+
+    async def delete_user(self, user_id: str) -> None:
+        """Delete a user: their keys and access tokens stop working at once."""
+        user = await self.queries.user(user_id)
+        if user is None or user["deleted_at"] is not None:
+            raise NotFound(f"user {user_id} does not exist")
+        event = UserDeleted(user_id=user_id)
+        await self.store.append(org_stream(user["org_id"]), [encode_event(event)])
 
     async def revoke_key(self, key_id: str) -> bool:
         """Revoke a key; False when there is no such live key."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from runs.cli import main as cli_main
 from runs.ids import is_id
 from tests.conftest import ADMIN_KEY, Api
 
@@ -153,3 +154,21 @@ async def test_admin_errors_exit_non_zero_without_a_trace(
     assert code == 0
     assert out.startswith("ok:")
     assert not (tmp_path / "nothing-here.db").exists()
+
+
+async def test_delete_user_stops_their_keys_at_once(
+    aiohttp_client: Any, make_app: Any, db_path: str
+) -> None:
+    api = Api(await aiohttp_client(make_app()), ADMIN_KEY)
+    accounts = api.runtime.accounts
+    org_id = await accounts.create_org("acme")
+    user_id = await accounts.create_user(org_id, "bob", "bob@example.com")
+    _, key = await accounts.create_key(user_id)
+    await api.request("GET", "/v1/threads", key=key, expect=200)
+    code = await asyncio.to_thread(cli_main, ["admin", "--db", db_path, "delete-user", user_id])
+    assert code == 0
+    status, body = await api.request("GET", "/v1/threads", key=key)
+    assert status == 401
+    assert body["code"] == "auth.unauthorized"
+    code = await asyncio.to_thread(cli_main, ["admin", "--db", db_path, "delete-user", user_id])
+    assert code == 2  # already deleted: a clear error, nothing written
