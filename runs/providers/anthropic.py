@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
+from httpx2 import TransportError  # the HTTP library under the SDK since anthropic 2.0
 
 from runs.config import Route
 from runs.providers.base import (
@@ -23,11 +24,6 @@ from runs.providers.base import (
     ToolUse,
     Usage,
 )
-
-try:  # the HTTP library under the SDK (httpx2 since SDK 2.0, httpx before)
-    from httpx2 import TransportError
-except ImportError:  # pragma: no cover - older SDKs
-    from httpx import TransportError  # type: ignore[assignment]
 
 __all__ = ["AnthropicProvider", "classify"]
 
