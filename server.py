@@ -79,6 +79,7 @@ __all__ = ["RUNTIME", "Runtime", "create_app", "main"]
 log = structlog.get_logger("runlog.http")
 
 T = TypeVar("T")
+S = TypeVar("S", bound=msgspec.Struct)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _STATUS: dict[type[RunsError], int] = {
@@ -97,7 +98,6 @@ _STATUS_BY_CODE = {
     "validation.content_type": 415,
     "validation.method_not_allowed": 405,
     "validation.body_timeout": 408,
-    "auth.rate_limited": 429,
 }
 _TRACE_ID_FORMAT = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _LIMIT = re.compile(r"^[0-9]{1,4}$")
@@ -507,28 +507,11 @@ async def login(request: web.Request) -> web.Response:
 # -- handlers: threads and messages -----------------------------------------------------------
 
 
-def _thread(row: dict[str, Any]) -> Thread:
-    return Thread(
-        id=row["id"],
-        org_id=row["org_id"],
-        created_by_user_id=row["created_by_user_id"],
-        title=row["title"],
-        created_at=row["created_at"],
-        active_run_id=row["active_run_id"],
-    )
-
-
-def _message(row: dict[str, Any]) -> Message:
-    return Message(
-        id=row["id"],
-        org_id=row["org_id"],
-        thread_id=row["thread_id"],
-        created_by_user_id=row["created_by_user_id"],
-        role=row["role"],
-        content=row["content"],
-        created_at=row["created_at"],
-        run_id=row["run_id"],
-    )
+def shaped(kind: type[S], row: Mapping[str, Any], **values: Any) -> S:
+    """A response struct from a query row: each of its fields the row has, then ``values``."""
+    fields = {name: row[name] for name in kind.__struct_fields__ if name in row}
+    fields.update(values)
+    return kind(**fields)
 
 
 async def create_thread(request: web.Request) -> web.Response:
@@ -538,7 +521,7 @@ async def create_thread(request: web.Request) -> web.Response:
     thread_id = await runtime.service.create_thread(who, body.title)
     row = await runtime.queries.thread(who.org_id, thread_id)
     assert row is not None
-    return json_response(_thread(row), 201)
+    return json_response(shaped(Thread, row), 201)
 
 
 async def list_threads(request: web.Request) -> web.Response:
@@ -546,7 +529,7 @@ async def list_threads(request: web.Request) -> web.Response:
     rows = await runtime.queries.threads(
         principal(request).org_id, query_limit(request), query_before(request)
     )
-    return json_response([_thread(r) for r in rows])
+    return json_response([shaped(Thread, r) for r in rows])
 
 
 async def get_thread(request: web.Request) -> web.Response:
@@ -554,7 +537,7 @@ async def get_thread(request: web.Request) -> web.Response:
     row = await runtime.queries.thread(principal(request).org_id, path_id(request, "thread_id"))
     if row is None:
         raise NotFound("thread not found")
-    return json_response(_thread(row))
+    return json_response(shaped(Thread, row))
 
 
 async def add_message(request: web.Request) -> web.Response:
@@ -565,7 +548,7 @@ async def add_message(request: web.Request) -> web.Response:
     message_id = await runtime.service.add_message(who, thread_id, body.content)
     row = await runtime.queries.message(message_id)
     assert row is not None
-    return json_response(_message(row), 201)
+    return json_response(shaped(Message, row), 201)
 
 
 async def list_messages(request: web.Request) -> web.Response:
@@ -576,14 +559,10 @@ async def list_messages(request: web.Request) -> web.Response:
     if await runtime.queries.thread(who.org_id, thread_id) is None:
         raise NotFound("thread not found")
     rows = await runtime.queries.messages(thread_id, limit)
-    return json_response([_message(r) for r in rows])
+    return json_response([shaped(Message, r) for r in rows])
 
 
 # -- handlers: runs ---------------------------------------------------------------------------
-
-
-def _run_fields(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: row[name] for name in Run.__struct_fields__}
 
 
 async def create_run(request: web.Request) -> web.Response:
@@ -607,7 +586,7 @@ async def list_thread_runs(request: web.Request) -> web.Response:
     if await runtime.queries.thread(who.org_id, thread_id) is None:
         raise NotFound("thread not found")
     rows = await runtime.queries.thread_runs(thread_id, limit)
-    return json_response([ThreadRun(**r) for r in rows])
+    return json_response([shaped(ThreadRun, r) for r in rows])
 
 
 async def list_runs(request: web.Request) -> web.Response:
@@ -622,7 +601,7 @@ async def list_runs(request: web.Request) -> web.Response:
             field="status",
         )
     rows = await runtime.queries.runs(principal(request).org_id, limit, before, status)
-    return json_response([Run(**_run_fields(r)) for r in rows])
+    return json_response([shaped(Run, r) for r in rows])
 
 
 async def get_run(request: web.Request) -> web.Response:
@@ -634,15 +613,7 @@ async def get_run(request: web.Request) -> web.Response:
         raise NotFound("run not found")
     if as_of is not None:
         return json_response(await _run_as_of(runtime, row, as_of))
-    return json_response(
-        RunDetail(
-            **_run_fields(row),
-            trace_id=row["trace_id"],
-            route_id=row["route_id"],
-            error_class=row["error_class"],
-            error_message=row["error_message"],
-        )
-    )
+    return json_response(shaped(RunDetail, row))
 
 
 async def _run_as_of(runtime: Runtime, row: Mapping[str, Any], as_of: int) -> RunDetail:
@@ -657,8 +628,9 @@ async def _run_as_of(runtime: Runtime, row: Mapping[str, Any], as_of: int) -> Ru
         )
     state = fold_recorded(events)
     assert state is not None
-    fields = dict(_run_fields(row))
-    fields.update(
+    return shaped(
+        RunDetail,
+        row,
         status=state.status,
         total_input_tokens=state.total_input_tokens,
         total_output_tokens=state.total_output_tokens,
@@ -669,9 +641,6 @@ async def _run_as_of(runtime: Runtime, row: Mapping[str, Any], as_of: int) -> Ru
         completed_at=state.completed_at,
         failed_at=state.failed_at,
         cancelled_at=state.cancelled_at,
-    )
-    return RunDetail(
-        **fields,
         trace_id=state.trace_id,
         route_id=state.route_id,
         error_class=state.error_class,
@@ -767,8 +736,8 @@ async def _stream_events(
     stream = run_stream(run_id)
     store = runtime.store
     batch_limit = runtime.config.sse_batch_limit
-    # History: batches of at most ``batch_limit`` rows, one write per batch (a send per frame
-    # would cap catch-up far below the log's read speed).
+    # History: batches of at most ``batch_limit`` rows, one write per batch (a write per frame
+    # costs a send per frame and capped catch-up at a tenth of the log's read speed).
     cursor = after_seq
     while True:
         batch = await store.read_stream(stream, cursor, batch_limit)
