@@ -28,6 +28,23 @@ _INSERT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _SEQ_CACHE_LIMIT = 200_000
 
 Outcome = list[RecordedEvent] | EventStoreError
+_Row = tuple[int, str, int, str, str, str, str]
+
+
+class _IsolateItems(Exception):
+    """A batch's combined write failed: redo it item by item to find whose it was."""
+
+
+def _store_error(exc: Exception) -> EventStoreError:
+    if isinstance(exc, EventStoreError):
+        return exc
+    if isinstance(exc, sqlite3.IntegrityError):
+        message = f"append rejected by the database: {exc}"
+    else:
+        message = f"append failed (a projection, or the database): {exc!r}"
+    error = StorageError(message)
+    error.__cause__ = exc
+    return error
 
 
 class BatchWriter:
@@ -68,15 +85,27 @@ class BatchWriter:
     ) -> list[Outcome]:
         """Append every item of ``batch`` (each item atomic on its own) in one transaction.
 
-        An item whose concurrency check fails, or whose projection raises, is rolled back to
-        its savepoint and reported; the other items still commit. If the commit itself fails
-        the whole batch fails with :class:`StorageError`.
+        Every item is checked (its ``expected_seq``) and hashed before anything is written, and
+        an item that fails its check is reported without touching the others. The accepted
+        items are then written with one ``executemany`` and the projections applied. Only if a
+        write fails (a projection raising, say) is the transaction rolled back and the batch
+        redone item by item under savepoints, so the failure stays with its own item. If the
+        commit itself fails the whole batch fails with :class:`StorageError`.
         """
+        try:
+            return self._commit(batch, created_at, isolate=False)
+        except _IsolateItems:
+            return self._commit(batch, created_at, isolate=True)
+
+    def _commit(
+        self, batch: Sequence[Sequence[AppendRequest]], created_at: str, *, isolate: bool
+    ) -> list[Outcome]:
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StorageError(f"cannot start a write transaction: {exc}") from exc
+        batch_seqs: dict[str, int] = {}  # last seq of each stream written by this batch
         try:
             head_position, head_hash = self._head()
             if head_position != self._cached_head:
@@ -86,26 +115,40 @@ class BatchWriter:
                 self._catch_up_projections(head_position)
             outcomes: list[Outcome] = []
             first_position = head_position + 1
+            rows: list[_Row] = []
+            events: list[RecordedEvent] = []
             for item in batch:
-                conn.execute("SAVEPOINT item")
                 try:
-                    recorded = self._append_item(item, head_position, head_hash, created_at)
-                except Exception as exc:  # one append's failure never fails its neighbours
-                    conn.execute("ROLLBACK TO item")
-                    conn.execute("RELEASE item")
-                    if not isinstance(exc, EventStoreError):
-                        wrapped = StorageError(f"append failed: {exc!r}")
-                        wrapped.__cause__ = exc
-                        exc = wrapped
+                    item_rows, recorded = self._prepare(
+                        item, head_position, head_hash, created_at, batch_seqs
+                    )
+                except EventStoreError as exc:
                     outcomes.append(exc)
                     continue
-                conn.execute("RELEASE item")
+                if isolate:
+                    conn.execute("SAVEPOINT item")
+                    try:
+                        self._write(item_rows, recorded)
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO item")
+                        conn.execute("RELEASE item")
+                        outcomes.append(_store_error(exc))
+                        continue
+                    conn.execute("RELEASE item")
+                else:
+                    rows.extend(item_rows)
+                    events.extend(recorded)
                 for event in recorded:
-                    self._seq_cache[event.stream] = event.seq
+                    batch_seqs[event.stream] = event.seq
                 if recorded:
                     head_position = recorded[-1].position
                     head_hash = recorded[-1].hash
                 outcomes.append(recorded)
+            if rows:
+                try:
+                    self._write(rows, events)
+                except Exception as exc:
+                    raise _IsolateItems from exc
             if self._projections and head_position >= first_position:
                 conn.execute(
                     "UPDATE projection_checkpoints SET position = ? WHERE name IN"
@@ -121,26 +164,28 @@ class BatchWriter:
             if isinstance(exc, sqlite3.Error):
                 raise StorageError(f"append failed: {exc}") from exc
             raise
+        self._seq_cache.update(batch_seqs)
         self._cached_head = head_position
         if len(self._seq_cache) > _SEQ_CACHE_LIMIT:
             self._seq_cache.clear()
         return outcomes
 
-    def _append_item(
+    def _prepare(
         self,
         item: Sequence[AppendRequest],
         head_position: int,
         head_hash: str,
         created_at: str,
-    ) -> list[RecordedEvent]:
-        conn = self._conn
+        batch_seqs: dict[str, int],
+    ) -> tuple[list[_Row], list[RecordedEvent]]:
+        """Check every stream of the item and compute its rows and hashes; writes nothing."""
         seqs: dict[str, int] = {}
-        rows: list[tuple[int, str, int, str, str, str, str]] = []
-        recorded: list[RecordedEvent] = []
+        rows: list[_Row] = []
         position, previous = head_position, head_hash
-        # Check every stream of the item before writing any of it.
         for request in item:
             last = seqs.get(request.stream)
+            if last is None:
+                last = batch_seqs.get(request.stream)
             if last is None:
                 last = self._last_seq(request.stream)
             if request.expected_seq is not None and request.expected_seq != last:
@@ -150,30 +195,23 @@ class BatchWriter:
                 position += 1
                 try:
                     data = new.data.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise StorageError(f"event data is not UTF-8 JSON: {exc}") from exc
+                except (UnicodeDecodeError, AttributeError) as exc:
+                    raise StorageError(f"event data is not UTF-8 JSON bytes: {exc}") from exc
                 digest = chain_hash(
                     previous,
                     canonical_bytes(position, request.stream, last, new.type, data, created_at),
                 )
                 previous = digest
                 rows.append((position, request.stream, last, new.type, data, created_at, digest))
-                recorded.append(RecordedEvent(*rows[-1]))
             seqs[request.stream] = last
-        try:
-            conn.executemany(_INSERT, rows)
-            for event in recorded:
-                for projection in self._projections:
-                    projection.apply(conn, event)
-        except sqlite3.IntegrityError as exc:
-            # Only possible if the seq cache lied; treat as a conflict, never as data loss.
-            self._seq_cache.clear()
-            raise StorageError(f"append rejected by the database: {exc}") from exc
-        except EventStoreError:
-            raise
-        except Exception as exc:
-            raise StorageError(f"projection failed: {exc!r}") from exc
-        return recorded
+        return rows, [RecordedEvent(*row) for row in rows]
+
+    def _write(self, rows: list[_Row], events: list[RecordedEvent]) -> None:
+        conn = self._conn
+        conn.executemany(_INSERT, rows)
+        for event in events:
+            for projection in self._projections:
+                projection.apply(conn, event)
 
     # -- helpers --------------------------------------------------------------------------
 
