@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import os
 import re
@@ -21,7 +20,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from eventstore import EventStoreError, RecordedEvent, SQLiteEventStore, StoreClosedError
+from eventstore import EventStoreError, SQLiteEventStore, StoreClosedError
 from projections import all_projections
 from projections.queries import Queries
 from runs.auth import (
@@ -41,8 +40,8 @@ from runs.errors import (
     Unauthorized,
     ValidationFailed,
 )
-from runs.events import TERMINAL_RUN_EVENTS, run_stream
-from runs.ids import is_id
+from runs.events import run_stream
+from runs.http_input import path_id, query_before, query_limit, query_seq, read_body
 from runs.openapi import document_bytes as openapi_document_bytes
 from runs.personas import PersonaRegistry
 from runs.providers.anthropic import AnthropicProvider
@@ -64,12 +63,12 @@ from runs.schemas import (
     Run,
     RunCreated,
     RunDetail,
-    SseFrame,
     SubmitInput,
     Thread,
     ThreadRun,
 )
 from runs.service import Accounts, Principal, RunService
+from runs.sse import stream_events
 from runs.startup import bootstrap, load_secret, record_personas
 from runs.supervisor import Supervisor
 from runs.tools import Tool, ToolRegistry, load_tool_modules
@@ -100,8 +99,6 @@ _STATUS_BY_CODE = {
     "validation.body_timeout": 408,
 }
 _TRACE_ID_FORMAT = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
-_LIMIT = re.compile(r"^[0-9]{1,4}$")
-_SEQ = re.compile(r"^[0-9]{1,15}$")
 _PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v1/auth/login", "/openapi.json"})
 
 
@@ -211,157 +208,9 @@ def error_response(
     return json_response(Error(code, message, details or {}, trace_id), status)
 
 
-def _field_of(message: str) -> str | None:
-    """The field a msgspec validation message points at (``- at `$.content```)."""
-    match = re.search(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*)", message)
-    if match:
-        return match.group(1)
-    match = re.search(r"required field `([A-Za-z_][A-Za-z0-9_]*)`", message)
-    if match:
-        return match.group(1)
-    match = re.search(r"unknown field `([^`]{1,100})`", message)
-    return match.group(1) if match else None
-
-
-async def read_body(request: web.Request, kind: type[T]) -> T:
-    """Decode a JSON body into ``kind`` or raise ``validation.*`` naming the field."""
-    if request.body_exists:
-        content_type = request.content_type
-        if content_type != "application/json":
-            raise ValidationFailed(
-                f"the body must be application/json, not {content_type or 'untyped'}",
-                code="validation.content_type",
-            )
-        # A body trickled in slowly must not hold the handler (slow-loris, issue 7).
-        timeout = request.app[RUNTIME].config.request_read_timeout_seconds
-        try:
-            async with asyncio.timeout(timeout):
-                raw = await request.read()
-        except TimeoutError:
-            raise ValidationFailed(
-                f"the body was not received within {timeout:g} s", code="validation.body_timeout"
-            ) from None
-    else:
-        raw = b""
-    if not raw.strip():
-        raw = b"{}"
-    try:
-        decoded = msgspec.json.decode(raw, type=kind)
-    except msgspec.ValidationError as exc:
-        field = _field_of(str(exc))
-        raise ValidationFailed(
-            str(exc),
-            code=f"validation.{field}" if field else "validation.body",
-            **({"field": field} if field else {}),
-        ) from exc
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        # msgspec checks UTF-8 inside strings as it goes, and raises UnicodeDecodeError.
-        bad_utf8 = isinstance(exc, UnicodeDecodeError)
-        field = _malformed_field(raw, kind, bad_utf8)
-        reason = "not valid UTF-8" if bad_utf8 else f"not valid JSON: {exc}"
-        raise ValidationFailed(
-            f"the body is {reason}",
-            code=f"validation.{field}" if field else "validation.json",
-            **({"field": field} if field else {}),
-        ) from None
-    for name in getattr(kind, "__struct_fields__", ()):
-        value = getattr(decoded, name)
-        if isinstance(value, str) and "\x00" in value:
-            raise ValidationFailed(
-                f"{name} must not contain NUL characters", code=f"validation.{name}", field=name
-            )
-    return decoded
-
-
-def _malformed_field(raw: bytes, kind: type[Any], bad_utf8: bool) -> str | None:
-    """Which top-level field of a malformed body is to blame, found with a lenient parse
-    (invalid UTF-8 replaced, NaN/Infinity and raw control characters accepted); ``None`` when
-    the JSON's structure itself is broken (issue 7: errors name the field)."""
-    try:
-        value = json.loads(raw.decode("utf-8", "replace"), strict=False)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(value, dict):
-        return None
-    fields = getattr(kind, "__struct_fields__", ())
-    candidates = [(name, item) for name, item in value.items() if name in fields]
-    tests: list[Callable[[Any], bool]] = (
-        [lambda leaf: isinstance(leaf, str) and "\ufffd" in leaf]
-        if bad_utf8
-        else [
-            lambda leaf: isinstance(leaf, float) and not math.isfinite(leaf),
-            lambda leaf: isinstance(leaf, str) and any("\ud800" <= c <= "\udfff" for c in leaf),
-            lambda leaf: isinstance(leaf, str) and any(c < " " for c in leaf),
-        ]
-    )
-    for test in tests:
-        for name, item in candidates:
-            if any(test(leaf) for leaf in _leaves(item)):
-                return str(name)
-    return None
-
-
-def _leaves(value: Any) -> list[Any]:
-    """The scalars and keys inside a decoded JSON value (iterative: it may be deep)."""
-    leaves: list[Any] = []
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            leaves.extend(item)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        else:
-            leaves.append(item)
-    return leaves
-
-
 def principal(request: web.Request) -> Principal:
     who: Principal = request[PRINCIPAL]
     return who
-
-
-def path_id(request: web.Request, name: str) -> str:
-    """A well-formed id from the path; anything else cannot exist, so it is a 404."""
-    value = request.match_info[name]
-    if not is_id(value):
-        raise NotFound(f"{name.removesuffix('_id')} not found")
-    return value
-
-
-def query_limit(request: web.Request) -> int:
-    raw = request.query.get("limit")
-    if raw is None:
-        return 50
-    if not _LIMIT.match(raw) or not 1 <= int(raw) <= 200:
-        raise ValidationFailed(
-            "limit must be an integer from 1 to 200", code="validation.limit", field="limit"
-        )
-    return int(raw)
-
-
-def query_before(request: web.Request) -> str | None:
-    raw = request.query.get("before")
-    if raw is None:
-        return None
-    if not is_id(raw):
-        raise ValidationFailed(
-            "before must be the id of the last item of the previous page",
-            code="validation.before",
-            field="before",
-        )
-    return raw
-
-
-def query_seq(request: web.Request, name: str, raw: str | None) -> int | None:
-    if raw is None:
-        return None
-    if not _SEQ.match(raw.strip()):
-        raise ValidationFailed(
-            f"{name} must be a non-negative integer", code=f"validation.{name}", field=name
-        )
-    return int(raw.strip())
 
 
 # -- middleware -------------------------------------------------------------------------------
@@ -480,7 +329,7 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 async def login(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    body = await read_body(request, Login)
+    body = await read_body(request, Login, runtime.config.request_read_timeout_seconds)
     # Throttled per login and per client address; the attempt counts before the (slow)
     # password check, so concurrent guesses cannot all pass the check (issue 7).
     by_login, by_address = f"login:{body.login.casefold()}", f"address:{request.remote}"
@@ -517,7 +366,7 @@ def shaped(kind: type[S], row: Mapping[str, Any], **values: Any) -> S:
 async def create_thread(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     who = principal(request)
-    body = await read_body(request, CreateThread)
+    body = await read_body(request, CreateThread, runtime.config.request_read_timeout_seconds)
     thread_id = await runtime.service.create_thread(who, body.title)
     row = await runtime.queries.thread(who.org_id, thread_id)
     assert row is not None
@@ -544,7 +393,7 @@ async def add_message(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     who = principal(request)
     thread_id = path_id(request, "thread_id")
-    body = await read_body(request, CreateMessage)
+    body = await read_body(request, CreateMessage, runtime.config.request_read_timeout_seconds)
     message_id = await runtime.service.add_message(who, thread_id, body.content)
     row = await runtime.queries.message(message_id)
     assert row is not None
@@ -569,7 +418,7 @@ async def create_run(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     who = principal(request)
     thread_id = path_id(request, "thread_id")
-    body = await read_body(request, CreateRun)
+    body = await read_body(request, CreateRun, runtime.config.request_read_timeout_seconds)
     if not runtime.supervisor.accepting:
         raise RunsError("the service is shutting down", code="internal.unavailable")
     run_id = await runtime.service.create_run(
@@ -658,7 +507,7 @@ async def cancel_run(request: web.Request) -> web.Response:
 async def submit_input(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     run_id = path_id(request, "run_id")
-    body = await read_body(request, SubmitInput)
+    body = await read_body(request, SubmitInput, runtime.config.request_read_timeout_seconds)
     if not body.content.strip():
         raise ValidationFailed(
             "content must be a non-empty string", code="validation.content", field="content"
@@ -676,15 +525,6 @@ async def submit_input(request: web.Request) -> web.Response:
 
 
 # -- SSE --------------------------------------------------------------------------------------
-
-_frame = msgspec.json.Encoder()
-
-
-def sse_frame(seq: int, type_: str, data: str, created_at: str) -> bytes:
-    """``id: <seq>`` and one ``data:`` line of compact JSON (no ``event:`` field, so
-    ``EventSource.onmessage`` sees every frame)."""
-    body = _frame.encode(SseFrame(seq, type_, msgspec.Raw(data.encode()), created_at))
-    return b"id: %d\ndata: %s\n\n" % (seq, body)
 
 
 async def run_events(request: web.Request) -> web.StreamResponse:
@@ -714,7 +554,16 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     if task is not None:
         runtime.streams.add(task)
     try:
-        await _stream_events(runtime, response, run_id, after_seq, follow, row["status"])
+        await stream_events(
+            runtime.store,
+            response,
+            run_stream(run_id),
+            after_seq=after_seq,
+            follow=follow,
+            ended=row["status"] in TERMINAL_STATUSES,
+            batch_limit=runtime.config.sse_batch_limit,
+            heartbeat_s=runtime.config.sse_heartbeat_seconds,
+        )
     except (ConnectionResetError, asyncio.CancelledError):
         pass  # the client left, or the server is stopping: end quietly
     finally:
@@ -723,90 +572,6 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     with contextlib.suppress(ConnectionResetError):
         await response.write_eof()
     return response
-
-
-async def _stream_events(
-    runtime: Runtime,
-    response: web.StreamResponse,
-    run_id: str,
-    after_seq: int,
-    follow: bool,
-    status: str,
-) -> None:
-    stream = run_stream(run_id)
-    store = runtime.store
-    batch_limit = runtime.config.sse_batch_limit
-    # History: batches of at most ``batch_limit`` rows, one write per batch (a write per frame
-    # costs a send per frame and capped catch-up at a tenth of the log's read speed).
-    cursor = after_seq
-    while True:
-        batch = await store.read_stream(stream, cursor, batch_limit)
-        if batch:
-            await response.write(b"".join(map(_frame_of, batch)))
-            cursor = batch[-1].seq
-            if batch[-1].type in TERMINAL_RUN_EVENTS:
-                return
-        if len(batch) < batch_limit:
-            break
-    if not follow or status in TERMINAL_STATUSES:
-        return
-    # Live: follow from no later than the log's last event, so a cursor past the end still
-    # sees the terminal event (not sent, but it ends the stream) — also when the run ended
-    # after its status was read (then the last event *is* the terminal one).
-    start = min(cursor, max(0, await store.last_seq(stream) - 1))
-    pulse = _Pulse(asyncio.get_running_loop().time())
-    events = store.subscribe(stream, start, batch_limit)
-    owner = asyncio.current_task()
-    assert owner is not None
-    beat = asyncio.create_task(
-        _heartbeat(response, pulse, runtime.config.sse_heartbeat_seconds, owner),
-        name="sse-heartbeat",
-    )
-    try:
-        # No task, future or timer per event: the handler waits inside the subscription (on
-        # the stream's shared notification) and a heartbeat task per connection fills silences.
-        async for event in events:
-            if event.seq > cursor:
-                await response.write(_frame_of(event))
-                pulse.last = asyncio.get_running_loop().time()
-            if event.type in TERMINAL_RUN_EVENTS:
-                return
-    finally:
-        beat.cancel()
-        await events.aclose()
-        with contextlib.suppress(BaseException):
-            await beat
-
-
-def _frame_of(event: RecordedEvent) -> bytes:
-    return sse_frame(event.seq, event.type, event.data, event.created_at)
-
-
-class _Pulse:
-    """When a stream last sent something (loop time), for its heartbeat."""
-
-    __slots__ = ("last",)
-
-    def __init__(self, last: float) -> None:
-        self.last = last
-
-
-async def _heartbeat(
-    response: web.StreamResponse, pulse: _Pulse, interval: float, owner: asyncio.Task[Any]
-) -> None:
-    """``: ping`` whenever nothing was sent for ``interval`` seconds (one timer per interval,
-    not per event). A failed write means the client left: end its stream at once."""
-    loop = asyncio.get_running_loop()
-    try:
-        while True:
-            idle = loop.time() - pulse.last
-            if idle < interval:
-                await asyncio.sleep(interval - idle)
-                continue
-            pulse.last = loop.time()
-            await response.write(b": ping\n\n")
-    except ConnectionResetError:
-        owner.cancel()
 
 
 # -- the application --------------------------------------------------------------------------

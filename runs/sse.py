@@ -1,0 +1,112 @@
+"""The SSE event stream of a run (issue 4, DESIGN.md §5): a query over the log from a cursor,
+then a live tail of the same log. It keeps no copy of history and no buffer per connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from eventstore import RecordedEvent, SQLiteEventStore
+from runs.events import TERMINAL_RUN_EVENTS
+from runs.schemas import SseFrame
+
+__all__ = ["sse_frame", "stream_events"]
+
+_frame = msgspec.json.Encoder()
+
+
+def sse_frame(seq: int, type_: str, data: str, created_at: str) -> bytes:
+    """``id: <seq>`` and one ``data:`` line of compact JSON (no ``event:`` field, so
+    ``EventSource.onmessage`` sees every frame)."""
+    body = _frame.encode(SseFrame(seq, type_, msgspec.Raw(data.encode()), created_at))
+    return b"id: %d\ndata: %s\n\n" % (seq, body)
+
+
+async def stream_events(
+    store: SQLiteEventStore,
+    response: web.StreamResponse,
+    stream: str,
+    *,
+    after_seq: int,
+    follow: bool,
+    ended: bool,
+    batch_limit: int,
+    heartbeat_s: float,
+) -> None:
+    """Write the stream's events after ``after_seq`` as SSE frames: history in batches, then
+    (with ``follow``, unless the run had ``ended``) live until its terminal event."""
+    # History: batches of at most ``batch_limit`` rows, one write per batch (a write per frame
+    # costs a send per frame and capped catch-up at a tenth of the log's read speed).
+    cursor = after_seq
+    while True:
+        batch = await store.read_stream(stream, cursor, batch_limit)
+        if batch:
+            await response.write(b"".join(map(_frame_of, batch)))
+            cursor = batch[-1].seq
+            if batch[-1].type in TERMINAL_RUN_EVENTS:
+                return
+        if len(batch) < batch_limit:
+            break
+    if not follow or ended:
+        return
+    # Live: follow from no later than the log's last event, so a cursor past the end still
+    # sees the terminal event (not sent, but it ends the stream) — also when the run ended
+    # after its status was read (then the last event *is* the terminal one).
+    start = min(cursor, max(0, await store.last_seq(stream) - 1))
+    pulse = _Pulse(asyncio.get_running_loop().time())
+    events = store.subscribe(stream, start, batch_limit)
+    owner = asyncio.current_task()
+    assert owner is not None
+    beat = asyncio.create_task(
+        _heartbeat(response, pulse, heartbeat_s, owner),
+        name="sse-heartbeat",
+    )
+    try:
+        # No task, future or timer per event: the handler waits inside the subscription (on
+        # the stream's shared notification) and a heartbeat task per connection fills silences.
+        async for event in events:
+            if event.seq > cursor:
+                await response.write(_frame_of(event))
+                pulse.last = asyncio.get_running_loop().time()
+            if event.type in TERMINAL_RUN_EVENTS:
+                return
+    finally:
+        beat.cancel()
+        await events.aclose()
+        with contextlib.suppress(BaseException):
+            await beat
+
+
+def _frame_of(event: RecordedEvent) -> bytes:
+    return sse_frame(event.seq, event.type, event.data, event.created_at)
+
+
+class _Pulse:
+    """When a stream last sent something (loop time), for its heartbeat."""
+
+    __slots__ = ("last",)
+
+    def __init__(self, last: float) -> None:
+        self.last = last
+
+
+async def _heartbeat(
+    response: web.StreamResponse, pulse: _Pulse, interval: float, owner: asyncio.Task[Any]
+) -> None:
+    """``: ping`` whenever nothing was sent for ``interval`` seconds (one timer per interval,
+    not per event). A failed write means the client left: end its stream at once."""
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            idle = loop.time() - pulse.last
+            if idle < interval:
+                await asyncio.sleep(interval - idle)
+                continue
+            pulse.last = loop.time()
+            await response.write(b": ping\n\n")
+    except ConnectionResetError:
+        owner.cancel()
