@@ -119,7 +119,10 @@ class RunExecutor:
         # Shielded: if the task is cancelled meanwhile the append still completes, and the
         # cancel handler re-reads the log rather than trusting our local state.
         recorded = await asyncio.shield(self.store.append_many(requests))
-        self.state = fold_recorded([r for r in recorded if r.stream == self.stream], self.state)
+        # Fold what we just wrote (the typed events, with the seqs and times the log gave).
+        for event, written in zip(events, recorded, strict=False):
+            state = evolve(state, event, written.seq, written.created_at)
+        self.state = state
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -132,14 +135,14 @@ class RunExecutor:
             return
         if self.resumed:
             await self.append(RunResumed(from_seq=self.state.seq))
+        transcript = build_transcript(events)
         try:
             while True:
                 # Every step starts from the log, so a resumed run and a live one take the
                 # same path: results first, then either the answer is complete or the model
                 # is called again.
-                transcript = build_transcript(await read_run(self.store, self.run_id))
-                await self._resolve_tool_calls(transcript)
-                transcript = build_transcript(await read_run(self.store, self.run_id))
+                if await self._resolve_tool_calls(transcript):
+                    transcript = build_transcript(await read_run(self.store, self.run_id))
                 last = transcript.turns[-1] if transcript.turns else None
                 if last is not None and last.finished and not last.tool_calls:
                     await self._complete(transcript)
@@ -151,6 +154,7 @@ class RunExecutor:
                         f" of persona {self.persona.persona_id}",
                     )
                 await self._model_call(transcript, history)
+                transcript = build_transcript(await read_run(self.store, self.run_id))
         except _Stopped:
             return
 
@@ -330,15 +334,18 @@ class RunExecutor:
 
     # -- tools ------------------------------------------------------------------------------
 
-    async def _resolve_tool_calls(self, transcript: Transcript) -> None:
-        """Give every pending tool call a result, or stop to wait for the user's input."""
-        for call in transcript.pending_tool_calls():
+    async def _resolve_tool_calls(self, transcript: Transcript) -> bool:
+        """Give every pending tool call a result, or stop to wait for the user's input.
+        Returns whether anything was appended."""
+        pending = transcript.pending_tool_calls()
+        for call in pending:
             needs_input = call.name == ASK_USER or call.name in self.persona.confirm_tools
             if needs_input and call.tool_call_id not in transcript.inputs:
                 if call.tool_call_id not in transcript.waiting_for:
                     await self._ask(call)
                 raise _Stopped
             await self.append(await self._tool_result(call, transcript))
+        return bool(pending)
 
     async def _ask(self, call: ToolCalled) -> None:
         if call.name == ASK_USER:

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from runs.config import ConfigError
 from runs.providers.base import ToolSpec
 
 __all__ = [
@@ -192,8 +193,6 @@ class ToolRegistry:
 
 def load_tool_modules(names: Iterable[str]) -> list[Tool]:
     """Tools from the ``TOOLS`` list of each named module (config ``tool_modules``)."""
-    from runs.config import ConfigError
-
     tools: list[Tool] = []
     for name in names:
         try:
