@@ -400,14 +400,18 @@ async def add_message(request: web.Request) -> web.Response:
     return json_response(shaped(Message, row), 201)
 
 
+async def owned_thread_id(request: web.Request) -> str:
+    """The path's thread id, if the thread exists in the caller's org (else 404)."""
+    thread_id = path_id(request, "thread_id")
+    if await request.app[RUNTIME].queries.thread(principal(request).org_id, thread_id) is None:
+        raise NotFound("thread not found")
+    return thread_id
+
+
 async def list_messages(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    who = principal(request)
-    thread_id = path_id(request, "thread_id")
-    limit = query_limit(request)
-    if await runtime.queries.thread(who.org_id, thread_id) is None:
-        raise NotFound("thread not found")
-    rows = await runtime.queries.messages(thread_id, limit)
+    thread_id = await owned_thread_id(request)
+    rows = await runtime.queries.messages(thread_id, query_limit(request))
     return json_response([shaped(Message, r) for r in rows])
 
 
@@ -429,12 +433,8 @@ async def create_run(request: web.Request) -> web.Response:
 
 async def list_thread_runs(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    who = principal(request)
-    thread_id = path_id(request, "thread_id")
-    limit = query_limit(request)
-    if await runtime.queries.thread(who.org_id, thread_id) is None:
-        raise NotFound("thread not found")
-    rows = await runtime.queries.thread_runs(thread_id, limit)
+    thread_id = await owned_thread_id(request)
+    rows = await runtime.queries.thread_runs(thread_id, query_limit(request))
     return json_response([shaped(ThreadRun, r) for r in rows])
 
 
