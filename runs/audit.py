@@ -17,22 +17,36 @@ from projections import all_projections, diff_tables, rebuild, rebuild_in_place
 __all__ = ["export_events", "progress_printer", "run_rebuild", "run_verify"]
 
 
-def progress_printer(label: str, stream: TextIO | None = None) -> Callable[[int], None] | None:
-    """A one-line progress counter on a terminal; nothing when output is redirected."""
+def progress_printer(
+    label: str, total: int, stream: TextIO | None = None
+) -> Callable[[int], None] | None:
+    """A progress bar on a terminal (``label [#####.....] 52% 520,000/1,000,000 events``);
+    nothing when output is redirected, so logs and pipes stay plain."""
     out = stream or sys.stderr
-    if not out.isatty():
+    if not out.isatty() or total <= 0:
         return None
 
     def show(count: int) -> None:
-        print(f"\r{label}: {count:,} events", end="", file=out, flush=True)
+        done = min(count, total) / total
+        bar = "#" * round(done * 30)
+        print(
+            f"\r{label} [{bar:<30}] {done:4.0%} {count:,}/{total:,} events",
+            end="",
+            file=out,
+            flush=True,
+        )
 
     return show
+
+
+def _event_count(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0])
 
 
 def run_verify(path: str, out: TextIO) -> int:
     conn = connect(path)
     try:
-        report = verify_connection(conn, progress_printer("verifying"))
+        report = verify_connection(conn, progress_printer("verifying", _event_count(conn)))
     finally:
         conn.close()
     if sys.stderr.isatty():
@@ -58,13 +72,17 @@ def run_rebuild(path: str, check: bool, out: TextIO) -> int:
     conn = connect(path)
     try:
         if not check:
-            count = rebuild_in_place(conn, projections, progress_printer("rebuilding"))
+            count = rebuild_in_place(
+                conn, projections, progress_printer("rebuilding", _event_count(conn))
+            )
             print(f"rebuilt {len(projections)} projections from {count} events", file=out)
             return 0
         scratch = sqlite3.connect(":memory:", isolation_level=None)
         conn.execute("BEGIN")  # one snapshot for the replay and the live tables alike
         try:
-            count = rebuild(conn, scratch, projections, progress_printer("rebuilding"))
+            count = rebuild(
+                conn, scratch, projections, progress_printer("rebuilding", _event_count(conn))
+            )
             differences = diff_tables(conn, scratch, projections)
         finally:
             conn.execute("COMMIT")
