@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from eventstore import RecordedEvent
-from runs.events import EVENT_TYPES, DomainEvent, decode_event
+from runs.events import DomainEvent, decode_event
 
 __all__ = ["TableProjection"]
 
@@ -42,6 +42,3 @@ class TableProjection:
         handler = self._handlers.get(event.type)
         if handler is not None:
             handler(conn, decode_event(event), event)
-
-
-assert EVENT_TYPES  # the registry must be imported before projections are built

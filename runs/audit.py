@@ -53,7 +53,7 @@ def run_verify(path: str, out: TextIO) -> int:
         print(file=sys.stderr)
     if report.ok:
         print(
-            f"ok: {report.events} events in {report.streams} streams,"
+            f"ok: {report.events:,} events in {report.streams:,} streams,"
             f" positions 1..{report.head_position} gapless,"
             f" hash chain intact (head {report.head_hash})",
             file=out,

@@ -236,7 +236,7 @@ class RunExecutor:
                         attempt=attempt,
                         reason=f"{exc.error_class}: {exc.message}"[:500],
                         delay_ms=round(delay * 1000),
-                    )
+                    ),
                 )
                 await asyncio.sleep(delay)
         calls = [

@@ -121,9 +121,7 @@ class Supervisor:
                 await self._fail(run_id, "internal.error", f"internal error: {type(exc).__name__}")
                 return
 
-    async def _executor(
-        self, run_id: str, resumed: bool, interrupted: bool
-    ) -> RunExecutor | None:
+    async def _executor(self, run_id: str, resumed: bool, interrupted: bool) -> RunExecutor | None:
         first = await self.store.read_stream(run_stream(run_id), 0, 1)
         if not first:
             return None

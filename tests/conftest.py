@@ -32,8 +32,14 @@ class Api:
         return {"Authorization": f"Bearer {key or self.key}", **extra}
 
     async def request(
-        self, method: str, path: str, *, json: Any = None, key: str | None = None,
-        expect: int | None = None, **kwargs: Any,
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        key: str | None = None,
+        expect: int | None = None,
+        **kwargs: Any,
     ) -> tuple[int, Any]:
         headers = kwargs.pop("headers", None) or self.headers(key)
         async with self.client.request(method, path, json=json, headers=headers, **kwargs) as r:
@@ -43,18 +49,25 @@ class Api:
             return r.status, body
 
     async def create_thread(self, title: str | None = "t", key: str | None = None) -> str:
-        _, body = await self.request("POST", "/v1/threads", json={"title": title}, key=key,
-                                     expect=201)
+        _, body = await self.request(
+            "POST", "/v1/threads", json={"title": title}, key=key, expect=201
+        )
         return str(body["id"])
 
     async def add_message(self, thread_id: str, content: str, key: str | None = None) -> str:
-        _, body = await self.request("POST", f"/v1/threads/{thread_id}/messages",
-                                     json={"content": content}, key=key, expect=201)
+        _, body = await self.request(
+            "POST",
+            f"/v1/threads/{thread_id}/messages",
+            json={"content": content},
+            key=key,
+            expect=201,
+        )
         return str(body["id"])
 
     async def create_run(self, thread_id: str, key: str | None = None, **body: Any) -> str:
-        _, created = await self.request("POST", f"/v1/threads/{thread_id}/runs", json=body,
-                                        key=key, expect=201)
+        _, created = await self.request(
+            "POST", f"/v1/threads/{thread_id}/runs", json=body, key=key, expect=201
+        )
         return str(created["run_id"])
 
     async def start_run(self, content: str, **body: Any) -> tuple[str, str]:
@@ -63,8 +76,13 @@ class Api:
         await self.add_message(thread_id, content)
         return thread_id, await self.create_run(thread_id, **body)
 
-    async def wait_for(self, run_id: str, statuses: set[str] | None = None,
-                       timeout: float = 10.0, key: str | None = None) -> dict[str, Any]:
+    async def wait_for(
+        self,
+        run_id: str,
+        statuses: set[str] | None = None,
+        timeout: float = 10.0,
+        key: str | None = None,
+    ) -> dict[str, Any]:
         """Await the run reaching one of ``statuses`` (default: any terminal one)."""
         wanted = statuses or {"completed", "failed", "cancelled"}
         store = self.runtime.store
