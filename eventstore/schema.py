@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 
-__all__ = ["EVENT_COLUMNS", "SCHEMA", "configure", "connect"]
+from eventstore.model import RecordedEvent
+
+__all__ = ["EVENT_COLUMNS", "SCHEMA", "configure", "connect", "iter_events"]
 
 EVENT_COLUMNS = "position, stream, seq, type, data, created_at, hash"
 
@@ -61,3 +64,20 @@ def connect(path: str, synchronous: str = "FULL") -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     configure(conn, synchronous)
     return conn
+
+
+def iter_events(
+    conn: sqlite3.Connection, after_position: int = 0, batch: int = 5000
+) -> Iterator[RecordedEvent]:
+    """Every event after ``after_position`` in position order, fetched in batches (so the
+    caller may write on the same connection between them)."""
+    while True:
+        rows = conn.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+            (after_position, batch),
+        ).fetchall()
+        if not rows:
+            return
+        for row in rows:
+            yield RecordedEvent(*row)
+        after_position = rows[-1][0]

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 import msgspec
 
 from eventstore.model import GENESIS_HASH, RecordedEvent, canonical_bytes, chain_hash
-from eventstore.schema import EVENT_COLUMNS
+from eventstore.schema import iter_events
 
 __all__ = ["VerifyReport", "verify_connection", "verify_events"]
 
@@ -93,27 +93,12 @@ def verify_events(
     )
 
 
-def _rows(conn: sqlite3.Connection) -> Iterable[RecordedEvent]:
-    # Ordered by rowid; a deleted or swapped row shows up as a position or hash mismatch.
-    after = -1
-    while True:
-        rows = conn.execute(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
-            (after, _BATCH),
-        ).fetchall()
-        if not rows:
-            return
-        for row in rows:
-            yield RecordedEvent(*row)
-        after = rows[-1][0]
-
-
 def verify_connection(
     conn: sqlite3.Connection, progress: Callable[[int], None] | None = None
 ) -> VerifyReport:
     """Verify the log behind a stdlib connection, read in one snapshot."""
     conn.execute("BEGIN")
     try:
-        return verify_events(_rows(conn), progress)
+        return verify_events(iter_events(conn), progress)
     finally:
         conn.execute("COMMIT")

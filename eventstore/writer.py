@@ -20,7 +20,7 @@ from eventstore.model import (
     chain_hash,
 )
 from eventstore.projection import Projection
-from eventstore.schema import EVENT_COLUMNS, SCHEMA
+from eventstore.schema import EVENT_COLUMNS, SCHEMA, iter_events
 
 __all__ = ["BatchWriter"]
 
@@ -195,8 +195,8 @@ class BatchWriter:
                 position += 1
                 try:
                     data = new.data.decode("utf-8")
-                except (UnicodeDecodeError, AttributeError) as exc:
-                    raise StorageError(f"event data is not UTF-8 JSON bytes: {exc}") from exc
+                except UnicodeDecodeError as exc:
+                    raise StorageError(f"event data is not UTF-8 JSON: {exc}") from exc
                 digest = chain_hash(
                     previous,
                     canonical_bytes(position, request.stream, last, new.type, data, created_at),
@@ -240,12 +240,8 @@ class BatchWriter:
             done = checkpoints.get(projection.name, 0)
             if done >= head_position:
                 continue
-            cursor = conn.execute(
-                f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position",
-                (done,),
-            )
-            for row in cursor:
-                projection.apply(conn, RecordedEvent(*row))
+            for event in iter_events(conn, done):
+                projection.apply(conn, event)
             conn.execute(
                 "UPDATE projection_checkpoints SET position = ? WHERE name = ?",
                 (head_position, projection.name),

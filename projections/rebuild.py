@@ -6,8 +6,8 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from eventstore import Projection, RecordedEvent
-from eventstore.schema import EVENT_COLUMNS
+from eventstore import Projection
+from eventstore.schema import iter_events
 
 __all__ = ["diff_tables", "rebuild", "rebuild_in_place", "table_rows"]
 
@@ -23,22 +23,15 @@ def _replay(
 ) -> int:
     for projection in projections:
         projection.create(target)
-    after, count = 0, 0
-    while True:
-        rows = source.execute(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
-            (after, _BATCH),
-        ).fetchall()
-        if not rows:
-            return count
-        for row in rows:
-            event = RecordedEvent(*row)
-            for projection in projections:
-                projection.apply(target, event)
-        count += len(rows)
-        after = rows[-1][0]
-        if progress is not None:
+    count = 0
+    for count, event in enumerate(iter_events(source, batch=_BATCH), start=1):
+        for projection in projections:
+            projection.apply(target, event)
+        if progress is not None and count % _BATCH == 0:
             progress(count)
+    if progress is not None:
+        progress(count)
+    return count
 
 
 def rebuild(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -48,7 +48,7 @@ from runs.run import RunState, decide_cancel, evolve, fold_recorded
 from runs.tools import ASK_USER, ToolError, ToolRegistry
 from runs.transcript import Transcript, build_transcript
 
-__all__ = ["RunExecutor", "read_run"]
+__all__ = ["RunExecutor", "append_decided", "read_run"]
 
 log = structlog.get_logger("runlog.run")
 
@@ -64,6 +64,27 @@ async def read_run(store: SQLiteEventStore, run_id: str) -> list[Any]:
         events.extend(batch)
         if len(batch) < 1000:
             return events
+
+
+async def append_decided(
+    store: SQLiteEventStore,
+    run_id: str,
+    decide: Callable[[RunState], Sequence[DomainEvent]],
+    attempts: int = 10,
+) -> bool:
+    """Fold the run's log, decide events from that state, append them guarded by its seq; on
+    a concurrent append, fold and decide again. Returns whether anything was appended."""
+    for _ in range(attempts):
+        state = fold_recorded(await read_run(store, run_id))
+        decided = [] if state is None else list(decide(state))
+        if state is None or not decided:
+            return False
+        try:
+            await store.append(run_stream(run_id), [encode_event(e) for e in decided], state.seq)
+            return True
+        except ConcurrencyError:
+            continue
+    return False
 
 
 class _Stopped(Exception):
@@ -410,23 +431,19 @@ class RunExecutor:
 
     async def record_cancel(self, user_id: str | None) -> None:
         """Append the cancellation (with the usage known so far) from a fresh read of the log."""
-        for _ in range(5):
-            events = await read_run(self.store, self.run_id)
-            state = fold_recorded(events)
-            if state is None:
-                return
-            decided = decide_cancel(state, user_id)
-            if not decided:
-                return
-            usage = self.call_usage
-            if usage is not None and (usage.input_tokens or usage.output_tokens):
-                decided = [self._usage_event(usage), *decided]  # usage known so far
-            try:
-                await self.store.append(self.stream, [encode_event(e) for e in decided], state.seq)
-                self.call_usage = None
-                return
-            except ConcurrencyError:
-                continue
+        usage = self.call_usage
+        spent = (
+            [self._usage_event(usage)]
+            if usage is not None and (usage.input_tokens or usage.output_tokens)
+            else []
+        )
+
+        def decide(state: RunState) -> list[DomainEvent]:
+            cancel = decide_cancel(state, user_id)
+            return [*spent, *cancel] if cancel else []
+
+        if await append_decided(self.store, self.run_id, decide):
+            self.call_usage = None
 
 
 def _merge_usage(known: Usage | None, new: Usage) -> Usage:

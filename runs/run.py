@@ -101,10 +101,8 @@ class RunState(msgspec.Struct, kw_only=True):
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     total_cost_usd: float = 0.0
-    model_calls: int = 0
     error_class: str | None = None
     error_message: str | None = None
-    cancel_requested: bool = False
     waiting: RunWaitingForInput | None = None
 
     @property
@@ -176,15 +174,12 @@ def evolve(state: RunState | None, event: DomainEvent, seq: int, at: str) -> Run
             state.cache_read_tokens += event.cache_read_tokens
             state.cache_write_tokens += event.cache_write_tokens
             state.total_cost_usd += event.cost_usd
-            state.model_calls += 1
         case RunWaitingForInput():
             state.status = "waiting_for_input"
             state.waiting = event
         case RunInputProvided():
             state.status = "running"
             state.waiting = None
-        case RunCancelRequested():
-            state.cancel_requested = True
         case RunCompleted():
             state.status = "completed"
             state.completed_at = state.ended_at = at

@@ -12,15 +12,15 @@ from typing import Any
 
 import structlog
 
-from eventstore import ConcurrencyError, SQLiteEventStore
+from eventstore import ConcurrencyError, RecordedEvent, SQLiteEventStore
 from projections.queries import Queries
 from runs.config import Route
-from runs.events import RunFailed, RunStarted, decode_event, encode_event, run_stream
-from runs.executor import RunExecutor, read_run
+from runs.events import RunFailed, RunStarted, decode_event, run_stream
+from runs.executor import RunExecutor, append_decided
 from runs.personas import Persona, PersonaRegistry
 from runs.providers.base import Provider
 from runs.routes import RouteTable
-from runs.run import decide_cancel, fold_recorded
+from runs.run import decide_cancel
 from runs.tools import ToolRegistry
 
 __all__ = ["Supervisor"]
@@ -96,12 +96,14 @@ class Supervisor:
         interrupted = False
         for _attempt in range(3):
             try:
-                executor = await self._executor(run_id, resumed, interrupted)
+                first = await self.store.read_stream(run_stream(run_id), 0, 1)
+                if not first:
+                    return
+                executor = await self._executor(first[0], resumed, interrupted)
                 if executor is None:
                     return
                 self._executors[run_id] = executor
-                history = await self._history(run_id)
-                await executor.execute(history)
+                await executor.execute(await self._history(first[0]))
                 log.info("run.step_done", status=executor.state and executor.state.status)
                 return
             except asyncio.CancelledError:
@@ -121,12 +123,12 @@ class Supervisor:
                 await self._fail(run_id, "internal.error", f"internal error: {type(exc).__name__}")
                 return
 
-    async def _executor(self, run_id: str, resumed: bool, interrupted: bool) -> RunExecutor | None:
-        first = await self.store.read_stream(run_stream(run_id), 0, 1)
-        if not first:
-            return None
-        started = decode_event(first[0])
+    async def _executor(
+        self, first: RecordedEvent, resumed: bool, interrupted: bool
+    ) -> RunExecutor | None:
+        started = decode_event(first)
         assert isinstance(started, RunStarted)
+        run_id = started.run_id
         route = self.routes.routes.get(started.route_id)
         persona: Persona | None = self.personas.by_id.get(started.persona_id or "default@1")
         if route is None or persona is None:
@@ -148,12 +150,11 @@ class Supervisor:
             interrupted=interrupted,
         )
 
-    async def _history(self, run_id: str) -> list[dict[str, Any]]:
+    async def _history(self, first: RecordedEvent) -> list[dict[str, Any]]:
         """The thread's conversation before the run started (consecutive roles merged)."""
-        first = await self.store.read_stream(run_stream(run_id), 0, 1)
-        started = decode_event(first[0])
+        started = decode_event(first)
         assert isinstance(started, RunStarted)
-        rows = await self.queries.messages(started.thread_id, 10_000, first[0].position)
+        rows = await self.queries.messages(started.thread_id, 10_000, first.position)
         history: list[dict[str, Any]] = []
         for row in rows:
             if history and history[-1]["role"] == row["role"]:
@@ -163,16 +164,8 @@ class Supervisor:
         return history
 
     async def _fail(self, run_id: str, error_class: str, message: str) -> None:
-        for _ in range(5):
-            state = fold_recorded(await read_run(self.store, run_id))
-            if state is None or state.terminal:
-                return
-            event = RunFailed(error_class=error_class, message=message)
-            try:
-                await self.store.append(run_stream(run_id), [encode_event(event)], state.seq)
-                return
-            except ConcurrencyError:
-                continue
+        failed = RunFailed(error_class=error_class, message=message)
+        await append_decided(self.store, run_id, lambda s: [] if s.terminal else [failed])
 
     # -- cancel -----------------------------------------------------------------------------
 
@@ -185,20 +178,7 @@ class Supervisor:
             await asyncio.wait([task])
         # No task (waiting for input, not started yet, or the task just ended): append here,
         # guarded by the run's seq.
-        for _ in range(10):
-            state = fold_recorded(await read_run(self.store, run_id))
-            if state is None:
-                return
-            decided = decide_cancel(state, user_id)
-            if not decided:
-                return
-            try:
-                await self.store.append(
-                    run_stream(run_id), [encode_event(e) for e in decided], state.seq
-                )
-                return
-            except ConcurrencyError:
-                continue
+        await append_decided(self.store, run_id, lambda state: decide_cancel(state, user_id))
 
     # -- shutdown ---------------------------------------------------------------------------
 
