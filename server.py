@@ -1,7 +1,8 @@
-"""runlog's HTTP service (DESIGN.md §5). ``python server.py`` and ``runlog`` are the same program.
+"""runlog's HTTP service: the aiohttp application (see docs/architecture.md, "HTTP").
 
 One route table; middleware for the trace id, auth and errors. Only this module turns errors
-into HTTP responses. The command line lives in ``runs.cli``.
+into HTTP responses. The command line (``runs.cli``, the ``runlog`` entry point) imports this
+module to serve; this module never imports the command line.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ from runs.startup import bootstrap, load_secret, record_personas
 from runs.supervisor import Supervisor
 from runs.tools import Tool, ToolRegistry, load_tool_modules
 
-__all__ = ["RUNTIME", "Runtime", "create_app", "main"]
+__all__ = ["RUNTIME", "Runtime", "create_app"]
 
 log = structlog.get_logger("runlog.http")
 
@@ -622,13 +623,3 @@ def create_app(
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
     return app
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from runs.cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
