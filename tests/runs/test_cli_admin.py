@@ -121,7 +121,7 @@ async def test_admin_commands_while_the_server_runs(
     _, readiness = await api.request("GET", "/readyz", expect=200)
     assert readiness["status"] == "ready"
     code, out, err = await run_cli(
-        "verify", "--db", db_path, program=[sys.executable, str(ROOT / "server.py")]
+        "verify", "--db", db_path, program=[sys.executable, "-m", "runs"]
     )
     assert code == 0, (out, err)
     assert out.startswith("ok:")
