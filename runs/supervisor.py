@@ -17,7 +17,7 @@ from projections.queries import Queries
 from runs.config import Route
 from runs.events import RunFailed, RunStarted, decode_event, run_stream
 from runs.executor import RunExecutor
-from runs.personas import Persona, PersonaRegistry
+from runs.personas import DEFAULT_PERSONA_ID, Persona, PersonaRegistry
 from runs.providers.base import Provider
 from runs.repository import append_decided
 from runs.routes import RouteTable
@@ -137,7 +137,7 @@ class Supervisor:
         assert isinstance(started, RunStarted)
         run_id = started.run_id
         route = self.routes.routes.get(started.route_id)
-        persona: Persona | None = self.personas.by_id.get(started.persona_id or "default@1")
+        persona: Persona | None = self.personas.by_id.get(started.persona_id or DEFAULT_PERSONA_ID)
         if route is None or persona is None:
             await self._fail(
                 run_id,
