@@ -40,7 +40,6 @@ __all__ = [
     "decide_cancel",
     "decide_input",
     "evolve",
-    "fold",
     "fold_recorded",
 ]
 
@@ -196,14 +195,6 @@ def evolve(state: RunState | None, event: DomainEvent, seq: int, at: str) -> Run
             state.waiting = None
         case _:
             pass
-    return state
-
-
-def fold(events: Iterable[tuple[DomainEvent, int, str]]) -> RunState | None:
-    """Fold ``(event, seq, created_at)`` triples from the start of a run."""
-    state: RunState | None = None
-    for event, seq, at in events:
-        state = evolve(state, event, seq, at)
     return state
 
 
