@@ -201,7 +201,7 @@ def principal(request: web.Request) -> Principal:
 
 
 def check_declared_size(request: web.Request) -> None:
-    """Refuse a body on its Content-Length, before a byte of it is read (issue 7). A body
+    """Refuse a body on its Content-Length, before a byte of it is read. A body
     without one (chunked) is cut off by ``client_max_size`` as it is read."""
     limit = request.app[RUNTIME].config.max_body_bytes
     declared = request.content_length
@@ -316,7 +316,7 @@ async def login(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     body = await read_body(request, Login, runtime.config.request_read_timeout_seconds)
     # Throttled per login and per client address; the attempt counts before the (slow)
-    # password check, so concurrent guesses cannot all pass the check (issue 7).
+    # password check, so concurrent guesses cannot all pass the check.
     by_login, by_address = f"login:{body.login.casefold()}", f"address:{request.remote}"
     limiter = runtime.login_limiter
     wait = limiter.retry_after((by_login, by_address))

@@ -1,4 +1,6 @@
-"""The agent loop of one run (DESIGN.md §4): model call → deltas → tools → next call.
+"""The agent loop of one run: model call → deltas → tools → next call.
+
+See docs/architecture.md, "Execution".
 
 The executor is the only writer of its run's stream while it lives. Every step starts from
 the log: the state is the fold of the run's events and the conversation is rebuilt from them,
