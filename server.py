@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import hmac
 import math
 import os
 import re
@@ -24,6 +26,7 @@ from aiohttp import web
 from eventstore import EventStoreError, SQLiteEventStore, StoreClosedError
 from projections import all_projections
 from projections.queries import Queries
+from runs import metrics
 from runs.auth import (
     DUMMY_PASSWORD_HASH,
     key_sha256,
@@ -43,6 +46,7 @@ from runs.errors import (
 )
 from runs.events import run_stream
 from runs.http_input import path_id, query_before, query_limit, query_seq, read_body
+from runs.ids import is_id
 from runs.openapi import document_bytes as openapi_document_bytes
 from runs.personas import PersonaRegistry
 from runs.providers.anthropic import AnthropicProvider
@@ -67,12 +71,15 @@ from runs.schemas import (
     SubmitInput,
     Thread,
     ThreadRun,
+    UsageReport,
+    UsageRow,
 )
 from runs.service import Accounts, Principal, RunService
 from runs.sse import stream_events
 from runs.startup import bootstrap, load_secret, record_personas
 from runs.supervisor import Supervisor
 from runs.tools import Tool, ToolRegistry, load_tool_modules
+from runs.usage import usage_query
 
 __all__ = ["RUNTIME", "Runtime", "create_app"]
 
@@ -126,6 +133,7 @@ class Runtime:
 
     async def start(self) -> None:
         self.store = await SQLiteEventStore.open(self.config.db, all_projections())
+        self.store.commit_observers.append(metrics.observe_commit)
         try:
             self.queries = Queries(self.store)
             self.accounts = Accounts(self.store)
@@ -170,11 +178,14 @@ class Runtime:
             if isinstance(provider, AnthropicProvider):
                 await provider.aclose()
         await self.store.close()
+        metrics.process_exited()
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
 TRACE_ID = web.RequestKey("trace_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)
+#: The run a request created or acted on, for its log line.
+RUN_ID = web.RequestKey("run_id", str)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -216,7 +227,7 @@ def check_declared_size(request: web.Request) -> None:
 @web.middleware
 async def trace_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Trace id on every response, auth on ``/v1``, errors in the documented shape, and one
-    log line per request."""
+    log line and one sample of the request metrics per request."""
     incoming = request.headers.get("X-Trace-Id", "")
     trace_id = incoming if _TRACE_ID_FORMAT.match(incoming) else uuid.uuid4().hex
     request[TRACE_ID] = trace_id
@@ -258,13 +269,35 @@ async def trace_and_errors(request: web.Request, handler: Handler) -> web.Stream
         log.exception("request.failed")
         return error_response(500, "internal.error", "internal error", trace_id)
     finally:
-        log.info(
-            "request",
-            method=request.method,
-            path=request.path,
-            status=status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
-        )
+        log_request(request, status, time.perf_counter() - started)
+
+
+def route_template(request: web.Request) -> str:
+    """The matched route as declared (``/v1/runs/{run_id}``), never the raw path: ids would
+    make every request its own series and put user input in the logs."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def log_request(request: web.Request, status: int, seconds: float) -> None:
+    """The request's log line, with what takes an operator from it to ``runlog export --run``
+    (never a token), and its metrics."""
+    route = route_template(request)
+    metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
+    metrics.HTTP_REQUEST_SECONDS.labels(route, request.method).observe(seconds)
+    who = request.get(PRINCIPAL)
+    run_id = request.get(RUN_ID) or request.match_info.get("run_id")
+    log.info(
+        "request",
+        method=request.method,
+        route=route,
+        status=status,
+        duration_ms=round(seconds * 1000, 2),
+        trace_id=request.get(TRACE_ID),
+        org_id=who.org_id if who is not None else None,
+        user_id=who.user_id if who is not None else None,
+        run_id=run_id if run_id is not None and is_id(run_id) else None,
+    )
 
 
 async def add_trace_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -310,6 +343,22 @@ async def readyz(request: web.Request) -> web.Response:
 async def openapi_json(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document, generated from ``runs.schemas`` (``runs.openapi``)."""
     return web.Response(body=openapi_document_bytes(), content_type="application/json")
+
+
+async def metrics_text(request: web.Request) -> web.Response:
+    """Prometheus metrics (``runs.metrics``); with ``metrics_token`` set, only for its bearer."""
+    runtime = request.app[RUNTIME]
+    expected = runtime.config.metrics_token
+    if expected:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode("utf-8", "surrogateescape"), expected.encode()
+        ):
+            raise Unauthorized("Authorization: Bearer <metrics_token> is required")
+    body = metrics.exposition(
+        await runtime.queries.live_runs_by_status(), await runtime.store.head()
+    )
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
 async def login(request: web.Request) -> web.Response:
@@ -413,6 +462,7 @@ async def create_run(request: web.Request) -> web.Response:
     run_id = await runtime.service.create_run(
         who, thread_id, body.route_id, body.persona_id, request[TRACE_ID]
     )
+    request[RUN_ID] = run_id
     return json_response(RunCreated(run_id=run_id, trace_id=request[TRACE_ID]), 201)
 
 
@@ -509,6 +559,22 @@ async def submit_input(request: web.Request) -> web.Response:
     return json_response(Ok())
 
 
+async def usage_report(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    query = usage_query(request.query, dt.datetime.now(dt.UTC).date())
+    rows = await runtime.queries.usage(
+        principal(request).org_id, query.first_day, query.last_day, query.group_by
+    )
+    return json_response(
+        UsageReport(
+            from_=query.first_day,
+            to=query.last_day,
+            group_by=query.group_by,
+            rows=[shaped(UsageRow, r) for r in rows],
+        )
+    )
+
+
 # -- SSE --------------------------------------------------------------------------------------
 
 
@@ -538,6 +604,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     task = asyncio.current_task()
     if task is not None:
         runtime.streams.add(task)
+    metrics.SSE_CONNECTIONS.inc()
     try:
         await stream_events(
             runtime.store,
@@ -552,6 +619,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     except (ConnectionResetError, asyncio.CancelledError):
         pass  # the client left, or the server is stopping: end quietly
     finally:
+        metrics.SSE_CONNECTIONS.dec()
         if task is not None:
             runtime.streams.discard(task)
     with contextlib.suppress(ConnectionResetError):
@@ -567,6 +635,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/metrics", metrics_text)
     app.router.add_post("/v1/auth/login", login)
     app.router.add_post("/v1/threads", create_thread)
     app.router.add_get("/v1/threads", list_threads)
@@ -580,6 +649,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"/v1/runs/{run}:cancel", cancel_run)
     app.router.add_post(f"/v1/runs/{run}/input", submit_input)
     app.router.add_get(f"/v1/runs/{run}/events", run_events)
+    app.router.add_get("/v1/usage", usage_report)
 
 
 def create_app(

@@ -20,13 +20,14 @@ from eventstore.model import (
     utc_now,
 )
 from eventstore.projection import Projection
-from eventstore.sqlite import SQLiteEventStore, open_store
+from eventstore.sqlite import CommitObserver, SQLiteEventStore, open_store
 from eventstore.verify import VerifyReport, verify_events
 
 __all__ = [
     "ANY",
     "GENESIS_HASH",
     "AppendRequest",
+    "CommitObserver",
     "ConcurrencyError",
     "EventStoreError",
     "NewEvent",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,7 +20,11 @@ from eventstore.schema import EVENT_COLUMNS, connect
 from eventstore.verify import VerifyReport, verify_connection
 from eventstore.writer import BatchWriter, Outcome
 
-__all__ = ["SQLiteEventStore", "open_store"]
+__all__ = ["CommitObserver", "SQLiteEventStore", "open_store"]
+
+#: Called on the event loop after each commit with the events it recorded (possibly none, when
+#: every append of the batch was refused) and the seconds the batch took on the writer thread.
+CommitObserver = Callable[[Sequence[RecordedEvent], float], None]
 
 #: Most append requests committed in one transaction.
 MAX_BATCH = 1000
@@ -62,6 +67,8 @@ class SQLiteEventStore:
         self._writer_task: asyncio.Task[None] | None = None
         self._closed = False
         self.live = LiveHub()
+        #: Who wants to know about commits (the service's metrics); the store keeps no stats.
+        self.commit_observers: list[CommitObserver] = []
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -172,6 +179,7 @@ class SQLiteEventStore:
                     stopping = True
                     break
                 batch.append(item)
+            started = time.perf_counter()
             try:
                 outcomes: list[Outcome] = await loop.run_in_executor(
                     self._executor,
@@ -199,6 +207,12 @@ class SQLiteEventStore:
             # Published only after the commit: a subscriber never sees an event that could
             # still be lost.
             self.live.publish(committed)
+            seconds = time.perf_counter() - started
+            for observe in self.commit_observers:
+                try:
+                    observe(committed, seconds)
+                except Exception:  # noqa: S112 - an observer must never stop the writer
+                    continue
         # Fail whatever arrived after the stop marker.
         while not self._queue.empty():
             item = self._queue.get_nowait()

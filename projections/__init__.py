@@ -9,13 +9,16 @@ from projections.personas import PersonasProjection
 from projections.rebuild import diff_tables, rebuild, rebuild_in_place, table_rows
 from projections.runs import RUN_COLUMNS, RunsProjection
 from projections.threads import ThreadsProjection
+from projections.usage import USAGE_GROUPS, UsageProjection
 
 __all__ = [
     "RUN_COLUMNS",
+    "USAGE_GROUPS",
     "AccountsProjection",
     "PersonasProjection",
     "RunsProjection",
     "ThreadsProjection",
+    "UsageProjection",
     "all_projections",
     "diff_tables",
     "rebuild",
@@ -26,4 +29,10 @@ __all__ = [
 
 def all_projections() -> list[Projection]:
     """Every read model of the service, in the order they are applied."""
-    return [AccountsProjection(), PersonasProjection(), ThreadsProjection(), RunsProjection()]
+    return [
+        AccountsProjection(),
+        PersonasProjection(),
+        ThreadsProjection(),
+        RunsProjection(),
+        UsageProjection(),
+    ]

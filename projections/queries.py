@@ -10,6 +10,7 @@ from typing import Any
 
 from eventstore import SQLiteEventStore
 from projections.runs import RUN_COLUMNS
+from projections.usage import USAGE_GROUPS
 from runs.run import LIVE_STATUSES
 
 __all__ = ["Queries"]
@@ -39,6 +40,17 @@ _MESSAGE_KEYS = (
     "created_at",
     "run_id",
     "position",
+)
+
+_USAGE_KEYS = (
+    "key",
+    "runs",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost_usd",
+    "credits_used",
 )
 
 
@@ -189,6 +201,32 @@ class Queries:
             "SELECT run_id FROM runs WHERE status = ? ORDER BY run_id", (status,)
         )
         return [r[0] for r in rows]
+
+    async def live_runs_by_status(self) -> dict[str, int]:
+        """How many runs of every org are in each live status (a status with none: 0)."""
+        rows = await self.store.fetch_all(
+            "SELECT status, count(*) FROM runs WHERE status IN"
+            f" ({', '.join('?' * len(LIVE_STATUSES))}) GROUP BY status",
+            tuple(sorted(LIVE_STATUSES)),
+        )
+        return dict.fromkeys(sorted(LIVE_STATUSES), 0) | {r[0]: int(r[1]) for r in rows}
+
+    # -- usage ------------------------------------------------------------------------------
+
+    async def usage(
+        self, org_id: str, first_day: str, last_day: str, group_by: str
+    ) -> list[dict[str, Any]]:
+        """The org's usage from ``first_day`` to ``last_day`` (UTC, inclusive), one row per
+        value of ``group_by`` (a key of ``USAGE_GROUPS``), ordered by it."""
+        column = USAGE_GROUPS[group_by]
+        rows = await self.store.fetch_all(
+            f"SELECT {column}, sum(runs), sum(input_tokens), sum(output_tokens),"
+            " sum(cache_read_tokens), sum(cache_write_tokens), sum(cost_usd), sum(credits_used)"
+            f" FROM usage WHERE org_id = ? AND day >= ? AND day <= ? GROUP BY {column}"
+            f" ORDER BY {column}",
+            (org_id, first_day, last_day),
+        )
+        return [dict(zip(_USAGE_KEYS, r, strict=True)) for r in rows]
 
     async def persona_hashes(self) -> dict[str, str]:
         rows = await self.store.fetch_all("SELECT persona_id, content_sha256 FROM personas")

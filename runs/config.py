@@ -70,6 +70,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: on a kept-alive connection) and its body each within this time (slow-loris).
     request_read_timeout_seconds: float = 30.0
     routes: list[Route] = []
+    #: When set, ``GET /metrics`` requires ``Authorization: Bearer <metrics_token>``.
+    metrics_token: str | None = None
     #: Modules whose ``TOOLS`` list adds tools (self-hosters' own; tests register one too).
     tool_modules: list[str] = []
 
@@ -83,6 +85,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "RUNLOG_SSE_BATCH_LIMIT": ("sse_batch_limit", int),
     "RUNLOG_SECRET_KEY": ("secret_key", str),
     "RUNLOG_PERSONAS_DIR": ("personas_dir", str),
+    "RUNLOG_METRICS_TOKEN": ("metrics_token", str),
 }
 
 

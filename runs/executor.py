@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from eventstore import AppendRequest, SQLiteEventStore
+from runs import metrics
 from runs.config import Route
 from runs.events import (
     DomainEvent,
@@ -211,10 +212,12 @@ class RunExecutor:
                 tool_uses, stop = await self._stream_call(request)
                 break
             except ProviderError as exc:
+                metrics.PROVIDER_ERRORS.labels(self.route.id, exc.error_class).inc()
                 # Tokens the failed attempt already used are billed, like any call's.
                 spent = self._usage_so_far()
                 if not exc.retryable or attempt >= self.route.max_attempts:
                     await self._fail(exc.error_class, exc.message, *spent)
+                metrics.PROVIDER_RETRIES.labels(self.route.id).inc()
                 delay = self.route.retry_base_delay_s * (2 ** (attempt - 1))
                 if exc.retry_after_s is not None:
                     delay = max(delay, min(exc.retry_after_s, _MAX_RETRY_AFTER_S))
@@ -290,6 +293,10 @@ class RunExecutor:
         buffer: list[str] = []
         next_flush = 0.0
         self.call_usage = None
+        call_seconds = metrics.PROVIDER_CALL_SECONDS.labels(self.route.id, self.route.model)
+        first_token_seconds = metrics.PROVIDER_TTFT_SECONDS.labels(self.route.id, self.route.model)
+        started = time.monotonic()
+        waiting_for_first = True
         try:
             while True:
                 timeout = max(0.0, next_flush - time.monotonic()) if buffer else None
@@ -297,6 +304,9 @@ class RunExecutor:
                     item = await asyncio.wait_for(queue.get(), timeout)
                 except TimeoutError:
                     item = None
+                if waiting_for_first and isinstance(item, TextDelta | ToolUse):
+                    waiting_for_first = False
+                    first_token_seconds.observe(time.monotonic() - started)
                 if isinstance(item, TextDelta):
                     buffer.append(item.text)
                 elif isinstance(item, ToolUse):
@@ -306,6 +316,7 @@ class RunExecutor:
                 elif isinstance(item, Stop):
                     stop = item
                 elif isinstance(item, BaseException):
+                    call_seconds.observe(time.monotonic() - started)
                     await self._flush(buffer)
                     raise item
                 now = time.monotonic()
@@ -313,6 +324,7 @@ class RunExecutor:
                     await self._flush(buffer)
                     next_flush = time.monotonic() + self.coalesce_s
                 if item is _END:
+                    call_seconds.observe(time.monotonic() - started)
                     return tool_uses, stop
         finally:
             if not producer.done():

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from projections.usage import USAGE_GROUPS
 from runs.errors import ERROR_FAMILIES, ERROR_STATUS
 from runs.run import RUN_STATUSES
 from runs.schemas import (
@@ -33,6 +34,7 @@ from runs.schemas import (
     SubmitInput,
     Thread,
     ThreadRun,
+    UsageReport,
 )
 
 __all__ = ["OPERATIONS", "Operation", "Param", "document", "document_bytes"]
@@ -137,6 +139,17 @@ LAST_EVENT_ID = Param(
     {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
     "The standard SSE reconnection header; used as `after_seq` when that is absent.",
 )
+_DAY = {"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
+FROM_DAY = Param(
+    "from", "query", _DAY, "First UTC day of the report, included. Default: 29 days before `to`."
+)
+TO_DAY = Param("to", "query", _DAY, "Last UTC day of the report, included. Default: today (UTC).")
+GROUP_BY = Param(
+    "group_by",
+    "query",
+    {"type": "string", "enum": list(USAGE_GROUPS), "default": "day"},
+    "One row per UTC day, model, user id or route id.",
+)
 THREAD_ID = _id("thread_id", "thread")
 RUN_ID = _id("run_id", "run")
 
@@ -166,6 +179,21 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "GET", "/openapi.json", "openapi", "This OpenAPI document", 200, _DOCUMENT, auth=False
+    ),
+    Operation(
+        "GET",
+        "/metrics",
+        "metrics",
+        "Prometheus metrics (text format)",
+        200,
+        {"type": "string"},
+        auth=False,
+        errors=(401,),
+        media_type="text/plain",
+        description=(
+            "Not behind `/v1` auth. When the config sets `metrics_token`, it needs"
+            " `Authorization: Bearer <metrics_token>` (else `401 auth.unauthorized`)."
+        ),
     ),
     Operation(
         "POST",
@@ -310,6 +338,20 @@ OPERATIONS: tuple[Operation, ...] = (
         errors=(400, 404),
         media_type="text/event-stream",
         description=_SSE_DESCRIPTION,
+    ),
+    Operation(
+        "GET",
+        "/v1/usage",
+        "getUsage",
+        "The org's usage by UTC day, model, user or route",
+        200,
+        UsageReport,
+        params=(FROM_DAY, TO_DAY, GROUP_BY),
+        errors=(400,),
+        description=(
+            "`runs` counts the runs started in the period; tokens, `cost_usd` and `credits_used`"
+            " are what model calls reported in the period. Rows are ordered by `key`."
+        ),
     ),
 )
 

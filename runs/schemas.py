@@ -27,6 +27,8 @@ __all__ = [
     "SubmitInput",
     "Thread",
     "ThreadRun",
+    "UsageReport",
+    "UsageRow",
 ]
 
 #: ``POST /v1/runs/{id}/input`` accepts at most 32 KB of UTF-8 (the Runs API: "maximum 32KB").
@@ -152,3 +154,25 @@ class SseFrame(msgspec.Struct):
     type: str
     data: msgspec.Raw
     created_at: str
+
+
+class UsageRow(msgspec.Struct):
+    """One group of ``GET /v1/usage``: runs started, and what model calls used, in the period."""
+
+    key: str
+    runs: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_usd: float
+    credits_used: int
+
+
+class UsageReport(msgspec.Struct):
+    """``GET /v1/usage``: the caller's org, from and to (UTC days, inclusive), rows by key."""
+
+    from_: str = msgspec.field(name="from")
+    to: str
+    group_by: str
+    rows: list[UsageRow]
