@@ -600,12 +600,14 @@ async def run_events(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    await response.write(b": ping\n\n")
     task = asyncio.current_task()
     if task is not None:
         runtime.streams.add(task)
+    # Counted before the first byte and uncounted before the last, so a client that has
+    # seen the stream open (or end) sees the gauge agree.
     metrics.SSE_CONNECTIONS.inc()
     try:
+        await response.write(b": ping\n\n")
         await stream_events(
             runtime.store,
             response,
