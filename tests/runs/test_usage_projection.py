@@ -1,0 +1,266 @@
+"""The usage read model, property-tested: for random runs of several orgs, users, routes and
+models spread over several UTC days, every report equals a sum computed here from the
+generated runs, its totals equal the runs' own figures (the runs read model), and no other
+org's usage appears."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eventstore import RecordedEvent
+from projections import RunsProjection, UsageProjection
+from projections.queries import Queries
+from runs.events import (
+    DomainEvent,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    RunUsage,
+    encode_event,
+    run_stream,
+)
+from runs.run import credits_for
+
+FIRST_DAY = dt.date(2026, 2, 27)  # the runs cross a month's end
+ORGS = ("org-a", "org-b")
+USERS = ("user-1", "user-2")
+ROUTES = {"route-x": 1.0, "route-y": 2.5}
+MODELS = ("model-m", "model-n")
+GROUPS = ("day", "model", "user", "route")
+
+
+@dataclass
+class Call:
+    day: int
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_usd: float
+
+
+@dataclass
+class GeneratedRun:
+    run_id: str
+    org: str
+    user: str
+    route: str
+    model: str
+    day: int
+    calls: list[Call] = field(default_factory=list)
+    end: str | None = None
+
+
+def day_of(offset: int) -> str:
+    return (FIRST_DAY + dt.timedelta(days=offset)).isoformat()
+
+
+def stamp(offset: int, ms: int) -> str:
+    moment = dt.datetime.combine(FIRST_DAY, dt.time(), tzinfo=dt.UTC) + dt.timedelta(
+        days=offset, milliseconds=ms
+    )
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+costs = st.one_of(
+    st.sampled_from([0.0, 0.1, 0.2, 0.3, 0.0007, 1e-6]),
+    st.floats(min_value=0, max_value=5, allow_nan=False, allow_infinity=False),
+)
+calls = st.builds(
+    Call,
+    day=st.integers(0, 1),  # days after the previous event
+    model=st.sampled_from(MODELS),
+    input_tokens=st.integers(0, 10_000),
+    output_tokens=st.integers(0, 5_000),
+    cache_read_tokens=st.integers(0, 3_000),
+    cache_write_tokens=st.integers(0, 3_000),
+    cost_usd=costs,
+)
+
+
+@st.composite
+def generated_runs(draw: st.DrawFn) -> list[GeneratedRun]:
+    runs = []
+    for number in range(draw(st.integers(1, 8))):
+        run = GeneratedRun(
+            run_id=f"run-{number:03d}",
+            org=draw(st.sampled_from(ORGS)),
+            user=draw(st.sampled_from(USERS)),
+            route=draw(st.sampled_from(sorted(ROUTES))),
+            model=draw(st.sampled_from(MODELS)),
+            day=draw(st.integers(0, 4)),
+            calls=draw(st.lists(calls, max_size=5)),
+            end=draw(st.sampled_from([None, "completed", "failed", "cancelled"])),
+        )
+        runs.append(run)
+    return runs
+
+
+def log_of(runs: Sequence[GeneratedRun]) -> list[RecordedEvent]:
+    """The runs' events, interleaved in time order as a log would hold them."""
+    timed: list[tuple[str, str, DomainEvent]] = []
+    for index, run in enumerate(runs):
+        day = run.day
+        timed.append(
+            (
+                stamp(day, index),
+                run.run_id,
+                RunStarted(
+                    run_id=run.run_id,
+                    thread_id=f"thread-{index}",
+                    org_id=run.org,
+                    created_by_user_id=run.user,
+                    trace_id="t",
+                    route_id=run.route,
+                    provider="scripted",
+                    model=run.model,
+                    credits_multiplier=ROUTES[run.route],
+                ),
+            )
+        )
+        for number, call in enumerate(run.calls, start=1):
+            day += call.day
+            usage = RunUsage(
+                model=call.model,
+                input_tokens=call.input_tokens,
+                output_tokens=call.output_tokens,
+                cache_read_tokens=call.cache_read_tokens,
+                cache_write_tokens=call.cache_write_tokens,
+                cost_usd=call.cost_usd,
+                call=number,
+            )
+            timed.append((stamp(day, 1000 * number + index), run.run_id, usage))
+        ends = {"completed": RunCompleted(), "failed": RunFailed(error_class="x", message="m")}
+        if run.end is not None:
+            end = ends.get(run.end, RunCancelled())
+            timed.append((stamp(day, 100_000 + index), run.run_id, end))
+    timed.sort(key=lambda item: item[0])
+    seqs: dict[str, int] = {}
+    log = []
+    for position, (at, run_id, event) in enumerate(timed, start=1):
+        seqs[run_id] = seqs.get(run_id, 0) + 1
+        new = encode_event(event)
+        stream = run_stream(run_id)
+        log.append(
+            RecordedEvent(position, stream, seqs[run_id], new.type, new.data.decode(), at, "0" * 64)
+        )
+    return log
+
+
+def expected_report(
+    runs: Sequence[GeneratedRun], org: str, group_by: str, first: str, last: str
+) -> dict[str, dict[str, float]]:
+    """The report computed directly from the generated runs (not through any SQL)."""
+    rows: dict[str, dict[str, float]] = {}
+
+    def row(key: str) -> dict[str, float]:
+        return rows.setdefault(
+            key,
+            dict.fromkeys(
+                (
+                    "runs",
+                    "input_tokens",
+                    "output_tokens",
+                    "cache_read_tokens",
+                    "cache_write_tokens",
+                    "cost_usd",
+                    "credits_used",
+                ),
+                0,
+            ),
+        )
+
+    for run in runs:
+        if run.org != org:
+            continue
+        keys = {"user": run.user, "route": run.route}
+        if first <= day_of(run.day) <= last:
+            keys_here = {**keys, "day": day_of(run.day), "model": run.model}
+            row(keys_here[group_by])["runs"] += 1
+        day, spent = run.day, 0.0
+        for call in run.calls:
+            day += call.day
+            before, spent = spent, spent + call.cost_usd
+            if not first <= day_of(day) <= last:
+                continue
+            target = row({**keys, "day": day_of(day), "model": call.model}[group_by])
+            target["input_tokens"] += call.input_tokens
+            target["output_tokens"] += call.output_tokens
+            target["cache_read_tokens"] += call.cache_read_tokens
+            target["cache_write_tokens"] += call.cache_write_tokens
+            target["cost_usd"] += call.cost_usd
+            multiplier = ROUTES[run.route]
+            target["credits_used"] += credits_for(spent, multiplier) - credits_for(
+                before, multiplier
+            )
+    return rows
+
+
+class _Reader:
+    """What ``Queries`` needs of a store, over one SQLite connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self.conn.execute(sql, params)]
+
+
+def assert_rows_equal(got: list[dict[str, Any]], expected: dict[str, dict[str, float]]) -> None:
+    assert [r["key"] for r in got] == sorted(expected)
+    for r in got:
+        want = expected[r["key"]]
+        for name, number in want.items():
+            if name == "cost_usd":
+                assert math.isclose(r[name], number, rel_tol=1e-9, abs_tol=1e-9), (name, r, want)
+            else:
+                assert r[name] == number, (name, r, want)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(generated_runs(), st.integers(0, 9), st.integers(0, 9))
+def test_usage_reports_equal_the_runs_figures(
+    runs: list[GeneratedRun], start: int, length: int
+) -> None:
+    conn = sqlite3.connect(":memory:")
+    try:
+        projections = [RunsProjection(), UsageProjection()]
+        for projection in projections:
+            projection.create(conn)
+        for event in log_of(runs):
+            for projection in projections:
+                projection.apply(conn, event)
+        queries = Queries(_Reader(conn))  # type: ignore[arg-type]
+        everything = (day_of(-1), day_of(30))
+        some_days = (day_of(start), day_of(start + length))
+        for org in ORGS:
+            own = conn.execute(
+                "SELECT count(*), coalesce(sum(total_input_tokens), 0),"
+                " coalesce(sum(total_output_tokens), 0), coalesce(sum(cache_read_tokens), 0),"
+                " coalesce(sum(cache_write_tokens), 0), coalesce(sum(total_cost_usd), 0),"
+                " coalesce(sum(credits_used), 0) FROM runs WHERE org_id = ?",
+                (org,),
+            ).fetchone()
+            for group_by in GROUPS:
+                for first, last in (everything, some_days):
+                    got = asyncio.run(queries.usage(org, first, last, group_by))
+                    assert_rows_equal(got, expected_report(runs, org, group_by, first, last))
+                # Over all days, the totals are the runs' own figures.
+                got = asyncio.run(queries.usage(org, *everything, group_by))
+                sums = [sum(r[k] for r in got) for k in list(got[0])[1:]] if got else [0] * 7
+                assert sums[:5] == list(own[:5])
+                assert math.isclose(sums[5], own[5], rel_tol=1e-9, abs_tol=1e-9)
+                assert sums[6] == own[6]
+    finally:
+        conn.close()
