@@ -73,7 +73,8 @@ class ServerProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        async with asyncio.timeout(20):
+        # Generous: start-up imports the Anthropic SDK, which takes seconds on a busy machine.
+        async with asyncio.timeout(60):
             while True:
                 assert self.process.poll() is None, self.log.read_text()[-3000:]
                 try:
