@@ -23,9 +23,9 @@ from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
-import mcp_types
 import structlog
 from mcp import ClientSession, StdioServerParameters
+from mcp import types as mcp_types
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -46,6 +46,9 @@ _REDACTED = "[redacted]"
 # Shorter values would strike out ordinary words; a secret is longer than this anyway.
 _MIN_SECRET_CHARS = 4
 _CLOSE_TIMEOUT_S = 10.0
+# Starting a server (a subprocess importing its SDK, say) may take longer than a short call
+# timeout allows on a busy machine.
+_MIN_CONNECT_TIMEOUT_S = 10.0
 
 
 def _check(config: McpServer) -> None:
@@ -84,6 +87,7 @@ class _Connection:
         self._owner: asyncio.Task[None] | None = None
         self.closing: set[asyncio.Task[None]] = set()
         self.generation = 0
+        self.connect_timeout = max(config.timeout_seconds, _MIN_CONNECT_TIMEOUT_S)
 
     # -- the connection's life --------------------------------------------------------------
 
@@ -151,7 +155,7 @@ class _Connection:
             async with AsyncExitStack() as stack:
                 read, write = await stack.enter_async_context(self._transport())
                 session = await stack.enter_async_context(ClientSession(read, write))
-                async with asyncio.timeout(self.config.timeout_seconds):
+                async with asyncio.timeout(self.connect_timeout):
                     await session.initialize()
                     self.listing = await _list_tools(session)
                 log.info("mcp.connected", server=self.name, tools=len(self.listing))
@@ -212,12 +216,12 @@ class _Connection:
         """Call one tool; every failure is a :class:`ToolError` the model sees."""
         timeout = self.config.timeout_seconds
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(self.connect_timeout):
                 session, generation = await self.session()
         except TimeoutError as exc:
             self.discard(self.generation, "did not start in time")
             raise ToolError(
-                f"the MCP server {self.name!r} did not start within {timeout:g} s"
+                f"the MCP server {self.name!r} did not start within {self.connect_timeout:g} s"
             ) from exc
         except _Unavailable as exc:
             raise ToolError(self.redact(str(exc))) from exc
@@ -321,7 +325,7 @@ class McpServers:
     async def _listing(self, connection: _Connection) -> list[mcp_types.Tool] | None:
         if connection.listing is None:
             with contextlib.suppress(_Unavailable, TimeoutError):
-                async with asyncio.timeout(connection.config.timeout_seconds):
+                async with asyncio.timeout(connection.connect_timeout):
                     await connection.session()
         return connection.listing
 
@@ -357,7 +361,7 @@ class McpServers:
         async def run(arguments: dict[str, Any]) -> str:
             return await connection.call(tool, arguments)
 
-        timeout = connection.config.timeout_seconds
+        timeout = connection.config.timeout_seconds + connection.connect_timeout
         return Tool(
             name=mcp_tool_name(connection.name, tool),
             description=description,
@@ -365,7 +369,7 @@ class McpServers:
             run=run,
             safe_to_repeat=connection.config.safe_to_repeat,
             # The call bounds itself (to connect, then to answer); this is the backstop.
-            timeout_s=2 * timeout + 5,
+            timeout_s=timeout + 5,
             source="mcp",
             mcp_server=connection.name,
         )

@@ -66,6 +66,18 @@ def die() -> str:
 
 
 @server.tool()
+def pid() -> int:
+    """This server's process id."""
+    return os.getpid()
+
+
+@server.tool()
+def leak() -> str:
+    """Answers with the MCP_TEST_SECRET variable (a careless server)."""
+    return f"the secret is {os.environ.get('MCP_TEST_SECRET', '')}"
+
+
+@server.tool()
 def secret_digest() -> str:
     """SHA-256 of the MCP_TEST_SECRET variable."""
     return hashlib.sha256(os.environ.get("MCP_TEST_SECRET", "").encode()).hexdigest()
@@ -78,8 +90,8 @@ async def once(marker: str) -> str:
     seen = False
     if os.path.exists(path):
         with open(path, encoding="utf-8") as handle:
-            seen = f"once {marker}\n" in handle.read()
-    _note(f"once {marker}")
+            seen = any(line.startswith(f"once {marker} ") for line in handle)
+    _note(f"once {marker} {os.getpid()}")
     if not seen:
         await asyncio.sleep(60)
     return f"done {marker}"

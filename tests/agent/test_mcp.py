@@ -1,0 +1,406 @@
+"""Tools from MCP servers: a server written with the official SDK (``mcp_server.py``), run
+over stdio by the service and over streamable HTTP by the test, driven by scripted runs."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from runs.config import ConfigError, McpServer
+from runs.mcp_servers import McpServers
+from tests.agent.conftest import MakeApi, events_of, only, write_persona
+from tests.conftest import Api
+
+SERVER_SCRIPT = str(Path(__file__).with_name("mcp_server.py"))
+SECRET = "mcp-secret-5b9e1f7a3c2d4e6f8a0b"
+
+
+def stdio_server(name: str, events: Path, **fields: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "command": [sys.executable, SERVER_SCRIPT],
+        "env": {"MCP_TEST_EVENTS": str(events), "MCP_TEST_SECRET": "${RUNLOG_TEST_MCP_SECRET}"},
+        "timeout_seconds": 10,
+        **fields,
+    }
+
+
+@pytest.fixture
+def events_file(tmp_path: Path) -> Path:
+    """What the test server's tools record (starts, cancellations, executions)."""
+    return tmp_path / "mcp-events.txt"
+
+
+@pytest.fixture
+async def api(make_api: MakeApi, personas_dir: Path, events_file: Path) -> Api:
+    write_persona(
+        personas_dir,
+        "mcp",
+        1,
+        tools=["calculator", "mcp__test__*", "mcp__slow__hang", "mcp__slow__pid"],
+    )
+    write_persona(
+        personas_dir, "careful", 1, tools=["mcp__test__*"], confirm_tools=["mcp__test__*"]
+    )
+    return await make_api(
+        personas_dir=str(personas_dir),
+        mcp_servers=[
+            stdio_server("test", events_file),
+            stdio_server("slow", events_file, timeout_seconds=0.5, safe_to_repeat=True),
+        ],
+        env={"RUNLOG_TEST_MCP_SECRET": SECRET},
+    )
+
+
+async def run_tool(api: Api, directive: str, persona: str = "mcp") -> tuple[dict[str, Any], str]:
+    """One ``/tool`` directive run to its end: ``(tool.result, run status)``; the model's
+    reply is checked to quote the result, so the model saw it."""
+    thread_id, run_id = await api.start_run(directive, persona_id=persona)
+    run = await api.wait_for(run_id, timeout=30)
+    [result] = only(await events_of(api, run_id), "tool.result")
+    _, messages = await api.request("GET", f"/v1/threads/{thread_id}/messages", expect=200)
+    assert messages[-1]["content"] == f"tool {result['name']} returned: {result['output']}"
+    return result, run["status"]
+
+
+async def lines_of(path: Path, wanted: str, timeout: float = 10.0) -> list[str]:
+    """The file's lines once one starts with ``wanted`` (the server writes it from another
+    process, so there is nothing to await but the file)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            lines = path.read_text().splitlines() if path.exists() else []
+            if any(line.startswith(wanted) for line in lines):
+                return lines
+            await asyncio.sleep(0.02)
+
+
+# -- calls and results ------------------------------------------------------------------------
+
+
+async def test_an_mcp_tool_over_stdio_gives_its_result(api: Api) -> None:
+    result, status = await run_tool(api, '/tool mcp__test__add {"a": 2, "b": 3}')
+    assert status == "completed"
+    assert (result["name"], result["output"], result["is_error"]) == ("mcp__test__add", "5", False)
+
+
+async def test_the_model_is_offered_the_servers_tools(api: Api) -> None:
+    seen: list[list[str]] = []
+    provider = api.runtime.provider_for(api.runtime.routes.resolve(None))
+    original = provider.stream
+
+    def recording(request: Any) -> Any:
+        seen.append([t.name for t in request.tools])
+        return original(request)
+
+    provider.stream = recording  # type: ignore[method-assign]
+    _, run_id = await api.start_run("hello", persona_id="mcp")
+    assert (await api.wait_for(run_id))["status"] == "completed"
+    assert seen == [
+        [
+            "calculator",
+            "mcp__test__add",
+            "mcp__test__fail",
+            "mcp__test__hang",
+            "mcp__test__die",
+            "mcp__test__pid",
+            "mcp__test__leak",
+            "mcp__test__secret_digest",
+            "mcp__test__once",
+            "mcp__slow__hang",
+            "mcp__slow__pid",
+        ]
+    ]
+
+
+async def test_an_mcp_tool_error_is_an_error_result(api: Api) -> None:
+    result, status = await run_tool(api, '/tool mcp__test__fail {"reason": "no stock"}')
+    assert status == "completed"
+    assert result["is_error"] is True
+    assert result["output"] == "Error executing tool fail: failed on purpose: no stock"
+    # A tool the server does not have: the server's own answer, also an error result.
+    result, status = await run_tool(api, "/tool mcp__test__nope {}")
+    assert (status, result["is_error"]) == ("completed", True)
+    assert "unknown tool" in result["output"].lower()
+
+
+async def test_a_tool_outside_the_persona_is_refused(api: Api) -> None:
+    # "slow" lists only hang and pid; its add is not the persona's, nor a server absent
+    # from the config.
+    for directive in ('/tool mcp__slow__add {"a": 1, "b": 1}', "/tool mcp__nowhere__x {}"):
+        result, status = await run_tool(api, directive)
+        assert (status, result["is_error"]) == ("completed", True)
+        assert result["output"].startswith("unknown tool")
+
+
+async def test_a_timeout_is_an_error_result_and_the_server_restarts(
+    api: Api, events_file: Path
+) -> None:
+    result, _ = await run_tool(api, "/tool mcp__slow__pid {}")
+    first_pid = int(result["output"])
+    started = time.monotonic()
+    result, status = await run_tool(api, "/tool mcp__slow__hang {}")
+    assert time.monotonic() - started < 5
+    assert status == "completed"
+    assert result["is_error"] is True
+    assert "did not answer within 0.5 s" in result["output"]
+    # The SDK told the server to cancel the request it gave up on.
+    await lines_of(events_file, "hang cancelled")
+    result, status = await run_tool(api, "/tool mcp__slow__pid {}")
+    assert (status, result["is_error"]) == ("completed", False)
+    assert int(result["output"]) != first_pid  # a fresh process
+
+
+async def test_a_server_that_exits_mid_call_is_an_error_result_then_restarts(api: Api) -> None:
+    result, status = await run_tool(api, "/tool mcp__test__die {}")
+    assert status == "completed"
+    assert result["is_error"] is True
+    assert "closed the connection" in result["output"]
+    result, status = await run_tool(api, '/tool mcp__test__add {"a": 2, "b": 3}')
+    assert (status, result["output"], result["is_error"]) == ("completed", "5", False)
+
+
+async def test_a_server_that_cannot_start_is_an_error_result(
+    make_api: MakeApi, personas_dir: Path, tmp_path: Path
+) -> None:
+    write_persona(personas_dir, "broken", 1, tools=["mcp__gone__*", "mcp__nokey__*"])
+    api = await make_api(
+        personas_dir=str(personas_dir),
+        mcp_servers=[
+            {"name": "gone", "command": [str(tmp_path / "no-such-program")]},
+            {
+                "name": "nokey",
+                "command": [sys.executable, SERVER_SCRIPT],
+                "env": {"TOKEN": "${RUNLOG_TEST_UNSET_VARIABLE}"},
+            },
+        ],
+    )
+    _, body = await api.request("GET", "/v1/tools?persona_id=broken", expect=200)
+    assert body == []  # neither server ever listed tools
+    result, status = await run_tool(api, "/tool mcp__gone__add {}", persona="broken")
+    assert (status, result["is_error"]) == ("completed", True)
+    assert "not available" in result["output"]
+    result, status = await run_tool(api, "/tool mcp__nokey__add {}", persona="broken")
+    assert (status, result["is_error"]) == ("completed", True)
+    assert "RUNLOG_TEST_UNSET_VARIABLE" in result["output"]
+
+
+# -- confirmation and cancel ------------------------------------------------------------------
+
+
+async def test_an_mcp_tool_that_needs_confirmation(api: Api) -> None:
+    _, run_id = await api.start_run('/tool mcp__test__add {"a": 2, "b": 3}', persona_id="careful")
+    waiting = await api.wait_for(run_id, {"waiting_for_input"})
+    assert waiting["status"] == "waiting_for_input"
+    [asked] = only(await events_of(api, run_id), "run.waiting_for_input")
+    assert (asked["kind"], asked["tool_name"]) == ("confirmation", "mcp__test__add")
+    await api.request("POST", f"/v1/runs/{run_id}/input", json={"content": "approve"}, expect=200)
+    assert (await api.wait_for(run_id))["status"] == "completed"
+    [result] = only(await events_of(api, run_id), "tool.result")
+    assert (result["output"], result["is_error"]) == ("5", False)
+
+    _, run_id = await api.start_run("/tool mcp__test__die {}", persona_id="careful")
+    await api.wait_for(run_id, {"waiting_for_input"})
+    await api.request("POST", f"/v1/runs/{run_id}/input", json={"content": "deny"}, expect=200)
+    assert (await api.wait_for(run_id))["status"] == "completed"
+    [result] = only(await events_of(api, run_id), "tool.result")
+    assert result == {
+        "tool_call_id": result["tool_call_id"],
+        "name": "mcp__test__die",
+        "output": "the user denied this tool call",
+        "is_error": True,
+    }
+
+
+async def test_cancel_aborts_an_mcp_call_in_flight(api: Api, events_file: Path) -> None:
+    _, run_id = await api.start_run("/tool mcp__test__hang {}", persona_id="mcp")
+    await lines_of(events_file, "hang started")
+    started = time.monotonic()
+    await api.request("POST", f"/v1/runs/{run_id}:cancel", expect=200)
+    run = await api.wait_for(run_id, timeout=2)
+    assert time.monotonic() - started < 2
+    assert run["status"] == "cancelled"
+    types = [t for t, _ in await events_of(api, run_id)]
+    assert "tool.result" not in types
+    assert types[-2:] == ["run.cancel_requested", "run.cancelled"]
+    await lines_of(events_file, "hang cancelled")  # the server stopped the tool
+    result, status = await run_tool(api, '/tool mcp__test__add {"a": 2, "b": 3}')
+    assert (status, result["output"]) == ("completed", "5")
+
+
+# -- secrets ----------------------------------------------------------------------------------
+
+
+async def test_env_secrets_reach_the_server_and_nothing_else(
+    api: Api, db_path: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with capture_logs() as logs:
+        result, _ = await run_tool(api, "/tool mcp__test__secret_digest {}")
+        assert result["output"] == hashlib.sha256(SECRET.encode()).hexdigest()
+        # A server that echoes its secret: the value is struck out before the log.
+        result, _ = await run_tool(api, "/tool mcp__test__leak {}")
+        assert result["output"] == "the secret is [redacted]"
+        result, _ = await run_tool(api, "/tool mcp__test__die {}")
+        assert result["is_error"] is True
+        _, tools = await api.request("GET", "/v1/tools?persona_id=mcp", expect=200)
+    assert SECRET not in json.dumps(tools)
+    assert logs and SECRET not in repr(logs)
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute("SELECT stream, type, data FROM events").fetchall()
+    assert rows and not [row for row in rows if SECRET in repr(row)]
+    out, err = capfd.readouterr()  # the service's and the servers' own output
+    assert SECRET not in out + err
+
+
+# -- GET /v1/tools ----------------------------------------------------------------------------
+
+
+async def test_list_tools_of_a_persona(api: Api) -> None:
+    _, tools = await api.request("GET", "/v1/tools?persona_id=mcp@1", expect=200)
+    by_name = {t["name"]: t for t in tools}
+    assert list(by_name)[:3] == ["calculator", "mcp__test__add", "mcp__test__fail"]
+    assert by_name["calculator"] == {
+        "name": "calculator",
+        "description": by_name["calculator"]["description"],
+        "input_schema": {
+            "type": "object",
+            "properties": {"expression": {"type": "string"}},
+            "required": ["expression"],
+        },
+        "source": "builtin",
+        "mcp_server": None,
+        "requires_confirmation": False,
+        "safe_to_repeat": True,
+    }
+    add = by_name["mcp__test__add"]
+    assert (add["source"], add["mcp_server"], add["description"]) == (
+        "mcp",
+        "test",
+        "Add two integers.",
+    )
+    assert add["input_schema"]["required"] == ["a", "b"]
+    assert (add["requires_confirmation"], add["safe_to_repeat"]) == (False, False)
+    hang = by_name["mcp__slow__hang"]
+    assert (hang["mcp_server"], hang["safe_to_repeat"]) == ("slow", True)
+    assert "mcp__slow__add" not in by_name  # the persona names only hang and pid of "slow"
+
+    _, tools = await api.request("GET", "/v1/tools?persona_id=careful", expect=200)
+    assert tools and all(t["requires_confirmation"] and t["source"] == "mcp" for t in tools)
+    # No persona: the default one, which has the built-in tools.
+    _, tools = await api.request("GET", "/v1/tools", expect=200)
+    assert [(t["name"], t["source"]) for t in tools] == [
+        ("calculator", "builtin"),
+        ("current_time", "builtin"),
+        ("ask_user", "builtin"),
+    ]
+    _, error = await api.request("GET", "/v1/tools?persona_id=nobody", expect=422)
+    assert error["code"] == "validation.persona_not_found"
+    await api.request("GET", "/v1/tools", key="not-a-key", expect=401)
+
+
+# -- streamable HTTP --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[str]:
+    """The test server over streamable HTTP on 127.0.0.1, on a socket the test binds (a free
+    port, no race) and hands to the subprocess; stopped after the test."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, SERVER_SCRIPT, "--http-fd", str(listener.fileno())],
+        pass_fds=[listener.fileno()],
+        env={**os.environ, "MCP_TEST_EVENTS": str(tmp_path / "http-events.txt")},
+    )
+    listener.close()
+    try:
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+async def http_api(make_api: MakeApi, personas_dir: Path, http_server: str) -> Api:
+    write_persona(personas_dir, "web", 1, tools=["mcp__web__*"])
+    return await make_api(
+        personas_dir=str(personas_dir),
+        mcp_servers=[{"name": "web", "url": http_server, "timeout_seconds": 10}],
+    )
+
+
+async def test_an_mcp_tool_over_streamable_http(http_api: Api) -> None:
+    result, status = await run_tool(http_api, '/tool mcp__web__add {"a": 2, "b": 3}', "web")
+    assert (status, result["output"], result["is_error"]) == ("completed", "5", False)
+    result, status = await run_tool(http_api, "/tool mcp__web__fail {}", "web")
+    assert (status, result["output"], result["is_error"]) == (
+        "completed",
+        "Error executing tool fail: failed on purpose: no reason",
+        True,
+    )
+    # The server process exits mid-call: an error result, and the run goes on.
+    result, status = await run_tool(http_api, "/tool mcp__web__die {}", "web")
+    assert (status, result["is_error"]) == ("completed", True)
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"name": "Bad-Name", "command": ["x"]}, "name must match"),
+        ({"name": "a__b", "command": ["x"]}, "name must match"),
+        ({"name": "a_", "command": ["x"]}, "name must match"),
+        ({"name": "x" * 33, "command": ["x"]}, "name must match"),
+        ({"name": "both", "command": ["x"], "url": "http://127.0.0.1:1/mcp"}, "exactly one"),
+        ({"name": "neither"}, "exactly one"),
+        ({"name": "empty", "command": []}, "must name a program"),
+        ({"name": "ftp", "url": "ftp://127.0.0.1/mcp"}, "http"),
+        ({"name": "envurl", "url": "http://127.0.0.1:1/mcp", "env": {"A": "b"}}, "env applies"),
+        ({"name": "zero", "command": ["x"], "timeout_seconds": 0}, "timeout_seconds"),
+    ],
+)
+def test_bad_mcp_server_config_is_refused(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        McpServers([McpServer(**fields)], {})
+
+
+def test_a_server_defined_twice_is_refused() -> None:
+    twice = [McpServer(name="a", command=["x"]), McpServer(name="a", command=["y"])]
+    with pytest.raises(ConfigError, match="twice"):
+        McpServers(twice, {})
+
+
+async def test_the_servers_are_closed_when_the_service_stops(
+    make_api: MakeApi, events_file: Path
+) -> None:
+    api = await make_api(
+        mcp_servers=[stdio_server("test", events_file)],
+        env={"RUNLOG_TEST_MCP_SECRET": SECRET},
+    )
+    pid = int(await api.runtime.mcp_servers.connections["test"].call("pid", {}))
+    os.kill(pid, 0)  # alive
+    await api.client.close()  # stops the app: Runtime.stop
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
