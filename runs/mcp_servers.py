@@ -21,17 +21,19 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from mcp import ClientSession, StdioServerParameters
-from mcp import types as mcp_types
-from mcp.client.stdio import stdio_client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
 
 from runs.config import ConfigError, McpServer
 from runs.tools import Tool, ToolError, mcp_tool_name
+
+if TYPE_CHECKING:
+    from mcp import ClientSession
+    from mcp import types as mcp_types
+
+# The SDK is imported where it is used: it takes a second or more to import, which every
+# command line run (verify, export, tail) and a service without MCP servers would pay.
 
 __all__ = ["McpServers", "render_result"]
 
@@ -120,6 +122,10 @@ class _Connection:
         }
 
     def _transport(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        from mcp import StdioServerParameters
+        from mcp.client.stdio import stdio_client
+        from mcp.client.streamable_http import streamable_http_client
+
         if self.config.url is not None:
             return streamable_http_client(self.config.url)
         command = self.config.command
@@ -151,6 +157,8 @@ class _Connection:
     async def _own(self, ready: asyncio.Future[ClientSession], stop: asyncio.Event) -> None:
         """Open the transport and the session, list the tools, then hold them until told to
         stop; leaving the contexts closes the session and stops the server's process."""
+        from mcp import ClientSession
+
         try:
             async with AsyncExitStack() as stack:
                 read, write = await stack.enter_async_context(self._transport())
@@ -214,6 +222,9 @@ class _Connection:
 
     async def call(self, tool: str, arguments: dict[str, Any]) -> str:
         """Call one tool; every failure is a :class:`ToolError` the model sees."""
+        from mcp import types as mcp_types
+        from mcp.shared.exceptions import MCPError
+
         timeout = self.config.timeout_seconds
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -259,6 +270,8 @@ class _Connection:
 
 
 async def _list_tools(session: ClientSession) -> list[mcp_types.Tool]:
+    from mcp import types as mcp_types
+
     tools: list[mcp_types.Tool] = []
     cursor: str | None = None
     for _ in range(_MAX_PAGES):
@@ -274,6 +287,8 @@ async def _list_tools(session: ClientSession) -> list[mcp_types.Tool]:
 def render_result(result: mcp_types.CallToolResult) -> str:
     """A tool result as the text the model reads: text blocks as they are, other blocks
     named, structured content as JSON when there is no text."""
+    from mcp import types as mcp_types
+
     parts: list[str] = []
     for block in result.content:
         if isinstance(block, mcp_types.TextContent):

@@ -47,21 +47,15 @@ def events_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def api(make_api: MakeApi, personas_dir: Path, events_file: Path) -> Api:
-    write_persona(
-        personas_dir,
-        "mcp",
-        1,
-        tools=["calculator", "mcp__test__*", "mcp__slow__hang", "mcp__slow__pid"],
-    )
+    """The app with one stdio server, ``test``."""
+    write_persona(personas_dir, "mcp", 1, tools=["calculator", "mcp__test__*"])
+    write_persona(personas_dir, "picky", 1, tools=["mcp__test__pid", "mcp__test__add"])
     write_persona(
         personas_dir, "careful", 1, tools=["mcp__test__*"], confirm_tools=["mcp__test__*"]
     )
     return await make_api(
         personas_dir=str(personas_dir),
-        mcp_servers=[
-            stdio_server("test", events_file),
-            stdio_server("slow", events_file, timeout_seconds=0.5, safe_to_repeat=True),
-        ],
+        mcp_servers=[stdio_server("test", events_file)],
         env={"RUNLOG_TEST_MCP_SECRET": SECRET},
     )
 
@@ -90,76 +84,86 @@ async def lines_of(path: Path, wanted: str, timeout: float = 10.0) -> list[str]:
 
 # -- calls and results ------------------------------------------------------------------------
 
+TEST_TOOLS = [
+    "mcp__test__add",
+    "mcp__test__fail",
+    "mcp__test__hang",
+    "mcp__test__die",
+    "mcp__test__pid",
+    "mcp__test__leak",
+    "mcp__test__secret_digest",
+    "mcp__test__once",
+]
 
-async def test_an_mcp_tool_over_stdio_gives_its_result(api: Api) -> None:
-    result, status = await run_tool(api, '/tool mcp__test__add {"a": 2, "b": 3}')
-    assert status == "completed"
-    assert (result["name"], result["output"], result["is_error"]) == ("mcp__test__add", "5", False)
 
-
-async def test_the_model_is_offered_the_servers_tools(api: Api) -> None:
-    seen: list[list[str]] = []
+async def test_mcp_tools_over_stdio(api: Api) -> None:
+    """Results, errors, what the model is offered, and the process closed at stop."""
+    offered: list[list[str]] = []
     provider = api.runtime.provider_for(api.runtime.routes.resolve(None))
     original = provider.stream
 
     def recording(request: Any) -> Any:
-        seen.append([t.name for t in request.tools])
+        offered.append([t.name for t in request.tools])
         return original(request)
 
     provider.stream = recording  # type: ignore[method-assign]
-    _, run_id = await api.start_run("hello", persona_id="mcp")
-    assert (await api.wait_for(run_id))["status"] == "completed"
-    assert seen == [
-        [
-            "calculator",
-            "mcp__test__add",
-            "mcp__test__fail",
-            "mcp__test__hang",
-            "mcp__test__die",
-            "mcp__test__pid",
-            "mcp__test__leak",
-            "mcp__test__secret_digest",
-            "mcp__test__once",
-            "mcp__slow__hang",
-            "mcp__slow__pid",
-        ]
-    ]
-
-
-async def test_an_mcp_tool_error_is_an_error_result(api: Api) -> None:
-    result, status = await run_tool(api, '/tool mcp__test__fail {"reason": "no stock"}')
+    result, status = await run_tool(api, '/tool mcp__test__add {"a": 2, "b": 3}')
     assert status == "completed"
-    assert result["is_error"] is True
+    assert (result["name"], result["output"], result["is_error"]) == ("mcp__test__add", "5", False)
+    # Both model calls of the run were offered the built-in tool and every tool of "test".
+    assert offered == [["calculator", *TEST_TOOLS]] * 2
+
+    # An error the tool raises, and a tool the server does not have: error results.
+    result, status = await run_tool(api, '/tool mcp__test__fail {"reason": "no stock"}')
+    assert (status, result["is_error"]) == ("completed", True)
     assert result["output"] == "Error executing tool fail: failed on purpose: no stock"
-    # A tool the server does not have: the server's own answer, also an error result.
     result, status = await run_tool(api, "/tool mcp__test__nope {}")
     assert (status, result["is_error"]) == ("completed", True)
     assert "unknown tool" in result["output"].lower()
 
-
-async def test_a_tool_outside_the_persona_is_refused(api: Api) -> None:
-    # "slow" lists only hang and pid; its add is not the persona's, nor a server absent
-    # from the config.
-    for directive in ('/tool mcp__slow__add {"a": 1, "b": 1}', "/tool mcp__nowhere__x {}"):
-        result, status = await run_tool(api, directive)
+    # A persona that names single tools: the others are refused before reaching the server,
+    # as are servers absent from the config.
+    offered.clear()
+    result, _ = await run_tool(api, "/tool mcp__test__pid {}", persona="picky")
+    assert offered[0] == ["mcp__test__pid", "mcp__test__add"]
+    pid = int(result["output"])
+    for directive in ("/tool mcp__test__die {}", "/tool mcp__nowhere__x {}"):
+        result, status = await run_tool(api, directive, persona="picky")
         assert (status, result["is_error"]) == ("completed", True)
         assert result["output"].startswith("unknown tool")
 
+    os.kill(pid, 0)  # the server is alive, and the same process served every call
+    await api.client.close()  # stops the app (Runtime.stop) ...
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # ... which stopped the server
+
+
+@pytest.fixture
+async def slow_api(make_api: MakeApi, personas_dir: Path, events_file: Path) -> Api:
+    """The app with one stdio server, ``slow``, whose calls time out after 0.5 s."""
+    write_persona(personas_dir, "slow", 1, tools=["mcp__slow__hang", "mcp__slow__pid"])
+    return await make_api(
+        personas_dir=str(personas_dir),
+        mcp_servers=[stdio_server("slow", events_file, timeout_seconds=0.5, safe_to_repeat=True)],
+        env={"RUNLOG_TEST_MCP_SECRET": SECRET},
+    )
+
 
 async def test_a_timeout_is_an_error_result_and_the_server_restarts(
-    api: Api, events_file: Path
+    slow_api: Api, events_file: Path
 ) -> None:
-    result, _ = await run_tool(api, "/tool mcp__slow__pid {}")
+    api = slow_api
+    result, _ = await run_tool(api, "/tool mcp__slow__pid {}", persona="slow")
     first_pid = int(result["output"])
     started = time.monotonic()
-    result, status = await run_tool(api, "/tool mcp__slow__hang {}")
+    result, status = await run_tool(api, "/tool mcp__slow__hang {}", persona="slow")
     assert time.monotonic() - started < 5
     assert status == "completed"
     assert result["is_error"] is True
     assert "did not answer within 0.5 s" in result["output"]
     # The SDK told the server to cancel the request it gave up on.
     await lines_of(events_file, "hang cancelled")
-    result, status = await run_tool(api, "/tool mcp__slow__pid {}")
+    result, status = await run_tool(api, "/tool mcp__slow__pid {}", persona="slow")
     assert (status, result["is_error"]) == ("completed", False)
     assert int(result["output"]) != first_pid  # a fresh process
 
@@ -270,11 +274,11 @@ async def test_env_secrets_reach_the_server_and_nothing_else(
 
 async def test_list_tools_of_a_persona(api: Api) -> None:
     _, tools = await api.request("GET", "/v1/tools?persona_id=mcp@1", expect=200)
-    by_name = {t["name"]: t for t in tools}
-    assert list(by_name)[:3] == ["calculator", "mcp__test__add", "mcp__test__fail"]
-    assert by_name["calculator"] == {
+    assert [t["name"] for t in tools] == ["calculator", *TEST_TOOLS]
+    calculator, add = tools[0], tools[1]
+    assert calculator == {
         "name": "calculator",
-        "description": by_name["calculator"]["description"],
+        "description": calculator["description"],
         "input_schema": {
             "type": "object",
             "properties": {"expression": {"type": "string"}},
@@ -285,20 +289,21 @@ async def test_list_tools_of_a_persona(api: Api) -> None:
         "requires_confirmation": False,
         "safe_to_repeat": True,
     }
-    add = by_name["mcp__test__add"]
-    assert (add["source"], add["mcp_server"], add["description"]) == (
-        "mcp",
-        "test",
-        "Add two integers.",
-    )
+    assert {k: v for k, v in add.items() if k != "input_schema"} == {
+        "name": "mcp__test__add",
+        "description": "Add two integers.",
+        "source": "mcp",
+        "mcp_server": "test",
+        "requires_confirmation": False,
+        "safe_to_repeat": False,
+    }
     assert add["input_schema"]["required"] == ["a", "b"]
-    assert (add["requires_confirmation"], add["safe_to_repeat"]) == (False, False)
-    hang = by_name["mcp__slow__hang"]
-    assert (hang["mcp_server"], hang["safe_to_repeat"]) == ("slow", True)
-    assert "mcp__slow__add" not in by_name  # the persona names only hang and pid of "slow"
 
+    _, tools = await api.request("GET", "/v1/tools?persona_id=picky", expect=200)
+    assert [t["name"] for t in tools] == ["mcp__test__pid", "mcp__test__add"]
     _, tools = await api.request("GET", "/v1/tools?persona_id=careful", expect=200)
-    assert tools and all(t["requires_confirmation"] and t["source"] == "mcp" for t in tools)
+    assert [t["name"] for t in tools] == TEST_TOOLS
+    assert all(t["requires_confirmation"] for t in tools)
     # No persona: the default one, which has the built-in tools.
     _, tools = await api.request("GET", "/v1/tools", expect=200)
     assert [(t["name"], t["source"]) for t in tools] == [
@@ -390,17 +395,3 @@ def test_a_server_defined_twice_is_refused() -> None:
     twice = [McpServer(name="a", command=["x"]), McpServer(name="a", command=["y"])]
     with pytest.raises(ConfigError, match="twice"):
         McpServers(twice, {})
-
-
-async def test_the_servers_are_closed_when_the_service_stops(
-    make_api: MakeApi, events_file: Path
-) -> None:
-    api = await make_api(
-        mcp_servers=[stdio_server("test", events_file)],
-        env={"RUNLOG_TEST_MCP_SECRET": SECRET},
-    )
-    pid = int(await api.runtime.mcp_servers.connections["test"].call("pid", {}))
-    os.kill(pid, 0)  # alive
-    await api.client.close()  # stops the app: Runtime.stop
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
