@@ -154,7 +154,7 @@ class Runtime:
                 personas=self.personas,
                 max_live_runs_per_org=self.config.max_live_runs_per_org,
             )
-            self.mcp_servers.start()
+            self.mcp_servers.start(self.personas.by_id.values())
             await self.supervisor.resume_all()
         except BaseException:
             await self.mcp_servers.close()

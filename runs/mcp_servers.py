@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from runs.config import ConfigError, McpServer
-from runs.tools import Tool, ToolError, mcp_tool_name
+from runs.personas import Persona
+from runs.tools import Tool, ToolError, mcp_tool_name, split_mcp_name
 
 if TYPE_CHECKING:
     from mcp import ClientSession
@@ -327,10 +328,18 @@ class McpServers:
                 raise ConfigError(f"mcp_servers {config.name!r} is defined twice")
             self.connections[config.name] = _Connection(config, environ)
 
-    def start(self) -> None:
+    def start(self, personas: Iterable[Persona] = ()) -> None:
         """Start connecting every server, in the background: the first run that needs a
         server's tools waits for its listing. One that does not come up is logged and tried
-        again when a run needs it."""
+        again when a run needs it. A persona naming a server that is not configured is
+        logged (its runs are refused those tools, like any tool they may not use)."""
+        for persona in personas:
+            for name in {*persona.tools, *persona.confirm_tools}:
+                parsed = split_mcp_name(name)
+                if parsed is not None and parsed[0] not in self.connections:
+                    log.warning(
+                        "mcp.unknown_server", persona_id=persona.persona_id, tool=name[:100]
+                    )
         for connection in self.connections.values():
             connection.connect()
 

@@ -21,7 +21,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from runs.config import ConfigError, McpServer
-from runs.mcp_servers import McpServers
+from runs.mcp_servers import McpServers, render_result
+from runs.tools import persona_allows
 from tests.agent.conftest import MakeApi, events_of, only, write_persona
 from tests.conftest import Api
 
@@ -181,19 +182,27 @@ async def test_a_server_that_cannot_start_is_an_error_result(
     make_api: MakeApi, personas_dir: Path, tmp_path: Path
 ) -> None:
     write_persona(personas_dir, "broken", 1, tools=["mcp__gone__*", "mcp__nokey__*"])
-    api = await make_api(
-        personas_dir=str(personas_dir),
-        mcp_servers=[
-            {"name": "gone", "command": [str(tmp_path / "no-such-program")]},
-            {
-                "name": "nokey",
-                "command": [sys.executable, SERVER_SCRIPT],
-                "env": {"TOKEN": "${RUNLOG_TEST_UNSET_VARIABLE}"},
-            },
-        ],
-    )
-    _, body = await api.request("GET", "/v1/tools?persona_id=broken", expect=200)
+    write_persona(personas_dir, "stale", 1, tools=["mcp__removed__*"])
+    with capture_logs() as logs:
+        api = await make_api(
+            personas_dir=str(personas_dir),
+            mcp_servers=[
+                {"name": "gone", "command": [str(tmp_path / "no-such-program")]},
+                {
+                    "name": "nokey",
+                    "command": [sys.executable, SERVER_SCRIPT],
+                    "env": {"TOKEN": "${RUNLOG_TEST_UNSET_VARIABLE}"},
+                },
+            ],
+        )
+        _, body = await api.request("GET", "/v1/tools?persona_id=broken", expect=200)
     assert body == []  # neither server ever listed tools
+    warnings = {(e["event"], e.get("server"), e.get("persona_id")) for e in logs}
+    assert {
+        ("mcp.unknown_server", None, "stale@1"),
+        ("mcp.connection_failed", "gone", None),
+        ("mcp.connection_failed", "nokey", None),
+    } <= warnings
     result, status = await run_tool(api, "/tool mcp__gone__add {}", persona="broken")
     assert (status, result["is_error"]) == ("completed", True)
     assert "not available" in result["output"]
@@ -395,3 +404,39 @@ def test_a_server_defined_twice_is_refused() -> None:
     twice = [McpServer(name="a", command=["x"]), McpServer(name="a", command=["y"])]
     with pytest.raises(ConfigError, match="twice"):
         McpServers(twice, {})
+
+
+@pytest.mark.parametrize(
+    ("patterns", "name", "allowed"),
+    [
+        (["mcp__files__read"], "mcp__files__read", True),
+        (["mcp__files__read"], "mcp__files__write", False),
+        (["mcp__files__*"], "mcp__files__write", True),
+        (["mcp__files__*"], "mcp__other__write", False),
+        (["mcp__files__*"], "files__write", False),
+        (["mcp__my_files__*"], "mcp__my_files__read_all", True),
+        (["calculator"], "calculator", True),
+        (["*"], "calculator", False),
+        (["mcp__files__*"], "mcp__files__", False),
+    ],
+)
+def test_persona_tool_patterns(patterns: list[str], name: str, allowed: bool) -> None:
+    assert persona_allows(patterns, name) is allowed
+
+
+def test_results_are_rendered_as_text() -> None:
+    from mcp import types
+
+    result = types.CallToolResult(
+        content=[
+            types.TextContent(type="text", text="first"),
+            types.ImageContent(type="image", data="AAAA", mime_type="image/png"),
+            types.EmbeddedResource(
+                type="resource",
+                resource=types.TextResourceContents(uri="file:///a.txt", text="inside"),
+            ),
+        ]
+    )
+    assert render_result(result) == "first\n[image: image/png]\ninside"
+    structured = types.CallToolResult(content=[], structured_content={"sum": 5})
+    assert render_result(structured) == '{"sum": 5}'
