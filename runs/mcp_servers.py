@@ -84,7 +84,13 @@ class _Connection:
         self._environ = environ
         #: The last listing the server gave (kept while it restarts), None before the first.
         self.listing: list[mcp_types.Tool] | None = None
-        self.secrets: list[str] = []
+        named = {name for template in config.env.values() for name in _VARIABLE.findall(template)}
+        #: The values ``${VAR}`` brings in, longest first (so none is left half struck out).
+        self.secrets = sorted(
+            {v for n in named if len(v := environ.get(n, "")) >= _MIN_SECRET_CHARS},
+            key=len,
+            reverse=True,
+        )
         self._ready: asyncio.Future[ClientSession] | None = None
         self._stop: asyncio.Event | None = None
         self._owner: asyncio.Task[None] | None = None
@@ -95,7 +101,7 @@ class _Connection:
     # -- the connection's life --------------------------------------------------------------
 
     def _environment(self) -> dict[str, str]:
-        """``env`` with ``${VAR}`` taken from runlog's environment (each value a secret)."""
+        """``env`` with ``${VAR}`` taken from runlog's environment."""
         missing = sorted(
             {
                 name
@@ -109,14 +115,6 @@ class _Connection:
                 f"the MCP server {self.name!r} cannot start: its env names"
                 f" {', '.join(missing)}, which runlog's environment does not set"
             )
-        secrets = {
-            self._environ[name]
-            for template in self.config.env.values()
-            for name in _VARIABLE.findall(template)
-        }
-        self.secrets = sorted(
-            (s for s in secrets if len(s) >= _MIN_SECRET_CHARS), key=len, reverse=True
-        )
         return {
             key: _VARIABLE.sub(lambda match: self._environ[match.group(1)], template)
             for key, template in self.config.env.items()
