@@ -98,7 +98,8 @@ TEST_TOOLS = [
 
 
 async def test_mcp_tools_over_stdio(api: Api) -> None:
-    """Results, errors, what the model is offered, and the process closed at stop."""
+    """Results, errors, what the model is offered, ``GET /v1/tools``, and the process
+    closed at stop (one service start: each starts the server's process)."""
     offered: list[list[str]] = []
     provider = api.runtime.provider_for(api.runtime.routes.resolve(None))
     original = provider.stream
@@ -133,6 +134,7 @@ async def test_mcp_tools_over_stdio(api: Api) -> None:
         assert (status, result["is_error"]) == ("completed", True)
         assert result["output"].startswith("unknown tool")
 
+    await check_list_tools(api)
     os.kill(pid, 0)  # the server is alive, and the same process served every call
     await api.client.close()  # stops the app (Runtime.stop) ...
     with pytest.raises(ProcessLookupError):
@@ -170,12 +172,16 @@ async def test_a_timeout_is_an_error_result_and_the_server_restarts(
 
 
 async def test_a_server_that_exits_mid_call_is_an_error_result_then_restarts(api: Api) -> None:
+    result, _ = await run_tool(api, "/tool mcp__test__pid {}")
+    dead_pid = int(result["output"])
     result, status = await run_tool(api, "/tool mcp__test__die {}")
     assert status == "completed"
     assert result["is_error"] is True
     assert "closed the connection" in result["output"]
     result, status = await run_tool(api, '/tool mcp__test__add {"a": 2, "b": 3}')
     assert (status, result["output"], result["is_error"]) == ("completed", "5", False)
+    result, _ = await run_tool(api, "/tool mcp__test__pid {}")
+    assert int(result["output"]) != dead_pid
 
 
 async def test_a_server_that_cannot_start_is_an_error_result(
@@ -214,7 +220,7 @@ async def test_a_server_that_cannot_start_is_an_error_result(
 # -- confirmation and cancel ------------------------------------------------------------------
 
 
-async def test_an_mcp_tool_that_needs_confirmation(api: Api) -> None:
+async def test_confirmation_and_cancel(api: Api, events_file: Path) -> None:
     _, run_id = await api.start_run('/tool mcp__test__add {"a": 2, "b": 3}', persona_id="careful")
     waiting = await api.wait_for(run_id, {"waiting_for_input"})
     assert waiting["status"] == "waiting_for_input"
@@ -237,8 +243,7 @@ async def test_an_mcp_tool_that_needs_confirmation(api: Api) -> None:
         "is_error": True,
     }
 
-
-async def test_cancel_aborts_an_mcp_call_in_flight(api: Api, events_file: Path) -> None:
+    # Cancel aborts a call in flight.
     _, run_id = await api.start_run("/tool mcp__test__hang {}", persona_id="mcp")
     await lines_of(events_file, "hang started")
     started = time.monotonic()
@@ -281,7 +286,8 @@ async def test_env_secrets_reach_the_server_and_nothing_else(
 # -- GET /v1/tools ----------------------------------------------------------------------------
 
 
-async def test_list_tools_of_a_persona(api: Api) -> None:
+async def check_list_tools(api: Api) -> None:
+    """``GET /v1/tools`` for the personas of the ``api`` fixture."""
     _, tools = await api.request("GET", "/v1/tools?persona_id=mcp@1", expect=200)
     assert [t["name"] for t in tools] == ["calculator", *TEST_TOOLS]
     calculator, add = tools[0], tools[1]
