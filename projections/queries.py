@@ -226,7 +226,18 @@ class Queries:
             f" ORDER BY {column}",
             (org_id, first_day, last_day),
         )
-        return [dict(zip(_USAGE_KEYS, r, strict=True)) for r in rows]
+        # Sums are converted here: engines differ in what sum() of an integer column returns
+        # (PostgreSQL answers numeric for bigint).
+        return [
+            dict(
+                zip(
+                    _USAGE_KEYS,
+                    (r[0], *(int(n) for n in r[1:6]), float(r[6]), int(r[7])),
+                    strict=True,
+                )
+            )
+            for r in rows
+        ]
 
     async def persona_hashes(self) -> dict[str, str]:
         rows = await self.store.fetch_all("SELECT persona_id, content_sha256 FROM personas")
