@@ -17,6 +17,7 @@ import msgspec
 from runs.run import RUN_STATUSES
 from runs.schemas import (
     MAX_INPUT_BYTES,
+    CancelReceipt,
     CreateMessage,
     CreateRun,
     CreateThread,
@@ -150,6 +151,14 @@ _SSE_DESCRIPTION = (
     " stream closes right after `run.completed`, `run.failed` or `run.cancelled`."
 )
 
+_CANCEL_DESCRIPTION = (
+    "Answers when the run is terminal: `status` (how it ended: `cancelled`, or `completed` /"
+    " `failed` if it had already ended), `last_seq` (its last event) and `tool_calls`:"
+    " `completed` (the result is in the log: side effects happened), `interrupted` (cut while"
+    " running: a side effect may have happened), `not_started` (requested, never run). The"
+    " same receipt is recorded in the `run.cancelled` event."
+)
+
 #: One row per route of ``server.add_routes``, in the same order.
 OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/healthz", "healthz", "Liveness", 200, _HEALTH, auth=False, errors=(500,)),
@@ -280,11 +289,40 @@ OPERATIONS: tuple[Operation, ...] = (
         "POST",
         "/v1/runs/{run_id}:cancel",
         "cancelRun",
-        "Cancel a run (a finished run is left as it is)",
+        "Cancel a run (a finished run is left as it is); answers the cancel receipt",
         200,
-        Ok,
+        CancelReceipt,
         params=(RUN_ID,),
         errors=(404, 409),
+        description=_CANCEL_DESCRIPTION,
+    ),
+    Operation(
+        "POST",
+        "/v1/runs/{run_id}/cancel",
+        "cancelRunAlias",
+        "Cancel a run: the same as `POST /v1/runs/{run_id}:cancel`",
+        200,
+        CancelReceipt,
+        params=(RUN_ID,),
+        errors=(404, 409),
+        description="An alias of `:cancel` (the path Arkloop's clients call). "
+        + _CANCEL_DESCRIPTION,
+    ),
+    Operation(
+        "POST",
+        "/v1/runs/{run_id}/retry",
+        "retryRun",
+        "Answer a failed or cancelled run's user turn again, in a new run",
+        201,
+        RunCreated,
+        params=(RUN_ID,),
+        errors=(404, 409, 422, 429),
+        description=(
+            "The run must be failed or cancelled and the thread's latest (no later run or"
+            " message), else `409 runs.not_retryable` / `runs.not_latest`. The new run has the"
+            " same thread, route and persona; its `run.started` carries `retry_of`, and the old"
+            " run's partial output is not part of its conversation."
+        ),
     ),
     Operation(
         "POST",
