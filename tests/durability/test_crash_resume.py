@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import sqlite3
 from collections import Counter
@@ -164,3 +165,16 @@ async def test_a_model_call_cut_by_a_crash_is_issued_again_and_its_output_replac
     kept = "".join(d["content"] for t, d in stream if t == "message.delta" and d["call"] == call)
     assert messages[-1]["content"] == kept == f"echo: {LONG}"
     assert any(t == "message.delta" and d["call"] == discarded for t, d in stream)
+    # The cut call's usage died with the process: it is estimated, announced with the retry,
+    # output from what it had streamed (4 bytes a token, rounded up), and counted once.
+    cut = "".join(d["content"] for t, d in stream if t == "message.delta" and d["call"] == discarded)
+    usages = [d for t, d in stream if t == "run.usage"]
+    [estimate] = [u for u in usages if u["estimated"]]
+    assert estimate["call"] == discarded
+    assert estimate["output_tokens"] == math.ceil(len(cut.encode()) / 4)
+    assert estimate["input_tokens"] >= math.ceil(len(LONG) / 4)
+    types = [t for t, _ in stream]
+    assert stream[types.index("run.retried") - 1] == ("run.usage", estimate)
+    assert run["usage_estimated"] is True
+    assert run["total_input_tokens"] == sum(u["input_tokens"] for u in usages)
+    assert run["total_output_tokens"] == sum(u["output_tokens"] for u in usages)
