@@ -167,7 +167,8 @@ async def test_a_model_call_cut_by_a_crash_is_issued_again_and_its_output_replac
     assert any(t == "message.delta" and d["call"] == discarded for t, d in stream)
     # The cut call's usage died with the process: it is estimated, announced with the retry,
     # output from what it had streamed (4 bytes a token, rounded up), and counted once.
-    cut = "".join(d["content"] for t, d in stream if t == "message.delta" and d["call"] == discarded)
+    deltas = [d for t, d in stream if t == "message.delta"]
+    cut = "".join(d["content"] for d in deltas if d["call"] == discarded)
     usages = [d for t, d in stream if t == "run.usage"]
     [estimate] = [u for u in usages if u["estimated"]]
     assert estimate["call"] == discarded
