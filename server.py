@@ -509,7 +509,7 @@ async def retry_run(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     run_id = path_id(request, "run_id")
     if not runtime.supervisor.accepting:
-        raise RunsError("the service is shutting down", code="internal.unavailable")
+        raise Unavailable("the service is shutting down")
     new_run_id = await runtime.service.retry_run(principal(request), run_id, request[TRACE_ID])
     return json_response(RunCreated(run_id=new_run_id, trace_id=request[TRACE_ID]), 201)
 
