@@ -52,13 +52,6 @@ RUN_COLUMNS = (
     "usage_estimated",
     "retry_of",
 )
-# Columns added after the first release, with their DDL: ``create`` adds them to an older
-# database (defaults that are right for a log from before they existed), always at the end,
-# so an upgraded table and a rebuilt one have the same shape.
-_ADDED_COLUMNS = {
-    "usage_estimated": "INTEGER NOT NULL DEFAULT 0",
-    "retry_of": "TEXT",
-}
 
 
 class RunsProjection(TableProjection):
@@ -112,11 +105,17 @@ class RunsProjection(TableProjection):
     """
 
     def create(self, conn: sqlite3.Connection) -> None:
-        super().create(conn)
         present = {row[1] for row in conn.execute('PRAGMA table_info("runs")')}
-        for column, ddl in _ADDED_COLUMNS.items():
-            if column not in present:
-                conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {ddl}")
+        if present and not present >= set(RUN_COLUMNS):
+            # The table of an older version (before estimated usage and retries): drop it and
+            # let the store replay the whole log into the new shape on this start, as
+            # ``runlog rebuild`` would.
+            for table in self.tables:
+                conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+            conn.execute(
+                "UPDATE projection_checkpoints SET position = 0 WHERE name = ?", (self.name,)
+            )
+        super().create(conn)
 
     def handlers(self) -> dict[type[DomainEvent], Handler]:
         return {
