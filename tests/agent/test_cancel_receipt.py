@@ -168,6 +168,18 @@ async def test_receipt_and_estimated_usage_of_a_run_cancelled_mid_stream(
     assert run["usage_estimated"] is True
     assert run["total_input_tokens"] == reported["input_tokens"] + estimate["input_tokens"]
     assert run["total_output_tokens"] == reported["output_tokens"] + estimate["output_tokens"]
+    # As it stood before the cut call's usage, the run had none estimated.
+    before = receipt["last_seq"] - 3
+    _, then = await api.request("GET", f"/v1/runs/{run_id}?as_of_seq={before}", expect=200)
+    assert (then["usage_estimated"], then["total_input_tokens"]) == (
+        False,
+        reported["input_tokens"],
+    )
+    _, now = await api.request(
+        "GET", f"/v1/runs/{run_id}?as_of_seq={receipt['last_seq']}", expect=200
+    )
+    assert now["usage_estimated"] is True
+    assert now["total_output_tokens"] == run["total_output_tokens"]
     # A run with only reported usage does not say it is estimated.
     _, done = await api.start_run("quick")
     assert (await api.wait_for(done))["usage_estimated"] is False
