@@ -203,7 +203,7 @@ def principal(request: web.Request) -> Principal:
 
 
 def check_declared_size(request: web.Request) -> None:
-    """Refuse a body on its Content-Length, before a byte of it is read (issue 7). A body
+    """Refuse a body on its Content-Length, before a byte of it is read. A body
     without one (chunked) is cut off by ``client_max_size`` as it is read."""
     limit = request.app[RUNTIME].config.max_body_bytes
     declared = request.content_length
@@ -318,7 +318,7 @@ async def login(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     body = await read_body(request, Login, runtime.config.request_read_timeout_seconds)
     # Throttled per login and per client address; the attempt counts before the (slow)
-    # password check, so concurrent guesses cannot all pass the check (issue 7).
+    # password check, so concurrent guesses cannot all pass the check.
     by_login, by_address = f"login:{body.login.casefold()}", f"address:{request.remote}"
     limiter = runtime.login_limiter
     wait = limiter.retry_after((by_login, by_address))
@@ -443,7 +443,7 @@ async def list_runs(request: web.Request) -> web.Response:
 async def get_run(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     run_id = path_id(request, "run_id")
-    as_of = query_seq(request, "as_of_seq", request.query.get("as_of_seq"))
+    as_of = query_seq("as_of_seq", request.query.get("as_of_seq"))
     row = await runtime.queries.run(principal(request).org_id, run_id)
     if row is None:
         raise NotFound("run not found")
@@ -540,9 +540,9 @@ async def submit_input(request: web.Request) -> web.Response:
 async def run_events(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     run_id = path_id(request, "run_id")
-    after_seq = query_seq(request, "after_seq", request.query.get("after_seq"))
+    after_seq = query_seq("after_seq", request.query.get("after_seq"))
     if after_seq is None:
-        after_seq = query_seq(request, "after_seq", request.headers.get("Last-Event-ID")) or 0
+        after_seq = query_seq("after_seq", request.headers.get("Last-Event-ID")) or 0
     follow_raw = request.query.get("follow", "1")
     if follow_raw not in {"0", "1", "true", "false"}:
         raise ValidationFailed("follow must be 0 or 1", code="validation.follow", field="follow")

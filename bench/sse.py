@@ -1,4 +1,4 @@
-"""SSE benchmark (issue 4): catch-up throughput and live fan-out. A script, not a test.
+"""SSE benchmark: catch-up throughput and live fan-out. A script, not a test.
 
     /tmp/venv/bin/python bench/sse.py
 
@@ -130,7 +130,8 @@ async def server_process(db: str, config: str, log: Path) -> AsyncIterator[tuple
         proc = subprocess.Popen(
             [
                 sys.executable,
-                str(ROOT / "server.py"),
+                "-m",
+                "runs",
                 "--port",
                 str(port),
                 "--db",

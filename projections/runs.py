@@ -1,4 +1,4 @@
-"""The runs read model with accounting (stream ``run-<id>``), DESIGN.md §3.
+"""The runs read model with accounting (stream ``run-<id>``).
 
 Written with plain SQL per event type; a test checks it against the pure fold in
 ``runs.run`` for random command sequences, so the two implementations keep each other honest.
@@ -19,6 +19,7 @@ from runs.events import (
     RunStarted,
     RunUsage,
     RunWaitingForInput,
+    run_id_of,
 )
 from runs.run import credits_for, ms_between
 
@@ -153,7 +154,7 @@ class RunsProjection(TableProjection):
     def _usage(conn: sqlite3.Connection, e: RunUsage, r: RecordedEvent) -> None:
         # The same accounting as ``runs.run.evolve``: each model call is counted once, its
         # reported usage replacing an estimate of it.
-        run_id = r.stream.removeprefix("run-")
+        run_id = run_id_of(r.stream)
         known = conn.execute(
             "SELECT estimated, input_tokens, output_tokens, cache_read_tokens,"
             " cache_write_tokens, cost_usd FROM run_call_usage WHERE run_id = ? AND call = ?",
@@ -228,7 +229,7 @@ class RunsProjection(TableProjection):
         def apply(conn: sqlite3.Connection, e: DomainEvent, r: RecordedEvent) -> None:
             conn.execute(
                 "UPDATE runs SET status = ? WHERE run_id = ?",
-                (status, r.stream.removeprefix("run-")),
+                (status, run_id_of(r.stream)),
             )
 
         return apply
@@ -238,7 +239,7 @@ class RunsProjection(TableProjection):
         column = {"completed": "completed_at", "failed": "failed_at"}.get(status, "cancelled_at")
 
         def apply(conn: sqlite3.Connection, e: DomainEvent, r: RecordedEvent) -> None:
-            run_id = r.stream.removeprefix("run-")
+            run_id = run_id_of(r.stream)
             row = conn.execute("SELECT created_at FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             error_class, message = (
                 (e.error_class, e.message) if isinstance(e, RunFailed) else (None, None)

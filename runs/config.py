@@ -67,7 +67,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     login_max_failures: int = 5
     login_window_seconds: float = 300.0
     #: A client must send a request's headers (from connecting, or from the previous response
-    #: on a kept-alive connection) and its body each within this time (slow-loris, issue 7).
+    #: on a kept-alive connection) and its body each within this time (slow-loris).
     request_read_timeout_seconds: float = 30.0
     routes: list[Route] = []
     #: Modules whose ``TOOLS`` list adds tools (self-hosters' own; tests register one too).

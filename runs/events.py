@@ -2,7 +2,7 @@
 
 The ``type`` string stored in the log (and shown on SSE) is the struct's ``TYPE``; ``data`` is the
 struct encoded as compact JSON. New fields get defaults; a changed meaning is a new event type,
-never a changed field (STYLE.md).
+never a changed field.
 
 Streams: ``org-<id>`` (org, users, API keys), ``thread-<id>`` (thread, messages, the runs it
 started), ``run-<id>`` (one run).
@@ -18,6 +18,7 @@ from eventstore import NewEvent, RecordedEvent
 
 __all__ = [
     "EVENT_TYPES",
+    "RUN_STREAM_PREFIX",
     "TERMINAL_RUN_EVENTS",
     "ApiKeyCreated",
     "ApiKeyRevoked",
@@ -47,6 +48,7 @@ __all__ = [
     "encode_event",
     "org_stream",
     "persona_stream",
+    "run_id_of",
     "run_stream",
     "thread_stream",
 ]
@@ -328,8 +330,17 @@ def thread_stream(thread_id: str) -> str:
     return f"thread-{thread_id}"
 
 
+#: Every run's events are the stream ``run-<run id>``.
+RUN_STREAM_PREFIX = "run-"
+
+
 def run_stream(run_id: str) -> str:
-    return f"run-{run_id}"
+    return f"{RUN_STREAM_PREFIX}{run_id}"
+
+
+def run_id_of(stream: str) -> str:
+    """The run id of a run's stream name (the inverse of :func:`run_stream`)."""
+    return stream.removeprefix(RUN_STREAM_PREFIX)
 
 
 def persona_stream(persona_key: str) -> str:

@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 document of the HTTP API (``GET /openapi.json``, issue 7).
+"""The OpenAPI 3.1 document of the HTTP API (``GET /openapi.json``).
 
 Request and response schemas are generated from the msgspec types in ``runs.schemas`` — the
 same types the handlers decode and encode — so the contract cannot drift from the code. What

@@ -1,4 +1,6 @@
-"""The run aggregate: a pure fold of its events and pure command decisions (DESIGN.md §1, §3).
+"""The run aggregate: a pure fold of its events and pure command decisions.
+
+See docs/architecture.md, "The domain".
 
 Neither ``evolve`` nor ``decide`` does I/O, reads the clock or makes ids: timestamps come from the
 recorded events and ids are passed in with the commands.
@@ -33,7 +35,7 @@ from runs.events import (
 )
 
 __all__ = [
-    "ACTIVE_STATUSES",
+    "LIVE_STATUSES",
     "RUN_STATUSES",
     "TERMINAL_STATUSES",
     "RunState",
@@ -42,14 +44,14 @@ __all__ = [
     "decide_cancel",
     "decide_input",
     "evolve",
-    "fold",
     "fold_recorded",
     "tool_call_outcomes",
 ]
 
 RUN_STATUSES = ("running", "waiting_for_input", "completed", "failed", "cancelled")
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
-ACTIVE_STATUSES = frozenset({"running", "waiting_for_input"})
+#: A live run holds its thread and a slot of its org's limit.
+LIVE_STATUSES = frozenset({"running", "waiting_for_input"})
 
 # Which event types each status accepts. Terminal statuses accept nothing: terminal is final.
 _ALLOWED: dict[str, frozenset[str]] = {
@@ -141,7 +143,7 @@ class RunState(msgspec.Struct, kw_only=True):
 
 
 def credits_for(cost_usd: float, multiplier: float) -> int:
-    """``ceil(cost * 1000 * multiplier)`` (DESIGN.md §3), rounded first so float noise
+    """``ceil(cost * 1000 * multiplier)``, rounded first so float noise
     (0.1 + 0.2) cannot add a credit."""
     return math.ceil(round(cost_usd * 1000 * multiplier, 9))
 
@@ -237,14 +239,6 @@ def _count(state: RunState, usage: RunUsage, sign: int) -> None:
         state.total_cost_usd += usage.cost_usd
     else:
         state.total_cost_usd -= usage.cost_usd
-
-
-def fold(events: Iterable[tuple[DomainEvent, int, str]]) -> RunState | None:
-    """Fold ``(event, seq, created_at)`` triples from the start of a run."""
-    state: RunState | None = None
-    for event, seq, at in events:
-        state = evolve(state, event, seq, at)
-    return state
 
 
 def fold_recorded(

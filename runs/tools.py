@@ -1,5 +1,5 @@
 """Tools the model may call. Each declares whether it is safe to run again after a crash
-interrupted it (issue 6): one that is not gets an "interrupted" error result instead."""
+interrupted it: one that is not gets an "interrupted" error result instead."""
 
 from __future__ import annotations
 
