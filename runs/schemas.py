@@ -85,7 +85,7 @@ class ToolCallsReceipt(msgspec.Struct):
 
 
 class CancelReceipt(msgspec.Struct, kw_only=True):
-    """``POST /v1/runs/{id}:cancel``: the spec's ``{ok: true}`` and how the run ended. For a
+    """``POST /v1/runs/{id}:cancel``: the documented ``{ok: true}`` and how the run ended. For a
     run that had already ended, the same receipt for how it ended."""
 
     ok: bool = True

@@ -29,8 +29,8 @@ _delta_text = msgspec.json.Decoder(_DeltaText)
 def wire_data(type_: str, data: str) -> bytes:
     """The ``data`` of a frame: the event's payload as logged, except that a ``message.delta``
     also carries its text as ``content_delta`` (the field Arkloop's clients read; ``content``
-    is the spec's). Added here rather than logged, so the log holds the text once and runs
-    recorded before the field existed stream it too."""
+    is the documented one). Added here rather than logged, so the log holds the text once and
+    runs recorded before the field existed stream it too."""
     raw = data.encode()
     if type_ != MessageDelta.TYPE or not raw.endswith(b"}"):
         return raw

@@ -1,6 +1,7 @@
 """What Arkloop's own clients need, through the real app: the streamed text in
-``data.content_delta`` (as well as the spec's ``data.content``), ``POST /v1/runs/{id}/cancel``
-as well as ``:cancel``, and a reconnect at the end of a finished run that closes at once."""
+``data.content_delta`` (as well as ``data.content``, the documented field),
+``POST /v1/runs/{id}/cancel`` as well as ``:cancel``, and a reconnect at the end of a finished
+run that closes at once."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ async def test_message_delta_carries_content_and_content_delta(api: Api) -> None
     for data in deltas:
         assert list(data) == ["content", "role", "call", "content_delta"]
         assert data["content_delta"] == data["content"]
-    # What Arkloop's CLI prints (content_delta) and what the spec's clients print (content)
+    # What Arkloop's CLI prints (content_delta) and what other clients print (content)
     # are both the answer.
     reply = 'echo: héllo "wörld" ✓'
     assert "".join(d["content_delta"] for d in deltas) == reply
