@@ -96,9 +96,11 @@ class RunExecutor:
         self.call_usage: Usage | None = None  # usage of the call in flight, as reported
         self.call_number = 0
         # The call in flight: the request sent (None when no call is in flight), whether the
-        # provider answered at all, and the bytes of output it streamed (for an estimate).
+        # provider answered at all and finished its answer, and the bytes of output it
+        # streamed (for an estimate).
         self.call_request: ModelRequest | None = None
         self.call_answered = False
+        self.call_finished = False
         self.call_output = 0
         self.running_tool_call: str | None = None  # the tool call whose tool runs now
         self._fresh_tool_calls: set[str] = set()
@@ -192,6 +194,9 @@ class RunExecutor:
         reported, self.call_usage = self.call_usage, None
         if request is None or not self.call_answered:
             return []
+        if self.call_finished and reported is not None:
+            # Cut after the provider's last word (before it was appended): nothing to estimate.
+            return [self._usage_event(reported)]
         output = math.ceil(self.call_output / BYTES_PER_TOKEN)
         if reported is None:
             usage = Usage(input_tokens=estimate_request_tokens(request), output_tokens=output)
@@ -309,7 +314,7 @@ class RunExecutor:
         feeding a queue, so the coalescing timer never interrupts the provider's stream."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self.call_request = request
-        self.call_answered = False
+        self.call_answered = self.call_finished = False
         self.call_output = 0
 
         async def produce() -> None:
@@ -355,6 +360,7 @@ class RunExecutor:
                     await self._flush(buffer)
                     next_flush = time.monotonic() + self.coalesce_s
                 if item is _END:
+                    self.call_finished = True
                     return tool_uses, stop
         finally:
             if not producer.done():
