@@ -147,8 +147,10 @@ _SSE_DESCRIPTION = (
     "```\nid: <seq>\ndata: <one line of JSON>\n\n```\n\n"
     "The `data:` JSON is exactly `{seq, type, data, created_at}` (schema `SseFrame`; the"
     " response schema describes one event, as OpenAPI 3.2's `itemSchema` would); `data` is the"
-    " event's payload and `id` equals `seq`. There is no `event:` line. With `follow=1` the"
-    " stream closes right after `run.completed`, `run.failed` or `run.cancelled`."
+    " event's payload and `id` equals `seq`; a `message.delta`'s data carries its text as both"
+    " `content` and `content_delta`. There is no `event:` line. With `follow=1` the stream"
+    " closes right after `run.completed`, `run.failed` or `run.cancelled`; a cursor at the end"
+    " of a finished run gets no frame and the stream closes at once."
 )
 
 _CANCEL_DESCRIPTION = (
