@@ -36,6 +36,7 @@ from runs.events import (
     RunUsage,
     RunWaitingForInput,
     ToolCalled,
+    ToolCallOutcomes,
     ToolResult,
     decode_event,
     encode_event,
@@ -630,3 +631,29 @@ def test_each_model_call_is_counted_once_whatever_the_order(
         state.credits_used,
         int(state.usage_estimated),
     )
+
+
+def test_a_cancel_recorded_before_receipts_answers_one_from_the_tool_events() -> None:
+    """``run.cancelled`` without ``tool_calls`` (an older log): the receipt is read from the tool
+    events, and a call without a result counts as never started (nothing says it ran)."""
+    first = RunStarted(
+        run_id=RUN_ID,
+        thread_id="t",
+        org_id="o",
+        created_by_user_id="u",
+        trace_id="trace",
+        route_id="scripted",
+        provider="scripted",
+        model="m",
+    )
+    events: list[DomainEvent] = [
+        first,
+        ToolCalled(tool_call_id="a", name="calculator"),
+        ToolCalled(tool_call_id="b", name="calculator"),
+        ToolResult(tool_call_id="a", name="calculator", output="1"),
+        RunCancelRequested(),
+        RunCancelled(),
+    ]
+    state = fold([(e, seq, stamp(seq)) for seq, e in enumerate(events, start=1)])
+    assert state is not None
+    assert cancel_receipt(state) == ToolCallOutcomes(completed=["a"], not_started=["b"])
