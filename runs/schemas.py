@@ -29,6 +29,7 @@ __all__ = [
     "Thread",
     "ThreadRun",
     "ToolCallsReceipt",
+    "ToolInfo",
 ]
 
 #: ``POST /v1/runs/{id}/input`` accepts at most 32 KB of UTF-8 (the Runs API: "maximum 32KB").
@@ -176,3 +177,17 @@ class SseFrame(msgspec.Struct):
     type: str
     data: msgspec.Raw
     created_at: str
+
+
+class ToolInfo(msgspec.Struct):
+    """An item of ``GET /v1/tools``: a tool a persona may use, and where it comes from."""
+
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    #: "builtin", "module" (the config's ``tool_modules``) or "mcp".
+    source: str
+    #: For an MCP tool, the ``[[mcp_servers]]`` name that serves it.
+    mcp_server: str | None
+    requires_confirmation: bool
+    safe_to_repeat: bool

@@ -39,6 +39,7 @@ RESPONSE_TYPES = {
     ("POST", "/v1/runs/{run_id}/cancel", "200"): schemas.CancelReceipt,
     ("POST", "/v1/runs/{run_id}/retry", "201"): schemas.RunCreated,
     ("POST", "/v1/runs/{run_id}/input", "200"): schemas.Ok,
+    ("GET", "/v1/tools", "200"): list[schemas.ToolInfo],
 }
 
 
