@@ -324,6 +324,12 @@ async def test_connection_cut_mid_stream_is_retried_and_partial_output_replaced(
     # The cut attempt's input tokens are billed too (reported by its message_start).
     usages = only(events, "run.usage")
     assert [(u["call"], u["input_tokens"]) for u in usages] == [(1, 30), (2, 30)]
+    # The cut attempt never reported its output: that part is estimated ("Partial answ", 12
+    # bytes: 3 tokens), and the run says its totals include an estimate.
+    assert (usages[0]["estimated"], usages[0]["output_tokens"]) == (True, 3)
+    assert usages[1]["estimated"] is False
+    assert run["usage_estimated"] is True
+    assert run["total_output_tokens"] == 3 + usages[1]["output_tokens"]
     assert kinds.index("run.usage") < kinds.index("run.retried")
     assert run["total_input_tokens"] == 60
 
