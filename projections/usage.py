@@ -7,8 +7,14 @@ Tokens, cost and credits are counted on the day of the ``run.usage`` event that 
 credits by which it raised its run's figure: summed over any set of rows that holds all of a
 run's usage, credits equal the run's own ``credits_used`` exactly.
 
+Each model call is counted once, as in the run's own accounting (``runs.run.evolve``): an
+estimated usage (a cut call) counts only if the call has no usage yet, and a provider-reported
+usage replaces an estimate of the same call — the estimate is taken back, with the credits it
+added, from the row it was added to.
+
 ``usage_live_runs`` keeps what a live run's next ``run.usage`` needs (its org, creator, route,
-multiplier and cost so far); a run's row is dropped when it ends.
+multiplier and cost so far) and ``usage_calls`` what each of its calls added; a run's rows there
+are dropped when it ends (no usage follows a terminal event).
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ def utc_day(created_at: str) -> str:
 
 class UsageProjection(TableProjection):
     name = "usage"
-    tables: tuple[str, ...] = ("usage", "usage_live_runs")
+    tables: tuple[str, ...] = ("usage", "usage_live_runs", "usage_calls")
     ddl = """
     CREATE TABLE IF NOT EXISTS usage (
         org_id             TEXT NOT NULL,
@@ -82,6 +88,20 @@ class UsageProjection(TableProjection):
         route_id           TEXT NOT NULL,
         credits_multiplier REAL NOT NULL,
         cost_usd           REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS usage_calls (
+        run_id             TEXT NOT NULL,
+        call               INTEGER NOT NULL,
+        estimated          INTEGER NOT NULL,
+        day                TEXT NOT NULL,
+        model              TEXT NOT NULL,
+        input_tokens       INTEGER NOT NULL,
+        output_tokens      INTEGER NOT NULL,
+        cache_read_tokens  INTEGER NOT NULL,
+        cache_write_tokens INTEGER NOT NULL,
+        cost_usd           REAL NOT NULL,
+        credits_used       INTEGER NOT NULL,
+        PRIMARY KEY (run_id, call)
     )
     """
 
@@ -112,25 +132,58 @@ class UsageProjection(TableProjection):
     @staticmethod
     def _usage(conn: sqlite3.Connection, e: RunUsage, r: RecordedEvent) -> None:
         run_id = run_id_of(r.stream)
-        row = conn.execute(
+        org_id, user_id, route_id, multiplier, before = conn.execute(
             "SELECT org_id, user_id, route_id, credits_multiplier, cost_usd FROM usage_live_runs"
             " WHERE run_id = ?",
             (run_id,),
         ).fetchone()
-        org_id, user_id, route_id, multiplier, before = row
-        # The same sum, in the same order, as the run's own total: the credits match it.
-        after = before + e.cost_usd
-        credits = credits_for(after, multiplier) - credits_for(before, multiplier)
+        known = conn.execute(
+            "SELECT estimated, day, model, input_tokens, output_tokens, cache_read_tokens,"
+            " cache_write_tokens, cost_usd, credits_used FROM usage_calls"
+            " WHERE run_id = ? AND call = ?",
+            (run_id, e.call),
+        ).fetchone()
+        if e.estimated and known is not None:
+            return  # the call is counted already
+        # The same float operations, in the same order, as the run's own total, so the
+        # credits added here sum to the run's credits exactly.
+        cost, taken_back = before, 0
+        if known is not None and known[0]:
+            _, day, model, inputs, outputs, reads, writes, estimate, taken_back = known
+            conn.execute(
+                _ADD,
+                (
+                    *(org_id, day, model, user_id, route_id, 0),
+                    *(-inputs, -outputs, -reads, -writes, -estimate, -taken_back),
+                ),
+            )
+            cost -= estimate
+        after = cost + e.cost_usd
+        credits = credits_for(after, multiplier) - credits_for(before, multiplier) + taken_back
+        figures = (e.input_tokens, e.output_tokens, e.cache_read_tokens, e.cache_write_tokens)
+        day = utc_day(r.created_at)
         conn.execute("UPDATE usage_live_runs SET cost_usd = ? WHERE run_id = ?", (after, run_id))
         conn.execute(
             _ADD,
-            (
-                *(org_id, utc_day(r.created_at), e.model, user_id, route_id, 0),
-                *(e.input_tokens, e.output_tokens, e.cache_read_tokens, e.cache_write_tokens),
-                *(e.cost_usd, credits),
-            ),
+            (org_id, day, e.model, user_id, route_id, 0, *figures, e.cost_usd, credits),
+        )
+        # What an estimate added, to take back if the provider's own usage follows; a reported
+        # usage only marks the call as counted.
+        kept = (1, day, e.model, *figures, e.cost_usd, credits) if e.estimated else None
+        conn.execute(
+            "INSERT INTO usage_calls (run_id, call, estimated, day, model, input_tokens,"
+            " output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, credits_used)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, call) DO UPDATE SET"
+            " estimated = excluded.estimated, day = excluded.day, model = excluded.model,"
+            " input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,"
+            " cache_read_tokens = excluded.cache_read_tokens,"
+            " cache_write_tokens = excluded.cache_write_tokens, cost_usd = excluded.cost_usd,"
+            " credits_used = excluded.credits_used",
+            (run_id, e.call, *(kept or (0, day, e.model, 0, 0, 0, 0, 0.0, 0))),
         )
 
     @staticmethod
     def _ended(conn: sqlite3.Connection, e: DomainEvent, r: RecordedEvent) -> None:
-        conn.execute("DELETE FROM usage_live_runs WHERE run_id = ?", (run_id_of(r.stream),))
+        run_id = run_id_of(r.stream)
+        conn.execute("DELETE FROM usage_live_runs WHERE run_id = ?", (run_id,))
+        conn.execute("DELETE FROM usage_calls WHERE run_id = ?", (run_id,))

@@ -104,6 +104,41 @@ TOKENS = Counter(
 COST_USD = Counter("runlog_cost_usd_total", "Cost of model calls in USD.", ["model"])
 
 
+#: Model calls of live runs whose usage this process counted: the estimate counted for a call
+#: (None once its reported usage came), so each call is counted once as in the run's own
+#: accounting. A run's are dropped when it ends; all are, should the live runs grow past a bound.
+_counted_calls: dict[str, dict[int, RunUsage | None]] = {}
+_COUNTED_CALLS_LIMIT = 100_000
+
+
+def _figures(usage: RunUsage) -> tuple[tuple[str, float], ...]:
+    return (
+        ("input", usage.input_tokens),
+        ("output", usage.output_tokens),
+        ("cache_read", usage.cache_read_tokens),
+        ("cache_write", usage.cache_write_tokens),
+        ("cost", usage.cost_usd),
+    )
+
+
+def _count_usage(stream: str, usage: RunUsage) -> None:
+    if len(_counted_calls) >= _COUNTED_CALLS_LIMIT and stream not in _counted_calls:
+        _counted_calls.clear()
+    calls = _counted_calls.setdefault(stream, {})
+    if usage.estimated and usage.call in calls:
+        return  # the call is counted already
+    estimate = calls.get(usage.call)
+    counted = dict(_figures(estimate)) if estimate is not None else {}
+    calls[usage.call] = usage if usage.estimated else None
+    for kind, amount in _figures(usage):
+        # A counter cannot go down: a reported usage adds what it has beyond the estimate.
+        more = max(0.0, amount - counted.get(kind, 0))
+        if kind == "cost":
+            COST_USD.labels(usage.model).inc(more)
+        else:
+            TOKENS.labels(usage.model, kind).inc(more)
+
+
 def observe_commit(events: Sequence[RecordedEvent], seconds: float) -> None:
     """The store's commit observer: commit sizes and times, and what the events say about runs
     (only ``run.usage`` and terminal events are decoded)."""
@@ -114,18 +149,12 @@ def observe_commit(events: Sequence[RecordedEvent], seconds: float) -> None:
         if recorded.type == RunUsage.TYPE:
             usage = decode_event(recorded)
             assert isinstance(usage, RunUsage)
-            for kind, count in (
-                ("input", usage.input_tokens),
-                ("output", usage.output_tokens),
-                ("cache_read", usage.cache_read_tokens),
-                ("cache_write", usage.cache_write_tokens),
-            ):
-                TOKENS.labels(usage.model, kind).inc(count)
-            COST_USD.labels(usage.model).inc(usage.cost_usd)
+            _count_usage(recorded.stream, usage)
         elif recorded.type in TERMINAL_RUN_EVENTS:
             event = decode_event(recorded)
             error_class = event.error_class if isinstance(event, RunFailed) else ""
             RUNS_FINISHED.labels(recorded.type.removeprefix("run."), error_class).inc()
+            _counted_calls.pop(recorded.stream, None)
 
 
 class _Families(Collector):

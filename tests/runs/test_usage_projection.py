@@ -29,7 +29,7 @@ from runs.events import (
     encode_event,
     run_stream,
 )
-from runs.run import credits_for
+from runs.run import credits_for, fold_recorded
 
 FIRST_DAY = dt.date(2026, 2, 27)  # the runs cross a month's end
 ORGS = ("org-a", "org-b")
@@ -41,6 +41,8 @@ GROUPS = ("day", "model", "user", "route")
 
 @dataclass
 class Call:
+    number: int  # the model call it reports (repeats: an estimate, then the reported usage)
+    estimated: bool
     day: int
     model: str
     input_tokens: int
@@ -79,6 +81,8 @@ costs = st.one_of(
 )
 calls = st.builds(
     Call,
+    number=st.integers(1, 3),
+    estimated=st.booleans(),
     day=st.integers(0, 1),  # days after the previous event
     model=st.sampled_from(MODELS),
     input_tokens=st.integers(0, 10_000),
@@ -138,7 +142,8 @@ def log_of(runs: Sequence[GeneratedRun]) -> list[RecordedEvent]:
                 cache_read_tokens=call.cache_read_tokens,
                 cache_write_tokens=call.cache_write_tokens,
                 cost_usd=call.cost_usd,
-                call=number,
+                call=call.number,
+                estimated=call.estimated,
             )
             timed.append((stamp(day, 1000 * number + index), run.run_id, usage))
         ends = {"completed": RunCompleted(), "failed": RunFailed(error_class="x", message="m")}
@@ -158,52 +163,71 @@ def log_of(runs: Sequence[GeneratedRun]) -> list[RecordedEvent]:
     return log
 
 
-def expected_report(
-    runs: Sequence[GeneratedRun], org: str, group_by: str, first: str, last: str
-) -> dict[str, dict[str, float]]:
-    """The report computed directly from the generated runs (not through any SQL)."""
-    rows: dict[str, dict[str, float]] = {}
+Figures = dict[str, float]
+NAMES = (
+    "runs",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost_usd",
+    "credits_used",
+)
 
-    def row(key: str) -> dict[str, float]:
-        return rows.setdefault(
-            key,
-            dict.fromkeys(
-                (
-                    "runs",
-                    "input_tokens",
-                    "output_tokens",
-                    "cache_read_tokens",
-                    "cache_write_tokens",
-                    "cost_usd",
-                    "credits_used",
-                ),
-                0,
-            ),
-        )
+
+def expected_cells(runs: Sequence[GeneratedRun]) -> dict[tuple[str, ...], Figures]:
+    """Usage by (org, day, model, user, route) computed from the generated runs, not through
+    SQL: a run counts once on its start day; each model call counts once (an estimate only
+    for a call with no usage yet, taken back when the call's reported usage comes)."""
+    cells: dict[tuple[str, ...], Figures] = {}
+
+    def add(day: str, model: str, run: GeneratedRun, sign: int, **figures: float) -> None:
+        cell = cells.setdefault((run.org, day, model, run.user, run.route), dict.fromkeys(NAMES, 0))
+        for name, number in figures.items():
+            cell[name] += sign * number
 
     for run in runs:
-        if run.org != org:
-            continue
-        keys = {"user": run.user, "route": run.route}
-        if first <= day_of(run.day) <= last:
-            keys_here = {**keys, "day": day_of(run.day), "model": run.model}
-            row(keys_here[group_by])["runs"] += 1
+        add(day_of(run.day), run.model, run, 1, runs=1)
+        multiplier = ROUTES[run.route]
         day, spent = run.day, 0.0
+        counted: dict[int, tuple[str, str, Figures] | None] = {}  # call -> estimate, or None
         for call in run.calls:
             day += call.day
-            before, spent = spent, spent + call.cost_usd
-            if not first <= day_of(day) <= last:
+            if call.estimated and call.number in counted:
                 continue
-            target = row({**keys, "day": day_of(day), "model": call.model}[group_by])
-            target["input_tokens"] += call.input_tokens
-            target["output_tokens"] += call.output_tokens
-            target["cache_read_tokens"] += call.cache_read_tokens
-            target["cache_write_tokens"] += call.cache_write_tokens
-            target["cost_usd"] += call.cost_usd
-            multiplier = ROUTES[run.route]
-            target["credits_used"] += credits_for(spent, multiplier) - credits_for(
-                before, multiplier
-            )
+            before, taken_back = spent, 0
+            estimate = counted.get(call.number)
+            if estimate is not None:
+                estimate_day, estimate_model, figures = estimate
+                add(estimate_day, estimate_model, run, -1, **figures)
+                spent -= figures["cost_usd"]
+                taken_back = int(figures["credits_used"])
+            spent += call.cost_usd
+            figures = {
+                "input_tokens": call.input_tokens,
+                "output_tokens": call.output_tokens,
+                "cache_read_tokens": call.cache_read_tokens,
+                "cache_write_tokens": call.cache_write_tokens,
+                "cost_usd": call.cost_usd,
+                "credits_used": credits_for(spent, multiplier)
+                - credits_for(before, multiplier)
+                + taken_back,
+            }
+            add(day_of(day), call.model, run, 1, **figures)
+            counted[call.number] = (day_of(day), call.model, figures) if call.estimated else None
+    return cells
+
+
+def expected_report(
+    cells: dict[tuple[str, ...], Figures], org: str, group_by: str, first: str, last: str
+) -> dict[str, Figures]:
+    position = {"day": 1, "model": 2, "user": 3, "route": 4}[group_by]
+    rows: dict[str, Figures] = {}
+    for key, figures in cells.items():
+        if key[0] == org and first <= key[1] <= last:
+            row = rows.setdefault(key[position], dict.fromkeys(NAMES, 0))
+            for name in NAMES:
+                row[name] += figures[name]
     return rows
 
 
@@ -238,10 +262,15 @@ def test_usage_reports_equal_the_runs_figures(
         projections = [RunsProjection(), UsageProjection()]
         for projection in projections:
             projection.create(conn)
-        for event in log_of(runs):
+        log = log_of(runs)
+        by_run: dict[str, list[RecordedEvent]] = {}
+        for event in log:
+            by_run.setdefault(event.stream, []).append(event)
+        for event in log:
             for projection in projections:
                 projection.apply(conn, event)
         queries = Queries(_Reader(conn))  # type: ignore[arg-type]
+        cells = expected_cells(runs)
         everything = (day_of(-1), day_of(30))
         some_days = (day_of(start), day_of(start + length))
         for org in ORGS:
@@ -255,12 +284,18 @@ def test_usage_reports_equal_the_runs_figures(
             for group_by in GROUPS:
                 for first, last in (everything, some_days):
                     got = asyncio.run(queries.usage(org, first, last, group_by))
-                    assert_rows_equal(got, expected_report(runs, org, group_by, first, last))
+                    assert_rows_equal(got, expected_report(cells, org, group_by, first, last))
                 # Over all days, the totals are the runs' own figures.
                 got = asyncio.run(queries.usage(org, *everything, group_by))
                 sums = [sum(r[k] for r in got) for k in list(got[0])[1:]] if got else [0] * 7
                 assert sums[:5] == list(own[:5])
                 assert math.isclose(sums[5], own[5], rel_tol=1e-9, abs_tol=1e-9)
                 assert sums[6] == own[6]
+                # ... and of the pure fold of each run's events.
+                folded = [fold_recorded(events) for events in by_run.values()]
+                states = [state for state in folded if state is not None and state.org_id == org]
+                assert sums[1] == sum(state.total_input_tokens for state in states)
+                assert sums[2] == sum(state.total_output_tokens for state in states)
+                assert sums[6] == sum(state.credits_used for state in states)
     finally:
         conn.close()
