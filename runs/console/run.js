@@ -83,7 +83,7 @@ class Timeline {
         this.delta(frame);
         return;
       case "run.started":
-        this.entry(frame, "Run started", "meta", h("p", { text: `${d.model} on route ${d.route_id}, persona ${dash(d.persona_id)}` }));
+        this.entry(frame, "Run started", "info", h("p", { text: `${d.model} on route ${d.route_id}, persona ${dash(d.persona_id)}` }));
         return;
       case "tool.call":
         this.entry(frame, `Tool call: ${d.name}`, "tool", h("pre", { text: json(d.arguments ?? {}) }));
@@ -111,7 +111,7 @@ class Timeline {
           h("p", { text: `attempt ${d.attempt}: ${d.reason}` }));
         return;
       case "run.resumed":
-        this.entry(frame, "Resumed", "meta", h("p", { text: `the service restarted; continued after seq ${d.from_seq} (${d.reason})` }));
+        this.entry(frame, "Resumed", "info", h("p", { text: `the service restarted; continued after seq ${d.from_seq} (${d.reason})` }));
         return;
       case "run.cancel_requested":
         this.entry(frame, "Cancel requested", "warn");
@@ -126,7 +126,7 @@ class Timeline {
         this.entry(frame, "Failed", "end failed", h("p", { text: `${d.error_class}: ${d.message}` }));
         return;
       default:
-        this.entry(frame, frame.type, "meta", h("pre", { text: json(d) }));
+        this.entry(frame, frame.type, "info", h("pre", { text: json(d) }));
     }
   }
 

@@ -167,7 +167,8 @@ export function renderThread(main, threadId) {
         start.disabled = false;
       }
     },
-  }, h("div", { class: "row" }, field("Route", route), field("Persona", persona)),
+  }, h("h2", { text: "Start a run" }),
+  h("div", { class: "row" }, field("Route", route, "Empty: the default."), field("Persona", persona, "key@version; empty: the default.")),
   h("div", { class: "actions" }, start));
 
   replace(main,
