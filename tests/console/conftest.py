@@ -11,8 +11,8 @@ import asyncio
 import os
 import re
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +142,9 @@ def open_page(browser: Browser, viewport: dict[str, int]) -> tuple[Page, Watched
 
 
 @pytest.fixture
-def watched_page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[tuple[Page, Watched]]:
+def watched_page(
+    browser: Browser, request: pytest.FixtureRequest
+) -> Iterator[tuple[Page, Watched]]:
     viewport = getattr(request, "param", DESKTOP)
     page, watched = open_page(browser, viewport)
     try:

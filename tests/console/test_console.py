@@ -150,8 +150,10 @@ def test_replay_slider_shows_the_run_as_of_a_seq(console: Console, page: Page) -
 
 
 def seqs_shown_visible(page: Page) -> list[int]:
-    values = timeline(page).locator("[data-seq]").evaluate_all(
-        "els => els.filter(e => e.checkVisibility()).map(e => Number(e.dataset.seq))"
+    values = (
+        timeline(page)
+        .locator("[data-seq]")
+        .evaluate_all("els => els.filter(e => e.checkVisibility()).map(e => Number(e.dataset.seq))")
     )
     return [int(v) for v in values]
 

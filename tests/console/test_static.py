@@ -40,9 +40,7 @@ def test_console_responses_carry_a_strict_policy(console: Console) -> None:
 
 def test_the_console_loads_nothing_from_elsewhere_and_writes_no_markup() -> None:
     html = (FILES / "index.html").read_text(encoding="utf-8")
-    assert re.findall(r"<script\b[^>]*>", html) == [
-        '<script type="module" src="/console/app.js">'
-    ]
+    assert re.findall(r"<script\b[^>]*>", html) == ['<script type="module" src="/console/app.js">']
     assert "style=" not in html
     for path in FILES.iterdir():
         text = path.read_text(encoding="utf-8")

@@ -42,8 +42,10 @@ def timeline(page: Page) -> Locator:
 
 def seqs_shown(page: Page) -> list[int]:
     """The seq of every event element in the timeline, in page order."""
-    values = timeline(page).locator("[data-seq]").evaluate_all(
-        "els => els.map(e => Number(e.dataset.seq))"
+    values = (
+        timeline(page)
+        .locator("[data-seq]")
+        .evaluate_all("els => els.map(e => Number(e.dataset.seq))")
     )
     return [int(v) for v in values]
 
