@@ -18,9 +18,9 @@ from runs.ids import is_id
 from tests.conftest import ADMIN_KEY, Api
 
 ROOT = Path(__file__).resolve().parents[2]
-# ``runs.cli.main`` is what ``runlog`` and ``python server.py`` run (``server.main`` delegates
-# to it); calling it directly skips importing the Anthropic SDK, which costs seconds.
-CLI = [sys.executable, "-c", "import sys; from runs.cli import main; sys.exit(main(sys.argv[1:]))"]
+# ``python -m runs`` is the ``runlog`` entry point (``runs.cli:main``) without needing the
+# console script on PATH.
+CLI = [sys.executable, "-m", "runs"]
 
 
 def clean_env() -> dict[str, str]:
