@@ -36,7 +36,7 @@ export function renderSignIn(main, notice, done) {
     { class: "card signin", method: "post", onsubmit: submit },
     h("h1", { text: "Sign in to runlog" }),
     notice ? h("p", { class: "notice", role: "status", text: notice }) : null,
-    field("API key", key, "A key from the first start's output or `runlog admin create-key`."),
+    field("API key", key, "The key printed at first start, or one from: runlog admin create-key."),
     h(
       "details",
       {},

@@ -16,7 +16,7 @@ export function renderThreads(main) {
   const body = h("tbody");
   const error = h("p", { class: "error", role: "alert" });
   const empty = h("p", { class: "empty", text: "No threads yet: create one above.", hidden: true });
-  const title = h("input", { type: "text", maxlength: 500, autocomplete: "off" });
+  const title = h("input", { type: "text", maxlength: 500, autocomplete: "off", placeholder: "A title for a new thread" });
   const create = h("button", { type: "submit", class: "primary", text: "Create thread" });
   const newer = h("button", { type: "button", text: "Newer" });
   const older = h("button", { type: "button", text: "Older" });

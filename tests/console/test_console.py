@@ -4,6 +4,8 @@ run stream, answer it, approve a tool call, cancel it, replay it at any seq."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -11,7 +13,7 @@ from playwright.sync_api import Page, expect
 
 from tests.console.conftest import DESKTOP, PHONE, Console, Watched, open_page
 from tests.console.ui import seqs_shown, sign_in, start_run, timeline, wait_for_event
-from tests.durability.server_process import KEY
+from tests.durability.server_process import KEY, ROOT
 
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -30,8 +32,10 @@ def test_sign_in_keeps_the_token_in_session_storage_only(
     expect(page.get_by_role("alert")).to_contain_text("Not accepted")
     assert page.evaluate("sessionStorage.length") == 0
 
-    page.get_by_label("API key").fill(KEY)
-    page.get_by_role("button", name="Sign in").click()
+    # By keyboard: the key field has the focus, Enter submits.
+    page.get_by_label("API key").fill("")
+    page.keyboard.type(KEY)
+    page.keyboard.press("Enter")
     expect(page.get_by_role("columnheader", name="Status")).to_be_visible()
     assert page.evaluate("sessionStorage.getItem('runlog.token')") == KEY
     assert page.evaluate("localStorage.length") == 0
@@ -43,6 +47,76 @@ def test_sign_in_keeps_the_token_in_session_storage_only(
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_label("API key")).to_be_visible()
     assert page.evaluate("sessionStorage.length") == 0
+
+
+def test_sign_in_with_a_login_and_password(console: Console, page: Page) -> None:
+    org_id = console.http.post("/v1/threads", json={}).json()["org_id"]
+    created = subprocess.run(
+        [sys.executable, "-m", "runs", "admin", "--db", console.server.db]
+        + ["create-user", "--org", org_id, "--name", "alice", "--email", "alice@example.com"]
+        + ["--password", "s3cret-pass"],
+        cwd=ROOT,
+        env=console.server.env(),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+    page.goto(console.url + "/")
+    page.get_by_text("Use a login and password instead").click()
+    page.get_by_label("Login").fill("alice")
+    page.get_by_label("Password").fill("s3cret-pass")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("columnheader", name="Status")).to_be_visible()
+    token = page.evaluate("sessionStorage.getItem('runlog.token')")
+    assert token
+    assert token != KEY
+    assert token not in page.url
+
+
+def start_api_run(console: Console, content: str, **body: Any) -> str:
+    thread = console.http.post("/v1/threads", json={"title": "api"}).json()["id"]
+    message = console.http.post(f"/v1/threads/{thread}/messages", json={"content": content})
+    assert message.status_code == 201
+    created = console.http.post(f"/v1/threads/{thread}/runs", json=body)
+    assert created.status_code == 201, created.text
+    return str(created.json()["run_id"])
+
+
+def test_the_runs_page_follows_live_runs_filters_and_pages(console: Console, page: Page) -> None:
+    sign_in(page, console.url)
+    page.evaluate("window.notReloaded = true")
+    run_id = start_api_run(console, "/slow 150\n" + "words " * 20)  # 4.5 s: over a refresh
+    row = page.get_by_role("row").filter(has=page.get_by_role("link", name=run_id[-12:]))
+    expect(row.locator(".status")).to_have_text("running")
+    expect(row.locator(".status")).to_have_text("completed")
+    assert page.evaluate("window.notReloaded") is True
+
+    cancelled = start_api_run(console, "/ask Stay?")
+    assert console.http.post(f"/v1/runs/{cancelled}:cancel").status_code == 200
+    page.get_by_label("Filter by status").select_option("cancelled")
+    expect(page.get_by_role("link", name=cancelled[-12:])).to_be_visible()
+    expect(page.get_by_role("link", name=run_id[-12:])).to_have_count(0)
+    statuses = page.locator("table.runs tbody .status").all_inner_texts()
+    assert statuses
+    assert set(statuses) == {"cancelled"}
+
+    page.get_by_label("Filter by status").select_option("")
+    for _ in range(26):  # more than a page
+        start_api_run(console, "hi")
+    expect(page.locator("table.runs tbody tr")).to_have_count(25)
+    first = page.locator("table.runs tbody th a").evaluate_all("els => els.map(e => e.title)")
+    page.get_by_role("button", name="Older").click()
+    expect(page.get_by_role("button", name="Newer")).to_be_enabled()
+    expect(page.locator("table.runs tbody th a").first).not_to_have_attribute("title", first[0])
+    second = page.locator("table.runs tbody th a").evaluate_all("els => els.map(e => e.title)")
+    # Ids are time-ordered: the older page continues right after the first, newest first.
+    assert second
+    assert not set(first) & set(second)
+    assert first + second == sorted(first + second, reverse=True)
+    page.get_by_role("button", name="Newer").click()
+    expect(page.locator("table.runs tbody th a").first).to_have_attribute("title", first[0])
 
 
 def test_a_slow_run_shows_text_before_it_completes(console: Console, page: Page) -> None:
