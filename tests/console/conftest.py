@@ -1,8 +1,9 @@
 """Fixtures for the console's browser tests: Debian's Chromium driven by Playwright, against
 the real server in a subprocess (the same one the durability tests start).
 
-One browser for the whole session and one server per module; each test gets a fresh browser
-context (its own sessionStorage) and fails if the page logged an error or opened a dialog.
+One browser and one server for the whole session (tests make their own threads and runs, so
+they do not see each other's); each test gets a fresh browser context (its own
+sessionStorage) and fails if the page logged an error or opened a dialog.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     server = start_server(tmp_path_factory.mktemp("console"))
     console = Console(server)

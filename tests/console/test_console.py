@@ -52,9 +52,11 @@ def test_sign_in_keeps_the_token_in_session_storage_only(
 def test_sign_in_with_a_login_and_password(console: Console, page: Page) -> None:
     org_id = console.http.post("/v1/threads", json={}).json()["org_id"]
     created = subprocess.run(
-        [sys.executable, "-m", "runs", "admin", "--db", console.server.db]
-        + ["create-user", "--org", org_id, "--name", "alice", "--email", "alice@example.com"]
-        + ["--password", "s3cret-pass"],
+        [
+            *(sys.executable, "-m", "runs", "admin", "--db", console.server.db, "create-user"),
+            *("--org", org_id, "--name", "alice", "--email", "alice@example.com"),
+            *("--password", "s3cret-pass"),
+        ],
         cwd=ROOT,
         env=console.server.env(),
         capture_output=True,

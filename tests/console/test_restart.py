@@ -5,29 +5,26 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 from playwright.sync_api import Page, Request, expect
 
-from tests.console.conftest import Console, Watched, run_async, start_server, stop_server
+from tests.console.conftest import Console, Watched, run_async
 from tests.console.ui import seqs_shown, sign_in, start_run, timeline, wait_for_event
 
 LONG = " ".join(f"word{i}" for i in range(30))
 
 
 @pytest.fixture
-def own_console(tmp_path: Path) -> Iterator[Console]:
-    """A server of its own: this test kills it."""
-    (tmp_path / "server").mkdir()
-    server = start_server(tmp_path / "server")
-    console = Console(server)
+def own_console(console: Console) -> Iterator[Console]:
+    """The session's server, which this test kills and starts again (same file, same port);
+    it is running again afterwards whatever happened."""
     try:
         yield console
     finally:
-        console.http.close()
-        stop_server(server)
+        if console.server.process is None or console.server.process.poll() is not None:
+            run_async(console.server.start())
 
 
 def test_the_timeline_survives_a_server_restart_without_gap_or_duplicate(
