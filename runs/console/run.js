@@ -8,6 +8,15 @@ import { clock, cost, dash, duration, integer, json, percent, shortId, when } fr
 import { TERMINAL, followRun } from "./sse.js";
 
 const LIVE = new Set(["running", "waiting_for_input"]);
+// The status an event leaves the run in (the header shows it at once, before its refresh).
+const STATUS_AFTER = {
+  "run.waiting_for_input": "waiting_for_input",
+  "run.input_provided": "running",
+  "run.resumed": "running",
+  "run.completed": "completed",
+  "run.failed": "failed",
+  "run.cancelled": "cancelled",
+};
 
 function detailList(run) {
   const rows = [
@@ -22,9 +31,9 @@ function detailList(run) {
     ["Cost", cost(run.total_cost_usd)],
     ["Cache hit rate", percent(run.cache_hit_rate)],
     ["Credits", integer(run.credits_used)],
-    ["Trace id", h("span", { class: "mono", text: run.trace_id })],
+    ["Trace id", h("span", { class: "mono", text: run.trace_id }), "wide"],
   ];
-  return h("dl", { class: "details" }, rows.map(([k, v]) => h("div", {}, h("dt", { text: k }), h("dd", {}, v))));
+  return h("dl", { class: "details" }, rows.map(([k, v, wide]) => h("div", { class: wide }, h("dt", { text: k }), h("dd", {}, v))));
 }
 
 /** The timeline: one element with `data-seq` per event, deltas as spans of a text block. */
@@ -183,6 +192,7 @@ export function renderRun(main, runId) {
   let run = null;
   let pending = null; // the open run.waiting_for_input, if any
   let lastSeq = 0;
+  let ended = false;
   let replaySeq = null; // null: following live
   let replayToken = 0;
   let refreshTimer = null;
@@ -235,7 +245,11 @@ export function renderRun(main, runId) {
   function showPosition() {
     position.textContent = `seq ${slider.value} of ${lastSeq}`;
     live.hidden = replaySeq === null;
-    if (replaySeq === null) replayStatus.textContent = lastSeq ? `Following the run as it happens (seq ${lastSeq}).` : "";
+    if (replaySeq !== null) return;
+    delete replayStatus.dataset.status;
+    if (!lastSeq) replayStatus.textContent = "";
+    else if (ended) replayStatus.textContent = `All ${lastSeq} events. Move the slider to see the run as it stood at an earlier seq.`;
+    else replayStatus.textContent = `Following the run as it happens (seq ${lastSeq}).`;
   }
 
   async function replayTo(seq) {
@@ -283,6 +297,7 @@ export function renderRun(main, runId) {
   function onEvent(frame) {
     if (stopped) return;
     lastSeq = frame.seq;
+    ended = TERMINAL.has(frame.type);
     timeline.add(frame);
     slider.disabled = false;
     slider.min = "1";
@@ -293,7 +308,10 @@ export function renderRun(main, runId) {
     else if (frame.type === "run.input_provided" || TERMINAL.has(frame.type)) pending = null;
     if (frame.type !== "message.delta") {
       showInput();
-      if (run && TERMINAL.has(frame.type)) cancel.hidden = true;
+      if (run && STATUS_AFTER[frame.type] && run.status !== STATUS_AFTER[frame.type]) {
+        run = { ...run, status: STATUS_AFTER[frame.type] };
+        showHeader();
+      }
       refreshSoon();
     }
   }

@@ -144,6 +144,7 @@ def test_answering_a_question(console: Console, page: Page, shots: Any) -> None:
     answer = page.get_by_role("textbox", name="Answer")
     expect(answer).to_be_visible()
     expect(page.get_by_text("Which colour do you like?", exact=True).first).to_be_visible()
+    expect(page.locator(".page-head .status")).to_have_text("waiting for input")
     shots(page, "run-waiting-for-answer")
     answer.fill("teal")
     page.get_by_role("button", name="Send", exact=True).click()
