@@ -116,6 +116,7 @@ class Watched:
     def __init__(self) -> None:
         self.errors: list[str] = []
         self.dialogs: list[str] = []
+        self.urls: list[str] = []
         #: Console errors matching these are expected by the test (e.g. a refused connection
         #: while the server restarts, which Chromium itself logs).
         self.allowed: list[re.Pattern[str]] = []
@@ -139,6 +140,7 @@ def open_page(browser: Browser, viewport: dict[str, int]) -> tuple[Page, Watched
     page.on("console", watched.on_console)
     page.on("pageerror", lambda error: watched.errors.append(f"pageerror: {error}"))
     page.on("dialog", watched.on_dialog)
+    page.on("request", lambda request: watched.urls.append(request.url))
     return page, watched
 
 
@@ -154,6 +156,8 @@ def watched_page(
         page.context.close()
     assert not watched.dialogs, watched.dialogs
     assert not watched.unexpected(), watched.unexpected()
+    # The token travels in a header only, never in a URL.
+    assert not [url for url in watched.urls if KEY in url]
 
 
 @pytest.fixture

@@ -75,6 +75,9 @@ def test_sign_in_with_a_login_and_password(console: Console, page: Page) -> None
     assert token
     assert token != KEY
     assert token not in page.url
+    page.get_by_role("link", name="Threads").click()
+    expect(page.get_by_role("heading", name="Threads")).to_be_visible()
+    assert token not in console.server.log.read_text(encoding="utf-8")
 
 
 def start_api_run(console: Console, content: str, **body: Any) -> str:
