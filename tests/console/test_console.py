@@ -277,3 +277,14 @@ def test_every_page_fits_the_viewport(
         page.context.close()
     assert not watched.unexpected(), watched.unexpected()
     assert not watched.dialogs
+
+
+def test_a_failed_run_shows_its_error(console: Console, page: Page) -> None:
+    sign_in(page, console.url)
+    run_id = start_run(page, "/fail")
+    failed = wait_for_event(page, "run.failed")
+    run = console.get(f"/v1/runs/{run_id}")
+    assert run["status"] == "failed"
+    expect(failed).to_contain_text(f"{run['error_class']}: {run['error_message']}")
+    expect(page.locator(".error-box")).to_have_text(f"{run['error_class']}: {run['error_message']}")
+    expect(page.locator(".page-head .status")).to_have_text("failed")

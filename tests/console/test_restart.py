@@ -60,6 +60,11 @@ def test_the_timeline_survives_a_server_restart_without_gap_or_duplicate(
     assert cursors[0] == 0
     assert max(before_restart) in cursors[1:]
     # The answer was finished after the restart: the cut call is marked as replaced.
+    retried = [e["data"]["discarded_call"] for e in events if e["type"] == "run.retried"]
+    assert retried, [e["type"] for e in events]
+    replaced = timeline(page).locator(".assistant.replaced")
+    expect(replaced).to_have_count(len(retried))
+    assert replaced.evaluate_all("els => els.map(e => Number(e.dataset.call))") == retried
     expect(timeline(page).locator(".assistant:not(.replaced) .text").last).to_have_text(
         f"echo: {LONG}"
     )
