@@ -442,7 +442,7 @@ async def list_runs(request: web.Request) -> web.Response:
 async def get_run(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     run_id = path_id(request, "run_id")
-    as_of = query_seq(request, "as_of_seq", request.query.get("as_of_seq"))
+    as_of = query_seq("as_of_seq", request.query.get("as_of_seq"))
     row = await runtime.queries.run(principal(request).org_id, run_id)
     if row is None:
         raise NotFound("run not found")
@@ -516,9 +516,9 @@ async def submit_input(request: web.Request) -> web.Response:
 async def run_events(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     run_id = path_id(request, "run_id")
-    after_seq = query_seq(request, "after_seq", request.query.get("after_seq"))
+    after_seq = query_seq("after_seq", request.query.get("after_seq"))
     if after_seq is None:
-        after_seq = query_seq(request, "after_seq", request.headers.get("Last-Event-ID")) or 0
+        after_seq = query_seq("after_seq", request.headers.get("Last-Event-ID")) or 0
     follow_raw = request.query.get("follow", "1")
     if follow_raw not in {"0", "1", "true", "false"}:
         raise ValidationFailed("follow must be 0 or 1", code="validation.follow", field="follow")

@@ -19,6 +19,7 @@ from runs.events import (
     RunStarted,
     RunUsage,
     RunWaitingForInput,
+    run_id_of,
 )
 from runs.run import credits_for, ms_between
 
@@ -120,7 +121,7 @@ class RunsProjection(TableProjection):
 
     @staticmethod
     def _usage(conn: sqlite3.Connection, e: RunUsage, r: RecordedEvent) -> None:
-        run_id = r.stream.removeprefix("run-")
+        run_id = run_id_of(r.stream)
         row = conn.execute(
             "SELECT total_input_tokens, cache_read_tokens, cache_write_tokens, total_cost_usd,"
             " credits_multiplier FROM runs WHERE run_id = ?",
@@ -153,7 +154,7 @@ class RunsProjection(TableProjection):
         def apply(conn: sqlite3.Connection, e: DomainEvent, r: RecordedEvent) -> None:
             conn.execute(
                 "UPDATE runs SET status = ? WHERE run_id = ?",
-                (status, r.stream.removeprefix("run-")),
+                (status, run_id_of(r.stream)),
             )
 
         return apply
@@ -163,7 +164,7 @@ class RunsProjection(TableProjection):
         column = {"completed": "completed_at", "failed": "failed_at"}.get(status, "cancelled_at")
 
         def apply(conn: sqlite3.Connection, e: DomainEvent, r: RecordedEvent) -> None:
-            run_id = r.stream.removeprefix("run-")
+            run_id = run_id_of(r.stream)
             row = conn.execute("SELECT created_at FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             error_class, message = (
                 (e.error_class, e.message) if isinstance(e, RunFailed) else (None, None)

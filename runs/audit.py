@@ -10,9 +10,11 @@ from typing import TextIO
 
 import msgspec
 
+from eventstore import GENESIS_HASH
 from eventstore.schema import connect
 from eventstore.verify import verify_connection
 from projections import all_projections, diff_tables, rebuild, rebuild_in_place
+from runs.events import org_stream, run_stream, thread_stream
 
 __all__ = ["export_events", "progress_printer", "run_rebuild", "run_verify"]
 
@@ -122,17 +124,17 @@ def _streams(
     conn: sqlite3.Connection, run: str | None, thread: str | None, org: str | None
 ) -> list[str]:
     if run:
-        return [f"run-{run}"]
+        return [run_stream(run)]
     if thread:
         runs = conn.execute("SELECT run_id FROM runs WHERE thread_id = ?", (thread,)).fetchall()
-        return [f"thread-{thread}", *(f"run-{r[0]}" for r in runs)]
+        return [thread_stream(thread), *(run_stream(r[0]) for r in runs)]
     assert org is not None
     threads = conn.execute("SELECT thread_id FROM threads WHERE org_id = ?", (org,)).fetchall()
     runs = conn.execute("SELECT run_id FROM runs WHERE org_id = ?", (org,)).fetchall()
     return [
-        f"org-{org}",
-        *(f"thread-{t[0]}" for t in threads),
-        *(f"run-{r[0]}" for r in runs),
+        org_stream(org),
+        *(thread_stream(t[0]) for t in threads),
+        *(run_stream(r[0]) for r in runs),
     ]
 
 
@@ -151,8 +153,8 @@ def export_events(
         cursor = conn.execute(
             "SELECT e.position, e.stream, e.seq, e.type, e.data, e.created_at, e.hash,"
             " coalesce((SELECT p.hash FROM events p WHERE p.position = e.position - 1),"
-            " '0000000000000000000000000000000000000000000000000000000000000000')"
-            " FROM events e JOIN export_streams s ON s.stream = e.stream ORDER BY e.position"
+            " ?) FROM events e JOIN export_streams s ON s.stream = e.stream ORDER BY e.position",
+            (GENESIS_HASH,),
         )
         for row in cursor:
             yield (

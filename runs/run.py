@@ -32,7 +32,7 @@ from runs.events import (
 )
 
 __all__ = [
-    "ACTIVE_STATUSES",
+    "LIVE_STATUSES",
     "RUN_STATUSES",
     "TERMINAL_STATUSES",
     "RunState",
@@ -40,13 +40,13 @@ __all__ = [
     "decide_cancel",
     "decide_input",
     "evolve",
-    "fold",
     "fold_recorded",
 ]
 
 RUN_STATUSES = ("running", "waiting_for_input", "completed", "failed", "cancelled")
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
-ACTIVE_STATUSES = frozenset({"running", "waiting_for_input"})
+#: A live run holds its thread and a slot of its org's limit.
+LIVE_STATUSES = frozenset({"running", "waiting_for_input"})
 
 # Which event types each status accepts. Terminal statuses accept nothing: terminal is final.
 _ALLOWED: dict[str, frozenset[str]] = {
@@ -195,14 +195,6 @@ def evolve(state: RunState | None, event: DomainEvent, seq: int, at: str) -> Run
             state.waiting = None
         case _:
             pass
-    return state
-
-
-def fold(events: Iterable[tuple[DomainEvent, int, str]]) -> RunState | None:
-    """Fold ``(event, seq, created_at)`` triples from the start of a run."""
-    state: RunState | None = None
-    for event, seq, at in events:
-        state = evolve(state, event, seq, at)
     return state
 
 
