@@ -1,8 +1,8 @@
 """Fixtures for the console's browser tests: Debian's Chromium driven by Playwright, against
 the real server in a subprocess (the same one the durability tests start).
 
-One browser and one server for the whole session (tests make their own threads and runs, so
-they do not see each other's); each test gets a fresh browser context (its own
+One browser per module and one server for the whole session (tests make their own threads and
+runs, so they do not see each other's); each test gets a fresh browser context (its own
 sessionStorage) and fails if the page logged an error or opened a dialog.
 """
 
@@ -90,8 +90,10 @@ def stop_server(server: ServerProcess) -> None:
         server.terminate()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    # Module scope: while Playwright's sync API is open it keeps an event loop running on this
+    # thread, which the asyncio tests of later modules could not start theirs under.
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
