@@ -118,7 +118,7 @@ export function renderThread(main, threadId) {
       }
       replace(runs, threadRuns.map((r) => h("li", {},
         h("a", { href: `#/runs/${r.run_id}`, class: "mono", text: shortId(r.run_id) }), " ",
-        statusBadge(r.status), " ", h("span", { class: "meta", text: when(r.created_at) }))));
+        statusBadge(r.status), " ", h("span", { class: "hint", text: when(r.created_at) }))));
       // While a run is live its answer is still to come: look again shortly.
       if (thread.active_run_id) timer = setTimeout(load, REFRESH_MS);
     } catch (err) {
