@@ -1,4 +1,7 @@
-"""The append-only, hash-chained event log: the only source of truth (DESIGN.md §2)."""
+"""The append-only, hash-chained event log: the only source of truth.
+
+See docs/architecture.md, "The log".
+"""
 
 from eventstore.errors import (
     ConcurrencyError,

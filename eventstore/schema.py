@@ -12,8 +12,8 @@ __all__ = ["EVENT_COLUMNS", "SCHEMA", "configure", "connect", "iter_events"]
 EVENT_COLUMNS = "position, stream, seq, type, data, created_at, hash"
 
 # The log is one plain table so an auditor can read it with the sqlite3 shell. Append-only is
-# enforced by the database itself (DESIGN.md §2): the triggers abort any UPDATE or DELETE,
-# whoever issues it.
+# enforced by the database itself (docs/architecture.md, "Invariants"): the triggers abort any
+# UPDATE or DELETE, whoever issues it.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     position   INTEGER PRIMARY KEY,

@@ -197,7 +197,7 @@ class SQLiteEventStore:
                     if not pending.future.done():
                         pending.future.set_result(outcome)
             # Published only after the commit: a subscriber never sees an event that could
-            # still be lost (issue 6: "an event is sent only after its commit").
+            # still be lost.
             self.live.publish(committed)
         # Fail whatever arrived after the stop marker.
         while not self._queue.empty():

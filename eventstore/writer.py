@@ -1,7 +1,7 @@
 """The synchronous half of the group-commit writer.
 
 Everything here runs on the store's single writer thread, which owns the one write connection
-(STYLE.md: "one write connection; all writes are functions handed to it"). A batch — the head
+(docs/architecture.md, "The log"). A batch — the head
 read, every append's concurrency check, the inserts, the projections and their checkpoint, and
 the commit — is a single call on that thread, so a batch costs one thread hop and one fsync.
 """

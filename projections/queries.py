@@ -1,4 +1,4 @@
-"""Read queries over the projections. Every REST read goes through here (DESIGN.md §1).
+"""Read queries over the projections. Every REST read goes through here.
 
 Every query that returns an org's resource takes the caller's ``org_id``: a resource of another
 org is simply not found.

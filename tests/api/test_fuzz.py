@@ -1,4 +1,4 @@
-"""Schema-driven fuzzing (issue 7): schemathesis generates requests from ``GET /openapi.json``.
+"""Schema-driven fuzzing: schemathesis generates requests from ``GET /openapi.json``.
 
 The real app listens on a real TCP port (aiohttp's ``TestServer`` on its own event loop in a
 background thread); each operation gets positive and negative cases from the document,

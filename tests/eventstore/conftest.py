@@ -28,7 +28,7 @@ Opener = Callable[..., Awaitable[Any]]
 async def _open(backend: str, directory: Path, projections: Sequence[Projection] = ()) -> Any:
     """Open a store of ``backend`` whose data lives under ``directory``."""
     if backend == "sqlite":
-        # A real file in WAL mode, never ":memory:" (STYLE.md).
+        # A real file in WAL mode, never ":memory:".
         return await SQLiteEventStore.open(str(directory / "events.db"), projections)
     raise ValueError(f"unknown backend {backend!r}")
 

@@ -1,4 +1,4 @@
-"""Other processes: a writer killed mid-append, and several writers on one file (DESIGN.md §2)."""
+"""Other processes: a writer killed mid-append, and several writers on one file."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every read model rebuilt from the log equals the live one, row for row (issue 3, "Projections").
+"""Every read model rebuilt from the log equals the live one, row for row.
 
 The log is built through the HTTP API, so the live tables are exactly what the service wrote.
 """

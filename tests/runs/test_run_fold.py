@@ -1,4 +1,4 @@
-"""The run aggregate as a pure fold, checked with hypothesis (issue 3; STYLE.md).
+"""The run aggregate as a pure fold, checked with hypothesis.
 
 Random command sequences are turned into the events the executor and the ``decide`` functions
 produce. They must fold without error, terminal states must stay terminal, every event must
