@@ -202,7 +202,7 @@ def test_a_reply_with_markup_is_shown_as_text(
     assert watched.dialogs == []
 
 
-def test_replay_slider_shows_the_run_as_of_a_seq(console: Console, page: Page) -> None:
+def test_replay_slider_shows_the_run_as_of_a_seq(console: Console, page: Page, shots: Any) -> None:
     sign_in(page, console.url)
     run_id = start_run(page, "/ask Ready?")
     page.get_by_role("textbox", name="Answer").fill("yes")
@@ -219,6 +219,7 @@ def test_replay_slider_shows_the_run_as_of_a_seq(console: Console, page: Page) -
     expect(status).to_contain_text(f"At seq {waiting}: waiting for input")
     expect(status).to_have_attribute("data-status", then["status"])
     assert seqs_shown_visible(page) == list(range(1, waiting + 1))
+    shots(page, "run-replay")
     # The keyboard moves it too: one step right is the next seq.
     slider.focus()
     page.keyboard.press("ArrowRight")
