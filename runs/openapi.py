@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from projections.usage import USAGE_GROUPS
+from runs.console import ASSET_NAMES
 from runs.errors import ERROR_FAMILIES, ERROR_STATUS
 from runs.run import RUN_STATUSES
 from runs.schemas import (
@@ -412,6 +413,31 @@ OPERATIONS: tuple[Operation, ...] = (
             "`runs` counts the runs started in the period; tokens, `cost_usd` and `credits_used`"
             " are what model calls reported in the period. Rows are ordered by `key`."
         ),
+    ),
+    Operation(
+        "GET",
+        "/",
+        "console",
+        "The browser console (README.md, Console)",
+        200,
+        {"type": "string"},
+        auth=False,
+        media_type="text/html",
+        description="A page that signs in with a token and calls this API; no auth to load.",
+    ),
+    Operation(
+        "GET",
+        "/console/{name}",
+        "consoleFile",
+        "A file of the browser console (module, stylesheet)",
+        200,
+        {"type": "string"},
+        params=(
+            Param("name", "path", {"type": "string", "enum": list(ASSET_NAMES)}, "The file.", True),
+        ),
+        errors=(404,),
+        auth=False,
+        media_type="text/*",
     ),
 )
 
