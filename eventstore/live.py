@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 
 from eventstore.model import RecordedEvent
@@ -61,6 +61,14 @@ class LiveHub:
 
     def __init__(self) -> None:
         self._tails: dict[str, StreamTail] = {}
+        self._watchers: list[Callable[[Sequence[RecordedEvent]], None]] = []
+
+    def watch(self, callback: Callable[[Sequence[RecordedEvent]], None]) -> Callable[[], None]:
+        """Call ``callback`` with every committed batch (on the event loop, after the commit);
+        returns the function that stops it. For in-process workers that wake on commits
+        instead of polling; a callback must be quick and must not raise."""
+        self._watchers.append(callback)
+        return lambda: self._watchers.remove(callback)
 
     def acquire(self, stream: str) -> StreamTail:
         tail = self._tails.get(stream)
@@ -75,6 +83,10 @@ class LiveHub:
             del self._tails[stream]
 
     def publish(self, events: Iterable[RecordedEvent]) -> None:
+        if self._watchers:
+            events = list(events)
+            for callback in list(self._watchers):
+                callback(events)
         by_stream: dict[str, list[RecordedEvent]] = {}
         tails = self._tails
         for event in events:
