@@ -44,9 +44,7 @@ RESPONSE_TYPES = {
     ("GET", "/v1/webhook-endpoints", "200"): list[schemas.WebhookEndpoint],
     ("GET", "/v1/webhook-endpoints/{endpoint_id}", "200"): schemas.WebhookEndpoint,
     ("DELETE", "/v1/webhook-endpoints/{endpoint_id}", "200"): schemas.Ok,
-    ("GET", "/v1/webhook-endpoints/{endpoint_id}/deliveries", "200"): list[
-        schemas.WebhookDelivery
-    ],
+    ("GET", "/v1/webhook-endpoints/{endpoint_id}/deliveries", "200"): list[schemas.WebhookDelivery],
 }
 
 

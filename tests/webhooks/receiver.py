@@ -29,7 +29,7 @@ def readme_verifier() -> Callable[[str, bytes, str], bool]:
 class Received:
     headers: dict[str, str]
     body: bytes
-    status: int  # what the receiver answered
+    status: int  # what the receiver answered (0: held, no answer)
 
 
 class Receiver:
@@ -69,13 +69,13 @@ class Receiver:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         status = self.answers.pop(0) if self.answers else 200
+        received = Received(dict(request.headers), body, status)
+        self.received.append(received)
+        self._queue.put_nowait(received)
         if status == 0:
             self.held.set()
             await self._release.wait()
             status = 200
-        received = Received(dict(request.headers), body, status)
-        self.received.append(received)
-        self._queue.put_nowait(received)
         return web.Response(status=status, text="ok")
 
     async def next(self, timeout: float = 15.0) -> Received:

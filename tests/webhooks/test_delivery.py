@@ -255,3 +255,54 @@ async def test_deliveries_rebuild_identically_from_the_log(
     finally:
         live.close()
         scratch.close()
+
+
+async def test_a_private_target_is_not_sent_to_when_private_targets_are_not_allowed(
+    aiohttp_client: Any, make_app: Any, receiver: Receiver
+) -> None:
+    """An endpoint recorded while private targets were allowed (or a name that resolves
+    elsewhere later) is checked again on every delivery."""
+    from runs.events import WebhookEndpointCreated, encode_event, webhook_stream
+    from runs.ids import new_id
+    from tests.conftest import ADMIN_KEY
+
+    api = Api(await aiohttp_client(make_app(webhooks_retry_base_seconds=0.05)), ADMIN_KEY)
+    org_id = (await api.runtime.queries.api_key_by_hash(_sha(ADMIN_KEY)))["org_id"]
+    endpoint_id = new_id()
+    created = WebhookEndpointCreated(
+        endpoint_id=endpoint_id,
+        org_id=org_id,
+        url=receiver.url,
+        events=["run.completed"],
+        created_by_user_id="admin",
+    )
+    await api.runtime.store.append(webhook_stream(endpoint_id), [encode_event(created)], 0)
+    await api.start_run("hello")
+    rows = await _settled_or_tried(api, endpoint_id)
+    assert rows[0]["last_error"] is not None
+    assert "private" in rows[0]["last_error"]
+    assert rows[0]["last_response_code"] is None
+    assert receiver.received == []
+
+
+def _sha(key: str) -> str:
+    from runs.auth import key_sha256
+
+    return key_sha256(key)
+
+
+async def _settled_or_tried(api: Api, endpoint_id: str) -> list[dict[str, Any]]:
+    store = api.runtime.store
+    async with asyncio.timeout(15):
+        while True:
+            head = await store.head()
+            rows = await _deliveries(api, endpoint_id)
+            if rows and rows[0]["last_error"]:
+                return rows
+            changed = asyncio.Event()
+            unwatch = store.live.watch(lambda _: changed.set())
+            try:
+                if await store.head() == head:
+                    await changed.wait()
+            finally:
+                unwatch()
