@@ -3,6 +3,7 @@ waiting for its retry — and see both delivered after the restart under the sam
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from pathlib import Path
@@ -44,6 +45,11 @@ async def test_pending_deliveries_survive_sigkill_under_the_same_delivery_id(
             first_held = await held.next(timeout=30)
             first_failed = await failing.next(timeout=30)
             assert (first_held.status, first_failed.status) == (0, 500)
+            # Kill once the failure is recorded (and its retry scheduled), not before.
+            path = f"/v1/webhook-endpoints/{endpoints['failing']['id']}/deliveries"
+            async with asyncio.timeout(30):
+                while (await client.call("GET", path))[1][0]["last_response_code"] != 500:
+                    await asyncio.sleep(0.02)
             server.kill()
 
             await server.start()
