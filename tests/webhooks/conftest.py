@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -36,3 +37,39 @@ async def register(api: Api, url: str, **body: Any) -> dict[str, Any]:
         "POST", "/v1/webhook-endpoints", json={"url": url, **body}, expect=201
     )
     return dict(endpoint)
+
+
+async def deliveries(api: Api, endpoint_id: str) -> list[dict[str, Any]]:
+    _, rows = await api.request(
+        "GET", f"/v1/webhook-endpoints/{endpoint_id}/deliveries", expect=200
+    )
+    return list(rows)
+
+
+async def deliveries_when(
+    api: Api,
+    endpoint_id: str,
+    done: Callable[[list[dict[str, Any]]], bool],
+    timeout: float = 15.0,
+) -> list[dict[str, Any]]:
+    """The endpoint's deliveries once ``done`` holds for them. Every change to a delivery is
+    an append, so this waits for the log's next commit rather than sleeping."""
+    changed = asyncio.Event()
+    unwatch = api.runtime.store.live.watch(lambda _: changed.set())
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                changed.clear()  # armed before the read: a commit during it is not missed
+                rows = await deliveries(api, endpoint_id)
+                if done(rows):
+                    return rows
+                await changed.wait()
+    finally:
+        unwatch()
+
+
+async def settled(api: Api, endpoint_id: str, count: int) -> list[dict[str, Any]]:
+    """The endpoint's deliveries once ``count`` of them are no longer pending."""
+    return await deliveries_when(
+        api, endpoint_id, lambda rows: sum(r["status"] != "pending" for r in rows) >= count
+    )

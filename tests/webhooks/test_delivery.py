@@ -3,14 +3,14 @@ retries, ordering, 410, and what the log records."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 from projections import all_projections, diff_tables, rebuild
 from tests.conftest import Api
-from tests.webhooks.conftest import register
+from tests.webhooks.conftest import deliveries, deliveries_when, register, settled
 from tests.webhooks.receiver import Receiver, readme_verifier
 
 verify = readme_verifier()
@@ -26,32 +26,6 @@ def _log(db: str, stream_prefix: str) -> list[tuple[Any, ...]]:
         ).fetchall()
     finally:
         conn.close()
-
-
-async def _deliveries(api: Api, endpoint_id: str) -> list[dict[str, Any]]:
-    _, rows = await api.request(
-        "GET", f"/v1/webhook-endpoints/{endpoint_id}/deliveries", expect=200
-    )
-    return list(rows)
-
-
-async def _settled(api: Api, endpoint_id: str, count: int) -> list[dict[str, Any]]:
-    """The endpoint's deliveries once ``count`` of them are no longer pending (each outcome
-    is appended to the log, so wait on the log's next commit rather than sleeping)."""
-    store = api.runtime.store
-    async with asyncio.timeout(15):
-        while True:
-            head = await store.head()
-            rows = await _deliveries(api, endpoint_id)
-            if len([r for r in rows if r["status"] != "pending"]) >= count:
-                return rows
-            changed = asyncio.Event()
-            unwatch = store.live.watch(lambda _: changed.set())
-            try:
-                if await store.head() == head:
-                    await changed.wait()
-            finally:
-                unwatch()
 
 
 async def test_every_event_type_is_delivered_signed_in_order(
@@ -106,7 +80,7 @@ async def test_every_event_type_is_delivered_signed_in_order(
     other = await register(api, receiver.url)
     assert not verify(other["secret"], first.body, signature)
 
-    rows = await _settled(api, endpoint["id"], 4)
+    rows = await settled(api, endpoint["id"], 4)
     assert {r["status"] for r in rows} == {"succeeded"}
     assert all(r["attempts"] == 1 and r["last_response_code"] == 200 for r in rows)
     assert all(r["next_attempt_at"] is None for r in rows)
@@ -124,7 +98,7 @@ async def test_two_failures_then_success_is_three_attempts_under_one_id(
     assert len(ids) == 1
     assert len({r.body for r in got}) == 1  # the same bytes each time; only t is new
 
-    (row,) = await _settled(api, endpoint["id"], 1)
+    (row,) = await settled(api, endpoint["id"], 1)
     assert row["id"] in ids
     assert row["run_id"] == run_id
     assert row["type"] == "run.completed"
@@ -149,7 +123,7 @@ async def test_two_failures_then_success_is_three_attempts_under_one_id(
     assert datas[1]["gave_up"] is False
     assert datas[5]["status_code"] == 200
     # No secret in the log: not the endpoint's, not the service key's.
-    assert endpoint["secret"].encode() not in open(db_path, "rb").read()  # noqa: ASYNC230
+    assert endpoint["secret"].encode() not in Path(db_path).read_bytes()
 
 
 async def test_a_runs_next_event_waits_for_the_previous_delivery(
@@ -176,7 +150,7 @@ async def test_410_disables_the_endpoint_and_cancels_what_was_pending(
     _, run_id = await api.start_run("/ask which one?")
     gone = await receiver.next()
     assert gone.status == 410
-    (row,) = await _settled(api, endpoint["id"], 1)
+    (row,) = await settled(api, endpoint["id"], 1)
     assert row["status"] == "failed"
     assert row["last_response_code"] == 410
     _, shown = await api.request("GET", f"/v1/webhook-endpoints/{endpoint['id']}", expect=200)
@@ -185,7 +159,7 @@ async def test_410_disables_the_endpoint_and_cancels_what_was_pending(
     # Nothing more is sent: the run's completion makes no delivery.
     await api.request("POST", f"/v1/runs/{run_id}/input", json={"content": "x"}, expect=200)
     await api.wait_for(run_id)
-    assert len(await _deliveries(api, endpoint["id"])) == 1
+    assert len(await deliveries(api, endpoint["id"])) == 1
     assert len(receiver.received) == 1
 
 
@@ -201,7 +175,7 @@ async def test_a_delivery_gives_up_after_the_retry_window(
     receiver.answers = [500] * 100
     endpoint = await register(api, receiver.url, events=["run.completed"])
     await api.start_run("hello")
-    (row,) = await _settled(api, endpoint["id"], 1)
+    (row,) = await settled(api, endpoint["id"], 1)
     assert row["status"] == "failed"
     assert row["last_response_code"] == 500
     assert row["next_attempt_at"] is None
@@ -214,21 +188,11 @@ async def test_unreachable_receiver_is_recorded_with_the_error_and_next_attempt(
     await receiver.stop()  # nothing listens on its port any more
     endpoint = await register(api, receiver.url, events=["run.completed"])
     await api.start_run("hello")
-    store = api.runtime.store
-    async with asyncio.timeout(15):
-        while True:
-            head = await store.head()
-            rows = await _deliveries(api, endpoint["id"])
-            if rows and rows[0]["attempts"] >= 2 and rows[0]["last_error"]:
-                break
-            changed = asyncio.Event()
-            unwatch = store.live.watch(lambda _: changed.set())
-            try:
-                if await store.head() == head:
-                    await changed.wait()
-            finally:
-                unwatch()
-    row = rows[0]
+    (row,) = await deliveries_when(
+        api,
+        endpoint["id"],
+        lambda rows: bool(rows and rows[0]["attempts"] >= 2 and rows[0]["last_error"]),
+    )
     assert row["status"] == "pending"
     assert row["last_response_code"] is None
     assert "Connect" in row["last_error"] or "connect" in row["last_error"]
@@ -240,10 +204,10 @@ async def test_deliveries_rebuild_identically_from_the_log(
 ) -> None:
     receiver.answers = [500]
     endpoint = await register(api, receiver.url)
-    _, run_id = await api.start_run("hello")
+    await api.start_run("hello")
     await receiver.next()
     await receiver.next()
-    await _settled(api, endpoint["id"], 1)
+    await settled(api, endpoint["id"], 1)
     await api.request("DELETE", f"/v1/webhook-endpoints/{endpoint['id']}", expect=200)
     live = sqlite3.connect(db_path)
     scratch = sqlite3.connect(tmp_path / "scratch.db")
@@ -278,7 +242,9 @@ async def test_a_private_target_is_not_sent_to_when_private_targets_are_not_allo
     )
     await api.runtime.store.append(webhook_stream(endpoint_id), [encode_event(created)], 0)
     await api.start_run("hello")
-    rows = await _settled_or_tried(api, endpoint_id)
+    rows = await deliveries_when(
+        api, endpoint_id, lambda rows: bool(rows and rows[0]["last_error"])
+    )
     assert rows[0]["last_error"] is not None
     assert "private" in rows[0]["last_error"]
     assert rows[0]["last_response_code"] is None
@@ -289,20 +255,3 @@ def _sha(key: str) -> str:
     from runs.auth import key_sha256
 
     return key_sha256(key)
-
-
-async def _settled_or_tried(api: Api, endpoint_id: str) -> list[dict[str, Any]]:
-    store = api.runtime.store
-    async with asyncio.timeout(15):
-        while True:
-            head = await store.head()
-            rows = await _deliveries(api, endpoint_id)
-            if rows and rows[0]["last_error"]:
-                return rows
-            changed = asyncio.Event()
-            unwatch = store.live.watch(lambda _: changed.set())
-            try:
-                if await store.head() == head:
-                    await changed.wait()
-            finally:
-                unwatch()
