@@ -287,7 +287,14 @@ class DeliveryWorker:
             delivery_stream(delivery_id), [encode_event(outcome)], claimed[-1].seq
         )
         try:
-            await self.store.append_many([recorded, *also])
+            try:
+                await self.store.append_many([recorded, *also])
+            except ConcurrencyError:
+                if not also:
+                    raise
+                # The endpoint changed meanwhile (disabled by another delivery's 410, or
+                # deleted): this attempt's outcome is still recorded.
+                await self.store.append_many([recorded])
         except ConcurrencyError:
             # Our claim lapsed and another worker took the delivery (or the endpoint changed
             # meanwhile): what we sent counts as one more "at least once".
