@@ -122,8 +122,12 @@ async def test_two_failures_then_success_is_three_attempts_under_one_id(
     assert datas[1]["retry_at"] is not None
     assert datas[1]["gave_up"] is False
     assert datas[5]["status_code"] == 200
-    # No secret in the log: not the endpoint's, not the service key's.
-    assert endpoint["secret"].encode() not in Path(db_path).read_bytes()
+    # The secret is nowhere in the log's files (the WAL included), nor in any event.
+    files = [Path(db_path), Path(f"{db_path}-wal")]
+    raw = b"".join(f.read_bytes() for f in files if f.exists())
+    assert b"run.completed" in raw  # the files do hold the events, as plain text
+    assert endpoint["secret"].encode() not in raw
+    assert endpoint["secret"][len("whsec_") :].encode() not in raw
 
 
 async def test_a_runs_next_event_waits_for_the_previous_delivery(
@@ -255,3 +259,19 @@ def _sha(key: str) -> str:
     from runs.auth import key_sha256
 
     return key_sha256(key)
+
+
+async def test_a_receiver_that_does_not_answer_slows_no_run(api: Api, receiver: Receiver) -> None:
+    receiver.answers = [0] * 3  # each request is held open until released
+    endpoint = await register(api, receiver.url, events=["run.completed"])
+    runs = [(await api.start_run(f"run {i}"))[1] for i in range(3)]
+    for run_id in runs:
+        assert (await api.wait_for(run_id, timeout=5))["status"] == "completed"
+    # Their deliveries are in flight meanwhile, and new work is taken as usual.
+    for _ in runs:
+        assert (await receiver.next()).status == 0
+    _, more = await api.start_run("one more")
+    assert (await api.wait_for(more, timeout=5))["status"] == "completed"
+    receiver.release()
+    rows = await settled(api, endpoint["id"], 4)
+    assert [r["status"] for r in rows] == ["succeeded"] * 4
