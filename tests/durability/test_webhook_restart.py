@@ -71,6 +71,12 @@ async def test_pending_deliveries_survive_sigkill_under_the_same_delivery_id(
                 (row,) = rows
                 assert row["id"] == after.headers["Runlog-Delivery"]
                 assert row["attempts"] == 2
+
+            # SIGTERM with an attempt in flight: the service still stops cleanly, and the
+            # attempt's outcome (here, the receiver's silence) is in the log.
+            held.answers = [0]
+            await client.start_run("one more")
+            assert (await held.next(timeout=30)).status == 0
         assert server.terminate() == 0
     finally:
         if server.process is not None and server.process.poll() is None:
@@ -80,11 +86,21 @@ async def test_pending_deliveries_survive_sigkill_under_the_same_delivery_id(
 
     conn = sqlite3.connect(server.db)
     try:
+        first = [f"delivery-{r.headers['Runlog-Delivery']}" for r in (first_held, first_failed)]
         streams = conn.execute(
-            "SELECT stream, group_concat(type, ' ') FROM events WHERE stream LIKE 'delivery-%'"
-            " GROUP BY stream"
+            "SELECT stream, group_concat(type, ' ') FROM events WHERE stream IN (?, ?)"
+            " GROUP BY stream",
+            first,
         ).fetchall()
-        statuses = conn.execute("SELECT status FROM webhook_deliveries").fetchall()
+        statuses = conn.execute(
+            "SELECT status FROM webhook_deliveries WHERE delivery_id IN (?, ?)",
+            [s.removeprefix("delivery-") for s in first],
+        ).fetchall()
+        cut = conn.execute(
+            "SELECT status, last_error FROM webhook_deliveries WHERE endpoint_id = ?"
+            " AND delivery_id NOT IN (?, ?)",
+            [endpoints["held"]["id"], *(s.removeprefix("delivery-") for s in first)],
+        ).fetchall()
     finally:
         conn.close()
     assert sorted(types for _, types in streams) == sorted(
@@ -97,6 +113,7 @@ async def test_pending_deliveries_survive_sigkill_under_the_same_delivery_id(
         ]
     )
     assert statuses == [("succeeded",), ("succeeded",)]
+    assert cut == [("pending", "no answer within 2 s")]
     for command in (("verify",), ("rebuild", "--check")):
         result = server.cli(*command)
         assert result.returncode == 0, result.stdout + result.stderr
