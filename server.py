@@ -163,7 +163,10 @@ class Runtime:
                 max_live_runs_per_org=self.config.max_live_runs_per_org,
             )
             self.webhooks = WebhookService(
-                self.store, self.secret, allow_private=self.config.webhooks_allow_private
+                self.store,
+                self.secret,
+                allow_private=self.config.webhooks_allow_private,
+                max_per_org=self.config.webhooks_max_endpoints_per_org,
             )
             self.mcp_servers.start(self.personas.by_id.values())
             await self.supervisor.resume_all()

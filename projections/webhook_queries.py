@@ -49,6 +49,14 @@ class WebhookQueries:
         )
         return [_endpoint(r) for r in rows]
 
+    async def endpoint_count(self, org_id: str) -> int:
+        """Endpoints of the org that are not deleted (disabled ones count: they can be)."""
+        row = await self.store.fetch_one(
+            "SELECT count(*) FROM webhook_endpoints WHERE org_id = ? AND status <> 'deleted'",
+            (org_id,),
+        )
+        return int(row[0]) if row else 0
+
     async def deliveries(
         self, endpoint_id: str, limit: int, before: str | None
     ) -> list[dict[str, Any]]:

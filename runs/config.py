@@ -88,6 +88,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Webhook targets in loopback and private ranges are refused unless this is true (it is
     #: what lets a receiver on this machine, as in local tests, get deliveries).
     webhooks_allow_private: bool = False
+    #: Each endpoint adds a row to every matching run event's append: the count is bounded.
+    webhooks_max_endpoints_per_org: int = 20
     #: An attempt succeeds if the endpoint answers 2xx within this time.
     webhooks_timeout_seconds: float = 10.0
     #: Retries wait base * 2**(attempt - 1) seconds, at most the max delay, and stop this long

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 from collections.abc import Sequence
 from typing import Any
 
 from eventstore import ConcurrencyError, SQLiteEventStore
 from projections.webhook_queries import WebhookQueries
-from runs.errors import Conflict, NotFound, ValidationFailed
+from runs.errors import Conflict, NotFound, PolicyError, ValidationFailed
 from runs.events import (
     WebhookEndpointCreated,
     WebhookEndpointDeleted,
@@ -24,11 +26,23 @@ _CONFLICT_RETRIES = 5
 
 
 class WebhookService:
-    def __init__(self, store: SQLiteEventStore, service_key: bytes, *, allow_private: bool) -> None:
+    def __init__(
+        self,
+        store: SQLiteEventStore,
+        service_key: bytes,
+        *,
+        allow_private: bool,
+        max_per_org: int = 20,
+    ) -> None:
         self.store = store
         self.queries = WebhookQueries(store)
         self.service_key = service_key
         self.allow_private = allow_private
+        self.max_per_org = max_per_org
+        # Creation in one org is serialised so the limit is exact within this process.
+        self._org_locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(
+            asyncio.Lock
+        )
 
     def secret_of(self, endpoint_id: str) -> str:
         return endpoint_secret(self.service_key, endpoint_id)
@@ -53,7 +67,15 @@ class WebhookService:
             created_by_user_id=user_id,
             description=description,
         )
-        await self.store.append(webhook_stream(endpoint_id), [encode_event(created)], 0)
+        async with self._org_locks[org_id]:
+            if await self.queries.endpoint_count(org_id) >= self.max_per_org:
+                raise PolicyError(
+                    f"the org has {self.max_per_org} webhook endpoints, the most it may have;"
+                    " delete one first",
+                    code="policy.webhook_endpoint_limit",
+                    limit=self.max_per_org,
+                )
+            await self.store.append(webhook_stream(endpoint_id), [encode_event(created)], 0)
         row = await self.queries.endpoint(org_id, endpoint_id)
         assert row is not None
         return row, self.secret_of(endpoint_id)

@@ -149,3 +149,29 @@ async def test_the_delivery_resolver_keeps_only_public_addresses() -> None:
             await resolver.resolve("localhost", 80)
     finally:
         await resolver.close()
+
+
+async def test_an_org_has_at_most_the_configured_number_of_endpoints(
+    aiohttp_client: Any, make_app: Any
+) -> None:
+    from tests.conftest import ADMIN_KEY
+
+    api = Api(
+        await aiohttp_client(
+            make_app(webhooks_allow_private=True, webhooks_max_endpoints_per_org=2)
+        ),
+        ADMIN_KEY,
+    )
+    first = await register(api, "http://127.0.0.1:9/1")
+    await register(api, "http://127.0.0.1:9/2")
+    status, error = await api.request("POST", HOOKS, json={"url": "http://127.0.0.1:9/3"})
+    assert (status, error["code"], error["details"]["limit"]) == (
+        422,
+        "policy.webhook_endpoint_limit",
+        2,
+    )
+    # Another org has its own count; a deleted endpoint frees its place.
+    other = await api.new_org_key()
+    await api.request("POST", HOOKS, json={"url": "http://127.0.0.1:9/o"}, key=other, expect=201)
+    await api.request("DELETE", f"{HOOKS}/{first['id']}", expect=200)
+    await register(api, "http://127.0.0.1:9/3")
