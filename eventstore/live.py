@@ -10,6 +10,7 @@ behind the bounded window it reads the log again; no per-connection buffer grows
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
@@ -17,6 +18,8 @@ from itertools import islice
 from eventstore.model import RecordedEvent
 
 __all__ = ["LiveHub", "StreamTail"]
+
+_log = logging.getLogger("runlog.eventstore")
 
 #: How many recent events of a followed stream are kept in memory for live subscribers.
 TAIL_WINDOW = 512
@@ -86,7 +89,10 @@ class LiveHub:
         if self._watchers:
             events = list(events)
             for callback in list(self._watchers):
-                callback(events)
+                try:
+                    callback(events)
+                except Exception:  # a watcher must never stop the writer
+                    _log.exception("live.watcher_failed")
         by_stream: dict[str, list[RecordedEvent]] = {}
         tails = self._tails
         for event in events:
