@@ -79,8 +79,9 @@ from runs.startup import bootstrap, load_secret, record_personas
 from runs.supervisor import Supervisor
 from runs.tools import Tool, ToolRegistry, load_tool_modules, persona_allows
 from runs.webhooks.handlers import WebhookHandlers
+from runs.webhooks.sender import Retry
 from runs.webhooks.service import WebhookService
-from runs.webhooks.worker import DeliveryWorker, Retry
+from runs.webhooks.worker import DeliveryWorker
 
 __all__ = ["RUNTIME", "Runtime", "create_app"]
 

@@ -16,16 +16,12 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import ipaddress
 import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
-import msgspec
 import structlog
 
 from eventstore import (
@@ -36,7 +32,6 @@ from eventstore import (
     StoreClosedError,
 )
 from projections.webhook_queries import WebhookQueries
-from runs.errors import RunsError
 from runs.events import (
     DomainEvent,
     WebhookDeliveryAttemptFailed,
@@ -48,53 +43,16 @@ from runs.events import (
     run_stream,
     webhook_stream,
 )
-from runs.webhooks.signing import DEFAULT_EVENTS, endpoint_secret, signature_header
-from runs.webhooks.targets import PublicResolver, host_of, is_public_address
+from runs.webhooks.sender import Retry, Sender, body_of, epoch, stamp
+from runs.webhooks.signing import DEFAULT_EVENTS, endpoint_secret
 
-__all__ = ["DeliveryBody", "DeliveryWorker", "Retry", "stamp"]
+__all__ = ["CONCURRENCY", "DeliveryWorker"]
 
 log = structlog.get_logger("runlog.webhooks")
 
 #: Deliveries attempted at once by one process.
 CONCURRENCY = 16
 _SCAN = 200
-_ERROR_CHARS = 300
-_USER_AGENT = "runlog-webhooks/1"
-
-
-class DeliveryBody(msgspec.Struct):
-    """What is POSTed: the run event, with the delivery's id (README, "Webhooks")."""
-
-    id: str
-    type: str
-    run_id: str
-    thread_id: str
-    org_id: str
-    seq: int
-    created_at: str
-    data: msgspec.Raw
-
-
-class Retry(msgspec.Struct, frozen=True):
-    """Exponential backoff: ``base * 2**(attempt - 1)`` seconds, capped, for a limited time."""
-
-    base_s: float = 10.0
-    max_delay_s: float = 3600.0
-    give_up_after_s: float = 86400.0
-
-    def delay(self, attempt: int) -> float:
-        return float(min(self.base_s * 2 ** min(attempt - 1, 60), self.max_delay_s))
-
-
-def stamp(epoch: float) -> str:
-    """``epoch`` in the log's timestamp format (RFC 3339, milliseconds, UTC): such strings
-    compare in time order."""
-    moment = datetime.fromtimestamp(epoch, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def _epoch(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 _WAKING_TYPES = frozenset(DEFAULT_EVENTS)
@@ -126,17 +84,14 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._sender: Sender | None = None
         self._unwatch: Callable[[], None] | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            resolver=None if self.allow_private else PublicResolver(), limit=CONCURRENCY
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector, headers={"User-Agent": _USER_AGENT}
+        self._sender = Sender(
+            timeout_s=self.timeout_s, allow_private=self.allow_private, connections=CONCURRENCY
         )
         self._unwatch = self.store.live.watch(self._on_commit)
         self._task = asyncio.create_task(self._loop(), name="runlog-webhooks")
@@ -159,9 +114,9 @@ class DeliveryWorker:
                 task.cancel()
             if late:
                 await asyncio.wait(late)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._sender is not None:
+            await self._sender.close()
+            self._sender = None
 
     def _on_commit(self, events: Sequence[RecordedEvent]) -> None:
         if not self._wake.is_set() and any(_wakes(e) for e in events):
@@ -191,7 +146,7 @@ class DeliveryWorker:
             delivery_id = row["delivery_id"]
             if delivery_id in self._inflight:
                 continue
-            due = _epoch(row["next_attempt_at"])
+            due = epoch(row["next_attempt_at"])
             if due > now:
                 return due - now
             if len(self._inflight) >= CONCURRENCY:
@@ -242,7 +197,8 @@ class DeliveryWorker:
         body = await self._body(row)
         signed_at = int(time.time())
         secret = endpoint_secret(self.service_key, row["endpoint_id"])
-        status, error, duration_ms = await self._send(
+        assert self._sender is not None
+        status, error, duration_ms = await self._sender.send(
             endpoint["url"], secret, delivery_id, body, signed_at
         )
         common: dict[str, Any] = {
@@ -275,7 +231,7 @@ class DeliveryWorker:
             )
         else:
             retry_at = time.time() + self.retry.delay(attempt)
-            gave_up = retry_at > _epoch(row["created_at"]) + self.retry.give_up_after_s
+            gave_up = retry_at > epoch(row["created_at"]) + self.retry.give_up_after_s
             outcome = WebhookDeliveryAttemptFailed(
                 status_code=status,
                 error=error or f"HTTP {status}",
@@ -305,54 +261,4 @@ class DeliveryWorker:
     async def _body(self, row: dict[str, Any]) -> bytes:
         stream = run_stream(row["run_id"])
         (event,) = await self.store.read_stream(stream, row["run_seq"] - 1, 1)
-        return msgspec.json.encode(
-            DeliveryBody(
-                id=row["delivery_id"],
-                type=event.type,
-                run_id=row["run_id"],
-                thread_id=row["thread_id"],
-                org_id=row["org_id"],
-                seq=event.seq,
-                created_at=event.created_at,
-                data=msgspec.Raw(event.data.encode()),
-            )
-        )
-
-    async def _send(
-        self, url: str, secret: str, delivery_id: str, body: bytes, signed_at: int
-    ) -> tuple[int | None, str | None, int]:
-        """POST the body: ``(status, error, duration_ms)``; no status when none came back."""
-        assert self._session is not None
-        headers = {
-            "Content-Type": "application/json",
-            "Runlog-Signature": signature_header(secret, signed_at, body),
-            "Runlog-Delivery": delivery_id,
-        }
-        started = time.perf_counter()
-        status: int | None = None
-        error: str | None = None
-        try:
-            self._check_literal_host(url)
-            async with self._session.post(
-                url,
-                data=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                allow_redirects=False,
-            ) as response:
-                status = response.status
-        except TimeoutError:
-            error = f"no answer within {self.timeout_s:g} s"
-        except (aiohttp.ClientError, OSError, RunsError) as exc:
-            error = f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS]
-        return status, error, round((time.perf_counter() - started) * 1000)
-
-    def _check_literal_host(self, url: str) -> None:
-        """An address literal never reaches the resolver: check it here."""
-        if self.allow_private:
-            return
-        host = host_of(url)
-        with contextlib.suppress(ValueError):
-            ipaddress.ip_address(host)
-            if not is_public_address(host):
-                raise OSError(f"{host} is a loopback, private or reserved address")
+        return body_of(row["delivery_id"], event, row["thread_id"], row["org_id"])

@@ -8,8 +8,8 @@ import hmac
 import time
 
 from runs.ids import is_id
+from runs.webhooks.sender import Retry, stamp
 from runs.webhooks.signing import delivery_id_for, endpoint_secret, signature_header
-from runs.webhooks.worker import Retry, stamp
 from tests.webhooks.receiver import readme_verifier
 
 verify = readme_verifier()
