@@ -10,6 +10,7 @@ from projections.rebuild import diff_tables, rebuild, rebuild_in_place, table_ro
 from projections.runs import RUN_COLUMNS, RunsProjection
 from projections.threads import ThreadsProjection
 from projections.usage import USAGE_GROUPS, UsageProjection
+from projections.webhooks import WebhooksProjection
 
 __all__ = [
     "RUN_COLUMNS",
@@ -19,6 +20,7 @@ __all__ = [
     "RunsProjection",
     "ThreadsProjection",
     "UsageProjection",
+    "WebhooksProjection",
     "all_projections",
     "diff_tables",
     "rebuild",
@@ -28,11 +30,13 @@ __all__ = [
 
 
 def all_projections() -> list[Projection]:
-    """Every read model of the service, in the order they are applied."""
+    """Every read model of the service, in the order they are applied (webhooks reads the
+    runs table, so it comes after runs)."""
     return [
         AccountsProjection(),
         PersonasProjection(),
         ThreadsProjection(),
         RunsProjection(),
         UsageProjection(),
+        WebhooksProjection(),
     ]
