@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from runs.config import load_config
 from server import RUNTIME, Runtime, create_app
+from tests.postgres import session_database
 
 ADMIN_KEY = "rl_test_admin_key_0123456789abcdefghijklmnop"
 
@@ -133,3 +134,9 @@ def make_app(db_path: str) -> Callable[..., web.Application]:
 async def api(aiohttp_client: Any, make_app: Callable[..., web.Application]) -> Api:
     client = await aiohttp_client(make_app())
     return Api(client, ADMIN_KEY)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Any:
+    """A fresh PostgreSQL database for this test session (dropped at its end)."""
+    yield from session_database()
