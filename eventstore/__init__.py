@@ -10,8 +10,10 @@ from eventstore.backends import (
     log_exists,
     open_event_store,
 )
+from eventstore.copy import copy_log
 from eventstore.errors import (
     ConcurrencyError,
+    CopyError,
     EventStoreError,
     SchemaVersionError,
     StorageError,
@@ -41,6 +43,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AppendRequest",
     "ConcurrencyError",
+    "CopyError",
     "Database",
     "EventStore",
     "EventStoreError",
@@ -57,6 +60,7 @@ __all__ = [
     "canonical_bytes",
     "chain_hash",
     "connect_database",
+    "copy_log",
     "describe",
     "is_postgres_url",
     "log_exists",

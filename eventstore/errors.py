@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConcurrencyError",
+    "CopyError",
     "EventStoreError",
     "SchemaVersionError",
     "StorageError",
@@ -47,3 +48,7 @@ class SchemaVersionError(EventStoreError):
         )
         self.found = found
         self.supported = supported
+
+
+class CopyError(EventStoreError):
+    """``copy_log`` refused: the target is not empty, or the source fails verification."""

@@ -261,7 +261,5 @@ class GroupCommitStore:
 
 
 _COLUMNS = "position, stream, seq, type, data, created_at, hash"
-_READ_STREAM = (
-    f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?"
-)
+_READ_STREAM = f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?"
 _READ_ALL = f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"

@@ -93,9 +93,7 @@ def verify_events(
     )
 
 
-def verify_database(
-    db: Database, progress: Callable[[int], None] | None = None
-) -> VerifyReport:
+def verify_database(db: Database, progress: Callable[[int], None] | None = None) -> VerifyReport:
     """Verify the log behind a connection of any backend, read in one snapshot."""
     db.begin_snapshot()
     try:

@@ -228,10 +228,7 @@ class BatchWriter:
         if not self._projections:
             return
         db = self._db
-        checkpoints = {
-            name: position
-            for name, position in db.fetch_all("SELECT name, position FROM projection_checkpoints")
-        }
+        checkpoints = dict(db.fetch_all("SELECT name, position FROM projection_checkpoints"))
         for projection in self._projections:
             done = checkpoints.get(projection.name, 0)
             if done >= head_position:
@@ -242,4 +239,3 @@ class BatchWriter:
                 "UPDATE projection_checkpoints SET position = ? WHERE name = ?",
                 (head_position, projection.name),
             )
-

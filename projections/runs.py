@@ -6,9 +6,7 @@ Written with plain SQL per event type; a test checks it against the pure fold in
 
 from __future__ import annotations
 
-import sqlite3
-
-from eventstore import RecordedEvent
+from eventstore import RecordedEvent, SqlConnection
 from projections.base import Handler, TableProjection
 from runs.events import (
     DomainEvent,
@@ -99,7 +97,7 @@ class RunsProjection(TableProjection):
         }
 
     @staticmethod
-    def _started(conn: sqlite3.Connection, e: RunStarted, r: RecordedEvent) -> None:
+    def _started(conn: SqlConnection, e: RunStarted, r: RecordedEvent) -> None:
         conn.execute(
             "INSERT INTO runs (run_id, org_id, thread_id, status, route_id, model, persona_id,"
             " trace_id, created_by_user_id, created_at, credits_multiplier)"
@@ -119,13 +117,14 @@ class RunsProjection(TableProjection):
         )
 
     @staticmethod
-    def _usage(conn: sqlite3.Connection, e: RunUsage, r: RecordedEvent) -> None:
+    def _usage(conn: SqlConnection, e: RunUsage, r: RecordedEvent) -> None:
         run_id = r.stream.removeprefix("run-")
-        row = conn.execute(
+        row = conn.fetch_one(
             "SELECT total_input_tokens, cache_read_tokens, cache_write_tokens, total_cost_usd,"
             " credits_multiplier FROM runs WHERE run_id = ?",
             (run_id,),
-        ).fetchone()
+        )
+        assert row is not None, f"run.usage before run.started in {r.stream}"
         inputs = row[0] + e.input_tokens
         reads = row[1] + e.cache_read_tokens
         writes = row[2] + e.cache_write_tokens
@@ -150,7 +149,7 @@ class RunsProjection(TableProjection):
 
     @staticmethod
     def _status(status: str) -> Handler:
-        def apply(conn: sqlite3.Connection, e: DomainEvent, r: RecordedEvent) -> None:
+        def apply(conn: SqlConnection, e: DomainEvent, r: RecordedEvent) -> None:
             conn.execute(
                 "UPDATE runs SET status = ? WHERE run_id = ?",
                 (status, r.stream.removeprefix("run-")),
@@ -162,9 +161,10 @@ class RunsProjection(TableProjection):
     def _ended(status: str) -> Handler:
         column = {"completed": "completed_at", "failed": "failed_at"}.get(status, "cancelled_at")
 
-        def apply(conn: sqlite3.Connection, e: DomainEvent, r: RecordedEvent) -> None:
+        def apply(conn: SqlConnection, e: DomainEvent, r: RecordedEvent) -> None:
             run_id = r.stream.removeprefix("run-")
-            row = conn.execute("SELECT created_at FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            row = conn.fetch_one("SELECT created_at FROM runs WHERE run_id = ?", (run_id,))
+            assert row is not None, f"{r.type} before run.started in {r.stream}"
             error_class, message = (
                 (e.error_class, e.message) if isinstance(e, RunFailed) else (None, None)
             )

@@ -1,4 +1,4 @@
-"""The ``runlog`` command line: serve (the default), admin, verify, rebuild, export, tail.
+"""The ``runlog`` command line: serve (the default), admin, verify, rebuild, export, tail, copy.
 
 Every command that changes something appends events through the event store, so it is safe
 to run while the server runs on the same file.
@@ -10,16 +10,15 @@ import argparse
 import asyncio
 import os
 import signal
-import sqlite3
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from aiohttp import web
 
-from eventstore import SQLiteEventStore
+from eventstore import EventStoreError, describe, log_exists, open_event_store
 from projections import all_projections
-from runs.audit import export_events, run_rebuild, run_verify
+from runs.audit import export_events, run_copy, run_rebuild, run_verify
 from runs.config import Config, load_config
 from runs.errors import RunsError
 from runs.logs import configure_logging
@@ -28,7 +27,7 @@ from runs.tail import tail
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = ("serve", "admin", "verify", "rebuild", "export", "tail")
+COMMANDS = ("serve", "admin", "verify", "rebuild", "export", "tail", "copy")
 ADMIN_COMMANDS = (
     "create-org",
     "create-user",
@@ -43,6 +42,9 @@ def _db_default() -> str:
     return os.environ.get("RUNLOG_DB", "./runlog.db")
 
 
+DB_HELP = "SQLite log file or postgresql:// URL (default $RUNLOG_DB or ./runlog.db)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runlog", description="AI agent runs on an append-only, hash-chained event log."
@@ -52,11 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP service (the default command)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8001)")
-    serve.add_argument("--db", help="SQLite log file (default ./runlog.db)")
+    serve.add_argument("--db", help=DB_HELP)
     serve.add_argument("--config", help="TOML config file (or RUNLOG_CONFIG)")
 
     admin = sub.add_parser("admin", help="manage orgs, users and API keys")
-    admin.add_argument("--db", default=None, help="SQLite log file (default ./runlog.db)")
+    admin.add_argument("--db", default=None, help=DB_HELP)
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
     org = admin_sub.add_parser("create-org", help="create an org; prints its id")
     org.add_argument("--name", required=True)
@@ -75,16 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
 
     verify = sub.add_parser("verify", help="check the log's hash chain, positions and seqs")
-    verify.add_argument("--db", default=None, help="SQLite log file (default ./runlog.db)")
+    verify.add_argument("--db", default=None, help=DB_HELP)
 
     rebuild = sub.add_parser("rebuild", help="rebuild every projection from the log")
-    rebuild.add_argument("--db", default=None, help="SQLite log file (default ./runlog.db)")
+    rebuild.add_argument("--db", default=None, help=DB_HELP)
     rebuild.add_argument(
         "--check", action="store_true", help="rebuild into scratch tables and report differences"
     )
 
     export = sub.add_parser("export", help="events of a run, thread or org as JSON lines")
-    export.add_argument("--db", default=None, help="SQLite log file (default ./runlog.db)")
+    export.add_argument("--db", default=None, help=DB_HELP)
     which = export.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", help="run id")
     which.add_argument("--thread", help="thread id (with its runs)")
@@ -96,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--url", default=os.environ.get("RUNLOG_URL", "http://127.0.0.1:8001"), help="server URL"
     )
     tail_cmd.add_argument("--token", help="API key or access token (or RUNLOG_TOKEN)")
+
+    copy = sub.add_parser("copy", help="copy a whole log to an empty database (any backend)")
+    copy.add_argument("--from", dest="source", required=True, help="source path or URL")
+    copy.add_argument("--to", dest="target", required=True, help="empty target path or URL")
     return parser
 
 
@@ -111,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(admin(args))
         if args.command in ("verify", "rebuild", "export"):
             return audit(args)
+        if args.command == "copy":
+            return copy(args)
         if args.command == "tail":
             token = args.token or os.environ.get("RUNLOG_TOKEN", "")
             if not token:
@@ -183,7 +191,7 @@ async def _serve(config: Config, ready: Callable[[web.AppRunner], None] | None =
 
 
 async def admin(args: argparse.Namespace) -> int:
-    store = await SQLiteEventStore.open(args.db or _db_default(), all_projections())
+    store = await open_event_store(args.db or _db_default(), all_projections())
     try:
         accounts = Accounts(store)
         command = args.admin_command
@@ -216,19 +224,18 @@ async def admin(args: argparse.Namespace) -> int:
 # -- audit ------------------------------------------------------------------------------------
 
 
-def _existing_db(args: argparse.Namespace) -> str | None:
-    path: str = args.db or _db_default()
-    if not os.path.exists(path):
-        print(f"error: no log at {path}", file=sys.stderr)
-        return None
-    return path
+def _existing_db(location: str) -> bool:
+    if not log_exists(location):
+        print(f"error: no log at {describe(location)}", file=sys.stderr)
+        return False
+    return True
 
 
 def audit(args: argparse.Namespace) -> int:
-    path = _existing_db(args)
-    if path is None:
-        return 2
+    path: str = args.db or _db_default()
     try:
+        if not _existing_db(path):
+            return 2
         if args.command == "verify":
             return run_verify(path, sys.stdout)
         if args.command == "rebuild":
@@ -237,6 +244,20 @@ def audit(args: argparse.Namespace) -> int:
             sys.stdout.buffer.write(line)
         sys.stdout.flush()
         return 0
-    except sqlite3.Error as exc:
-        print(f"error: cannot read {path}: {exc}", file=sys.stderr)
+    except EventStoreError as exc:
+        print(f"error: {describe(path)}: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # A driver error (sqlite3, psycopg) from a damaged or unreachable database.
+        print(f"error: cannot read {describe(path)}: {exc}", file=sys.stderr)
+        return 2
+
+
+def copy(args: argparse.Namespace) -> int:
+    try:
+        if not _existing_db(args.source):
+            return 2
+        return run_copy(args.source, args.target, sys.stdout)
+    except EventStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from eventstore import AppendRequest, ConcurrencyError, SQLiteEventStore
+from eventstore import AppendRequest, ConcurrencyError, EventStore
 from runs.config import Route
 from runs.events import (
     DomainEvent,
@@ -56,7 +56,7 @@ _END = object()
 _MAX_RETRY_AFTER_S = 60.0
 
 
-async def read_run(store: SQLiteEventStore, run_id: str) -> list[Any]:
+async def read_run(store: EventStore, run_id: str) -> list[Any]:
     """Every recorded event of a run, in seq order."""
     events: list[Any] = []
     while True:
@@ -67,7 +67,7 @@ async def read_run(store: SQLiteEventStore, run_id: str) -> list[Any]:
 
 
 async def append_decided(
-    store: SQLiteEventStore,
+    store: EventStore,
     run_id: str,
     decide: Callable[[RunState], Sequence[DomainEvent]],
     attempts: int = 10,
@@ -95,7 +95,7 @@ class RunExecutor:
     def __init__(
         self,
         *,
-        store: SQLiteEventStore,
+        store: EventStore,
         run_id: str,
         route: Route,
         persona: Persona,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 
-from eventstore import AppendRequest, ConcurrencyError, SQLiteEventStore
+from eventstore import AppendRequest, ConcurrencyError, EventStore
 from projections.queries import Queries
 from runs.auth import hash_password, key_sha256, new_api_key
 from runs.errors import Conflict, InvalidTransition, NotFound, RateLimited
@@ -50,7 +50,7 @@ class Principal:
 class Accounts:
     """Orgs, users and keys: used by the admin CLI and the first-start bootstrap."""
 
-    def __init__(self, store: SQLiteEventStore) -> None:
+    def __init__(self, store: EventStore) -> None:
         self.store = store
         self.queries = Queries(store)
 
@@ -115,7 +115,7 @@ class RunService:
     def __init__(
         self,
         *,
-        store: SQLiteEventStore,
+        store: EventStore,
         queries: Queries,
         supervisor: Supervisor,
         routes: RouteTable,
