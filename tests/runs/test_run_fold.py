@@ -7,10 +7,7 @@ round-trip through encode/decode, and the SQL runs projection must agree with th
 
 from __future__ import annotations
 
-import sqlite3
-import tempfile
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -18,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventstore import RecordedEvent
+from eventstore import RecordedEvent, connect_database
 from projections import RUN_COLUMNS, RunsProjection, ThreadsProjection
 from runs.errors import InvalidTransition, ValidationFailed
 from runs.events import (
@@ -41,6 +38,7 @@ from runs.events import (
     encode_event,
 )
 from runs.run import RunState, credits_for, decide_cancel, decide_input, evolve, fold, ms_between
+from tests.postgres import fresh_schema
 
 RUN_ID = "01a222e0-5694-70d2-9042-2dade0db901d"
 STREAM = f"run-{RUN_ID}"
@@ -376,30 +374,40 @@ def test_every_event_type_is_covered_by_the_round_trip_strategy() -> None:
 # -- the SQL projection agrees with the fold --------------------------------------------------
 
 
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def scratch_location(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """A database of each backend; every example works in a transaction it rolls back."""
+    if request.param == "sqlite":
+        return str(tmp_path_factory.mktemp("fold") / "runs.db")
+    return fresh_schema(request.getfixturevalue("pg_url"))
+
+
 @settings(
     max_examples=80,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(scripted_runs())
-def test_runs_projection_matches_the_fold(run: tuple[list[Any], Script]) -> None:
+def test_runs_projection_matches_the_fold(
+    scratch_location: str, run: tuple[list[Any], Script]
+) -> None:
     triples, script = run
     state = script.state
-    with tempfile.TemporaryDirectory() as tmp:
-        conn = sqlite3.connect(Path(tmp) / "runs.db")
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=OFF")  # a scratch file: speed over durability
-            projections = [ThreadsProjection(), RunsProjection()]
+    db = connect_database(scratch_location)
+    try:
+        db.begin_schema()
+        projections = [ThreadsProjection(), RunsProjection()]
+        for projection in projections:
+            projection.create(db)
+        for record in recorded(triples):
             for projection in projections:
-                projection.create(conn)
-            for record in recorded(triples):
-                for projection in projections:
-                    projection.apply(conn, record)
-            conn.commit()
-            rows = conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs").fetchall()
-        finally:
-            conn.close()
+                projection.apply(db, record)
+        rows = db.fetch_all(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs")
+    finally:
+        db.rollback()
+        db.close()
     assert len(rows) == 1
     row = dict(zip(RUN_COLUMNS, rows[0], strict=True))
     expected = {
