@@ -1,7 +1,8 @@
-"""runlog's HTTP service (DESIGN.md §5). ``python server.py`` and ``runlog`` are the same program.
+"""runlog's HTTP service: the aiohttp application (see docs/architecture.md, "HTTP").
 
 One route table; middleware for the trace id, auth and errors. Only this module turns errors
-into HTTP responses. The command line lives in ``runs.cli``.
+into HTTP responses. The command line (``runs.cli``, the ``runlog`` entry point) imports this
+module to serve; this module never imports the command line.
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ from runs.auth import (
 )
 from runs.config import Config, Route
 from runs.errors import (
-    Conflict,
     NotFound,
-    PolicyError,
     RateLimited,
     RunsError,
     Unauthorized,
+    Unavailable,
     ValidationFailed,
+    status_of,
 )
 from runs.events import run_stream
 from runs.http_input import path_id, query_before, query_limit, query_seq, read_body
@@ -73,7 +74,7 @@ from runs.startup import bootstrap, load_secret, record_personas
 from runs.supervisor import Supervisor
 from runs.tools import Tool, ToolRegistry, load_tool_modules
 
-__all__ = ["RUNTIME", "Runtime", "create_app", "main"]
+__all__ = ["RUNTIME", "Runtime", "create_app"]
 
 log = structlog.get_logger("runlog.http")
 
@@ -81,23 +82,6 @@ T = TypeVar("T")
 S = TypeVar("S", bound=msgspec.Struct)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_STATUS: dict[type[RunsError], int] = {
-    ValidationFailed: 400,
-    Unauthorized: 401,
-    NotFound: 404,
-    Conflict: 409,
-    PolicyError: 422,
-    RateLimited: 429,
-}
-# Codes whose status differs from their class's.
-_STATUS_BY_CODE = {
-    "validation.persona_not_found": 422,
-    "validation.content_too_large": 413,
-    "validation.body_too_large": 413,
-    "validation.content_type": 415,
-    "validation.method_not_allowed": 405,
-    "validation.body_timeout": 408,
-}
 _TRACE_ID_FORMAT = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v1/auth/login", "/openapi.json"})
 
@@ -248,21 +232,22 @@ async def trace_and_errors(request: web.Request, handler: Handler) -> web.Stream
         status = response.status
         return response
     except RunsError as exc:
-        status = _STATUS_BY_CODE.get(exc.code) or _STATUS.get(type(exc).__mro__[0], 0)
-        if not status:
-            status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 500)
+        status = exc.status
         return error_response(status, exc.code, exc.message, trace_id, exc.details)
     except web.HTTPException as exc:
-        status = exc.status
+        # aiohttp's own refusals (no such route, method, a body over client_max_size).
         code, message = {
             404: ("not_found", "no such resource"),
             405: ("validation.method_not_allowed", "method not allowed on this resource"),
             413: ("validation.body_too_large", "the request body is too large"),
-        }.get(exc.status, (f"http.{exc.status}", exc.reason))
-        return error_response(exc.status, code, message, trace_id)
+        }.get(
+            exc.status, ("validation.error" if exc.status < 500 else "internal.error", exc.reason)
+        )
+        status = exc.status
+        return error_response(status, code, message, trace_id)
     except StoreClosedError:
-        status = 503
-        return error_response(503, "internal.unavailable", "the service is stopping", trace_id)
+        status = status_of("internal.unavailable")
+        return error_response(status, "internal.unavailable", "the service is stopping", trace_id)
     except EventStoreError:
         log.exception("request.store_error")
         return error_response(500, "internal.error", "internal error", trace_id)
@@ -424,7 +409,7 @@ async def create_run(request: web.Request) -> web.Response:
     thread_id = path_id(request, "thread_id")
     body = await read_body(request, CreateRun, runtime.config.request_read_timeout_seconds)
     if not runtime.supervisor.accepting:
-        raise RunsError("the service is shutting down", code="internal.unavailable")
+        raise Unavailable("the service is shutting down")
     run_id = await runtime.service.create_run(
         who, thread_id, body.route_id, body.persona_id, request[TRACE_ID]
     )
@@ -622,13 +607,3 @@ def create_app(
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
     return app
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from runs.cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

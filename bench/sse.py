@@ -130,7 +130,8 @@ async def server_process(db: str, config: str, log: Path) -> AsyncIterator[tuple
         proc = subprocess.Popen(
             [
                 sys.executable,
-                str(ROOT / "server.py"),
+                "-m",
+                "runs",
                 "--port",
                 str(port),
                 "--db",

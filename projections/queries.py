@@ -13,6 +13,7 @@ from typing import Any
 
 from eventstore import SCHEMA_VERSION, EventStore
 from projections.runs import RUN_COLUMNS
+from runs.run import LIVE_STATUSES
 
 __all__ = ["Queries"]
 
@@ -181,8 +182,8 @@ class Queries:
     async def live_run_count(self, org_id: str) -> int:
         row = await self.store.fetch_one(
             "SELECT count(*) FROM runs WHERE org_id = ? AND status IN"
-            " ('running', 'waiting_for_input')",
-            (org_id,),
+            f" ({', '.join('?' * len(LIVE_STATUSES))})",
+            (org_id, *sorted(LIVE_STATUSES)),
         )
         return int(row[0]) if row else 0
 

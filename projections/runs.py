@@ -17,6 +17,7 @@ from runs.events import (
     RunStarted,
     RunUsage,
     RunWaitingForInput,
+    run_id_of,
 )
 from runs.run import credits_for, ms_between
 
@@ -118,7 +119,7 @@ class RunsProjection(TableProjection):
 
     @staticmethod
     def _usage(conn: SqlConnection, e: RunUsage, r: RecordedEvent) -> None:
-        run_id = r.stream.removeprefix("run-")
+        run_id = run_id_of(r.stream)
         row = conn.fetch_one(
             "SELECT total_input_tokens, cache_read_tokens, cache_write_tokens, total_cost_usd,"
             " credits_multiplier FROM runs WHERE run_id = ?",
@@ -152,7 +153,7 @@ class RunsProjection(TableProjection):
         def apply(conn: SqlConnection, e: DomainEvent, r: RecordedEvent) -> None:
             conn.execute(
                 "UPDATE runs SET status = ? WHERE run_id = ?",
-                (status, r.stream.removeprefix("run-")),
+                (status, run_id_of(r.stream)),
             )
 
         return apply
@@ -162,7 +163,7 @@ class RunsProjection(TableProjection):
         column = {"completed": "completed_at", "failed": "failed_at"}.get(status, "cancelled_at")
 
         def apply(conn: SqlConnection, e: DomainEvent, r: RecordedEvent) -> None:
-            run_id = r.stream.removeprefix("run-")
+            run_id = run_id_of(r.stream)
             row = conn.fetch_one("SELECT created_at FROM runs WHERE run_id = ?", (run_id,))
             assert row is not None, f"{r.type} before run.started in {r.stream}"
             error_class, message = (

@@ -12,6 +12,7 @@ from runs.events import (
     RunFailed,
     ThreadCreated,
     ThreadRunStarted,
+    run_id_of,
 )
 
 __all__ = ["ThreadsProjection"]
@@ -95,5 +96,5 @@ class ThreadsProjection(TableProjection):
         # The thread is free again the moment its run is terminal.
         conn.execute(
             "UPDATE threads SET active_run_id = NULL WHERE active_run_id = ?",
-            (r.stream.removeprefix("run-"),),
+            (run_id_of(r.stream),),
         )

@@ -22,6 +22,7 @@ from eventstore import (
 )
 from eventstore.sql import SqliteDatabase
 from projections import all_projections, diff_tables, rebuild, rebuild_in_place
+from runs.events import org_stream, run_stream, thread_stream
 
 __all__ = ["export_events", "progress_printer", "run_copy", "run_rebuild", "run_verify"]
 
@@ -131,17 +132,17 @@ class ExportedEvent(msgspec.Struct):
 
 def _streams(db: Database, run: str | None, thread: str | None, org: str | None) -> list[str]:
     if run:
-        return [f"run-{run}"]
+        return [run_stream(run)]
     if thread:
         runs = db.fetch_all("SELECT run_id FROM runs WHERE thread_id = ?", (thread,))
-        return [f"thread-{thread}", *(f"run-{r[0]}" for r in runs)]
+        return [thread_stream(thread), *(run_stream(r[0]) for r in runs)]
     assert org is not None
     threads = db.fetch_all("SELECT thread_id FROM threads WHERE org_id = ?", (org,))
     runs = db.fetch_all("SELECT run_id FROM runs WHERE org_id = ?", (org,))
     return [
-        f"org-{org}",
-        *(f"thread-{t[0]}" for t in threads),
-        *(f"run-{r[0]}" for r in runs),
+        org_stream(org),
+        *(thread_stream(t[0]) for t in threads),
+        *(run_stream(r[0]) for r in runs),
     ]
 
 

@@ -38,11 +38,17 @@ ADMIN_COMMANDS = (
 )
 
 
-def _db_default() -> str:
-    return os.environ.get("RUNLOG_DB", "./runlog.db")
+_DB_HELP = (
+    "the log: a SQLite file or a postgresql:// URL (default: RUNLOG_DB, the config's db,"
+    " or ./runlog.db)"
+)
+_CONFIG_HELP = "TOML config file (or RUNLOG_CONFIG); its db is used when --db is not given"
 
 
-DB_HELP = "SQLite log file or postgresql:// URL (default $RUNLOG_DB or ./runlog.db)"
+def _log_options(parser: argparse.ArgumentParser) -> None:
+    """Every command that opens the log finds it the way ``serve`` does."""
+    parser.add_argument("--db", default=None, help=_DB_HELP)
+    parser.add_argument("--config", default=None, help=_CONFIG_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,11 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP service (the default command)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8001)")
-    serve.add_argument("--db", help=DB_HELP)
-    serve.add_argument("--config", help="TOML config file (or RUNLOG_CONFIG)")
+    _log_options(serve)
 
     admin = sub.add_parser("admin", help="manage orgs, users and API keys")
-    admin.add_argument("--db", default=None, help=DB_HELP)
+    _log_options(admin)
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
     org = admin_sub.add_parser("create-org", help="create an org; prints its id")
     org.add_argument("--name", required=True)
@@ -77,16 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
 
     verify = sub.add_parser("verify", help="check the log's hash chain, positions and seqs")
-    verify.add_argument("--db", default=None, help=DB_HELP)
+    _log_options(verify)
 
     rebuild = sub.add_parser("rebuild", help="rebuild every projection from the log")
-    rebuild.add_argument("--db", default=None, help=DB_HELP)
+    _log_options(rebuild)
     rebuild.add_argument(
         "--check", action="store_true", help="rebuild into scratch tables and report differences"
     )
 
     export = sub.add_parser("export", help="events of a run, thread or org as JSON lines")
-    export.add_argument("--db", default=None, help=DB_HELP)
+    _log_options(export)
     which = export.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", help="run id")
     which.add_argument("--thread", help="thread id (with its runs)")
@@ -190,8 +195,28 @@ async def _serve(config: Config, ready: Callable[[web.AppRunner], None] | None =
 # -- admin ------------------------------------------------------------------------------------
 
 
+class MissingLog(RunsError):
+    """A command other than ``serve`` was pointed at a log that does not exist."""
+
+    code = "internal.config"
+
+
+def existing_log(args: argparse.Namespace) -> str:
+    """The log a command should open, found like ``serve`` finds it (``--db``, then
+    ``RUNLOG_DB``, then the config file's ``db``, then ``./runlog.db``). Only ``serve`` creates a
+    log: any other command refuses a missing one, so a key is never created in a new, empty
+    file that the server does not read."""
+    location = load_config(args.config, overrides={"db": args.db}).db
+    if not log_exists(location):
+        raise MissingLog(
+            f"no log at {describe(location)} (runlog serve creates it; give --db or --config to"
+            " name an existing one)"
+        )
+    return location
+
+
 async def admin(args: argparse.Namespace) -> int:
-    store = await open_event_store(args.db or _db_default(), all_projections())
+    store = await open_event_store(existing_log(args), all_projections())
     try:
         accounts = Accounts(store)
         command = args.admin_command
@@ -224,18 +249,9 @@ async def admin(args: argparse.Namespace) -> int:
 # -- audit ------------------------------------------------------------------------------------
 
 
-def _existing_db(location: str) -> bool:
-    if not log_exists(location):
-        print(f"error: no log at {describe(location)}", file=sys.stderr)
-        return False
-    return True
-
-
 def audit(args: argparse.Namespace) -> int:
-    path: str = args.db or _db_default()
+    path = existing_log(args)
     try:
-        if not _existing_db(path):
-            return 2
         if args.command == "verify":
             return run_verify(path, sys.stdout)
         if args.command == "rebuild":
@@ -255,7 +271,8 @@ def audit(args: argparse.Namespace) -> int:
 
 def copy(args: argparse.Namespace) -> int:
     try:
-        if not _existing_db(args.source):
+        if not log_exists(args.source):
+            print(f"error: no log at {describe(args.source)}", file=sys.stderr)
             return 2
         return run_copy(args.source, args.target, sys.stdout)
     except EventStoreError as exc:

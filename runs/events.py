@@ -18,6 +18,7 @@ from eventstore import NewEvent, RecordedEvent
 
 __all__ = [
     "EVENT_TYPES",
+    "RUN_STREAM_PREFIX",
     "TERMINAL_RUN_EVENTS",
     "ApiKeyCreated",
     "ApiKeyRevoked",
@@ -46,6 +47,7 @@ __all__ = [
     "encode_event",
     "org_stream",
     "persona_stream",
+    "run_id_of",
     "run_stream",
     "thread_stream",
 ]
@@ -304,8 +306,17 @@ def thread_stream(thread_id: str) -> str:
     return f"thread-{thread_id}"
 
 
+#: Every run's events are the stream ``run-<run id>``.
+RUN_STREAM_PREFIX = "run-"
+
+
 def run_stream(run_id: str) -> str:
-    return f"run-{run_id}"
+    return f"{RUN_STREAM_PREFIX}{run_id}"
+
+
+def run_id_of(stream: str) -> str:
+    """The run id of a run's stream name (the inverse of :func:`run_stream`)."""
+    return stream.removeprefix(RUN_STREAM_PREFIX)
 
 
 def persona_stream(persona_key: str) -> str:

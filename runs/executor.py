@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
 
-from eventstore import AppendRequest, ConcurrencyError, EventStore
+from eventstore import AppendRequest, EventStore
 from runs.config import Route
 from runs.events import (
     DomainEvent,
@@ -44,47 +44,17 @@ from runs.providers.base import (
     ToolUse,
     Usage,
 )
+from runs.repository import append_decided, read_run
 from runs.run import RunState, decide_cancel, evolve, fold_recorded
 from runs.tools import ASK_USER, ToolError, ToolRegistry
 from runs.transcript import Transcript, build_transcript
 
-__all__ = ["RunExecutor", "append_decided", "read_run"]
+__all__ = ["RunExecutor"]
 
 log = structlog.get_logger("runlog.run")
 
 _END = object()
 _MAX_RETRY_AFTER_S = 60.0
-
-
-async def read_run(store: EventStore, run_id: str) -> list[Any]:
-    """Every recorded event of a run, in seq order."""
-    events: list[Any] = []
-    while True:
-        batch = await store.read_stream(run_stream(run_id), len(events), 1000)
-        events.extend(batch)
-        if len(batch) < 1000:
-            return events
-
-
-async def append_decided(
-    store: EventStore,
-    run_id: str,
-    decide: Callable[[RunState], Sequence[DomainEvent]],
-    attempts: int = 10,
-) -> bool:
-    """Fold the run's log, decide events from that state, append them guarded by its seq; on
-    a concurrent append, fold and decide again. Returns whether anything was appended."""
-    for _ in range(attempts):
-        state = fold_recorded(await read_run(store, run_id))
-        decided = [] if state is None else list(decide(state))
-        if state is None or not decided:
-            return False
-        try:
-            await store.append(run_stream(run_id), [encode_event(e) for e in decided], state.seq)
-            return True
-        except ConcurrencyError:
-            continue
-    return False
 
 
 class _Stopped(Exception):

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from runs.errors import ERROR_FAMILIES, ERROR_STATUS
 from runs.run import RUN_STATUSES
 from runs.schemas import (
     MAX_INPUT_BYTES,
@@ -51,19 +52,18 @@ _HEALTH = {
 }
 _DOCUMENT = {"type": "object", "description": "This document."}
 
-_ERRORS = {
-    400: "Invalid input: `validation.<field>` names the field (`details.field`).",
-    401: "`auth.unauthorized`: no valid Bearer token (API key or access token).",
-    404: "`not_found`: no such resource in the caller's org (another org's is the same).",
-    408: "`validation.body_timeout`: the body was not received within the read timeout.",
-    409: "`runs.*`: the run or thread is not in a state that allows this.",
-    413: "`validation.body_too_large` / `validation.content_too_large`.",
-    415: "`validation.content_type`: the body must be `application/json`.",
-    422: "`policy.*` / `validation.persona_not_found`: the route or persona cannot be used.",
-    429: "Rate limited: `runs.limit_exceeded` or `auth.rate_limited`.",
-    500: "`internal.error`.",
-    503: "`internal.unavailable`: the service is stopping.",
-}
+
+def _error_descriptions() -> dict[int, str]:
+    """Each error status with every code that answers with it (from ``runs.errors``)."""
+    codes: dict[int, list[str]] = {}
+    for code, (status, meaning) in ERROR_STATUS.items():
+        codes.setdefault(status, []).append(f"`{code}`: {meaning}.")
+    for _, (status, meaning) in ERROR_FAMILIES.items():
+        codes.setdefault(status, []).insert(0, f"{meaning}.")
+    return {status: " ".join(texts) for status, texts in sorted(codes.items())}
+
+
+_ERRORS = _error_descriptions()
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from runs.events import (
 )
 
 __all__ = [
-    "ACTIVE_STATUSES",
+    "LIVE_STATUSES",
     "RUN_STATUSES",
     "TERMINAL_STATUSES",
     "RunState",
@@ -46,7 +46,8 @@ __all__ = [
 
 RUN_STATUSES = ("running", "waiting_for_input", "completed", "failed", "cancelled")
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
-ACTIVE_STATUSES = frozenset({"running", "waiting_for_input"})
+#: A live run holds its thread and a slot of its org's limit.
+LIVE_STATUSES = frozenset({"running", "waiting_for_input"})
 
 # Which event types each status accepts. Terminal statuses accept nothing: terminal is final.
 _ALLOWED: dict[str, frozenset[str]] = {

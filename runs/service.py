@@ -9,7 +9,7 @@ import collections
 from eventstore import AppendRequest, ConcurrencyError, EventStore
 from projections.queries import Queries
 from runs.auth import hash_password, key_sha256, new_api_key
-from runs.errors import Conflict, InvalidTransition, NotFound, RateLimited
+from runs.errors import Conflict, NotFound, RateLimited
 from runs.events import (
     ApiKeyCreated,
     ApiKeyRevoked,
@@ -25,11 +25,11 @@ from runs.events import (
     run_stream,
     thread_stream,
 )
-from runs.executor import read_run
 from runs.ids import new_id
 from runs.personas import PersonaRegistry
+from runs.repository import append_decided
 from runs.routes import RouteTable
-from runs.run import TERMINAL_STATUSES, decide_input, fold_recorded
+from runs.run import TERMINAL_STATUSES, decide_input
 from runs.supervisor import Supervisor
 
 __all__ = ["Accounts", "Principal", "RunService"]
@@ -229,16 +229,11 @@ class RunService:
     async def submit_input(self, who: Principal, run_id: str, content: str) -> None:
         if await self.queries.run(who.org_id, run_id) is None:
             raise NotFound("run not found")
-        state = fold_recorded(await read_run(self.store, run_id))
-        assert state is not None
-        decided = decide_input(state, content, who.user_id)
-        try:
-            await self.store.append(
-                run_stream(run_id), [encode_event(e) for e in decided], state.seq
-            )
-        except ConcurrencyError as exc:
-            # Another submission (or a cancel) got there first.
-            raise InvalidTransition(
-                "the run is no longer waiting for this input", code="runs.not_waiting_for_input"
-            ) from exc
+        # A concurrent answer (or cancel) makes this fold again, and decide_input then refuses
+        # with runs.not_waiting_for_input.
+        appended = await append_decided(
+            self.store, run_id, lambda state: decide_input(state, content, who.user_id)
+        )
+        if not appended:
+            raise Conflict("the run is too busy, try again", code="runs.conflict")
         self.supervisor.launch(run_id)

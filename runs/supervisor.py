@@ -16,9 +16,10 @@ from eventstore import ConcurrencyError, EventStore, RecordedEvent
 from projections.queries import Queries
 from runs.config import Route
 from runs.events import RunFailed, RunStarted, decode_event, run_stream
-from runs.executor import RunExecutor, append_decided
-from runs.personas import Persona, PersonaRegistry
+from runs.executor import RunExecutor
+from runs.personas import DEFAULT_PERSONA_ID, Persona, PersonaRegistry
 from runs.providers.base import Provider
+from runs.repository import append_decided
 from runs.routes import RouteTable
 from runs.run import decide_cancel
 from runs.tools import ToolRegistry
@@ -28,6 +29,9 @@ __all__ = ["Supervisor"]
 log = structlog.get_logger("runlog.supervisor")
 
 ProviderFactory = Callable[[Route], Provider]
+
+#: How often a run's task starts over from the log after losing a race for its stream.
+_TASK_ATTEMPTS = 3
 
 
 class Supervisor:
@@ -94,7 +98,7 @@ class Supervisor:
     async def _run(self, run_id: str, resumed: bool) -> None:
         structlog.contextvars.bind_contextvars(run_id=run_id)
         interrupted = False
-        for _attempt in range(3):
+        for _attempt in range(_TASK_ATTEMPTS):
             try:
                 first = await self.store.read_stream(run_stream(run_id), 0, 1)
                 if not first:
@@ -122,6 +126,9 @@ class Supervisor:
                 log.exception("run.crashed")
                 await self._fail(run_id, "internal.error", f"internal error: {type(exc).__name__}")
                 return
+        # Other appends kept winning the race for the run's stream: leave the run as the
+        # log has it (a later input, cancel or restart picks it up) and say so.
+        log.error("run.gave_up", reason="concurrent appends", attempts=_TASK_ATTEMPTS)
 
     async def _executor(
         self, first: RecordedEvent, resumed: bool, interrupted: bool
@@ -130,7 +137,7 @@ class Supervisor:
         assert isinstance(started, RunStarted)
         run_id = started.run_id
         route = self.routes.routes.get(started.route_id)
-        persona: Persona | None = self.personas.by_id.get(started.persona_id or "default@1")
+        persona: Persona | None = self.personas.by_id.get(started.persona_id or DEFAULT_PERSONA_ID)
         if route is None or persona is None:
             await self._fail(
                 run_id,

@@ -9,9 +9,9 @@ from typing import Any, TextIO
 
 import aiohttp
 
-__all__ = ["render", "tail"]
+from runs.events import TERMINAL_RUN_EVENTS
 
-_TERMINAL = {"run.completed", "run.failed", "run.cancelled"}
+__all__ = ["render", "tail"]
 
 
 def render(event: dict[str, Any], out: TextIO) -> None:
@@ -44,7 +44,7 @@ def render(event: dict[str, Any], out: TextIO) -> None:
         )
     elif kind == "run.failed":
         out.write(f"\n[failed: {data.get('error_class')}: {data.get('message')}]\n")
-    elif kind in _TERMINAL:
+    elif kind in TERMINAL_RUN_EVENTS:
         out.write(f"\n[{kind.removeprefix('run.')}]\n")
     out.flush()
 
@@ -73,7 +73,7 @@ async def tail(url: str, token: str, run_id: str, out: TextIO | None = None) -> 
                         event = json.loads(line[5:].strip())
                         last_seq = event["seq"]
                         render(event, out)
-                        if event["type"] in _TERMINAL:
+                        if event["type"] in TERMINAL_RUN_EVENTS:
                             return 0 if event["type"] == "run.completed" else 1
             except aiohttp.ClientError as exc:
                 print(f"\n[connection lost: {exc}; reconnecting]", file=sys.stderr)

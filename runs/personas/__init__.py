@@ -14,7 +14,10 @@ import msgspec
 from runs.config import ConfigError
 from runs.errors import ValidationFailed
 
-__all__ = ["Persona", "PersonaRegistry", "load_persona_files"]
+#: The persona of a run that names none.
+DEFAULT_PERSONA_ID = "default@1"
+
+__all__ = ["DEFAULT_PERSONA_ID", "Persona", "PersonaRegistry", "load_persona_files"]
 
 BUILTIN_DIR = Path(__file__).parent
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -88,7 +91,7 @@ class PersonaRegistry:
 
     def resolve(self, persona_id: str | None) -> Persona:
         if not persona_id:
-            return self.by_id["default@1"]
+            return self.by_id[DEFAULT_PERSONA_ID]
         if "@" in persona_id:
             persona = self.by_id.get(persona_id)
         else:

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from runs.events import run_stream
-from runs.executor import read_run
+from runs.repository import read_run
 from tests.agent.fake_anthropic import FakeAnthropic
 from tests.conftest import ADMIN_KEY, Api
 

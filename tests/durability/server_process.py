@@ -59,7 +59,8 @@ class ServerProcess:
             self.process = subprocess.Popen(
                 [
                     sys.executable,
-                    str(ROOT / "server.py"),
+                    "-m",
+                    "runs",
                     "--port",
                     str(self.port),
                     "--db",
@@ -98,7 +99,7 @@ class ServerProcess:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, str(ROOT / "server.py"), *args, "--db", self.db],
+            [sys.executable, "-m", "runs", *args, "--db", self.db],
             cwd=ROOT,
             env=self.env(),
             capture_output=True,

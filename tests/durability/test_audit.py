@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def runlog(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(ROOT / "server.py"), *args],
+        [sys.executable, "-m", "runs", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -22,7 +22,8 @@ async def test_tail_prints_a_run_as_it_streams_and_exits_with_its_status(tmp_pat
             )
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
-                str(ROOT / "server.py"),
+                "-m",
+                "runs",
                 "tail",
                 run_id,
                 "--url",
@@ -46,7 +47,8 @@ async def test_tail_prints_a_run_as_it_streams_and_exits_with_its_status(tmp_pat
             assert await client.settle(failed) == "failed"
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
-                str(ROOT / "server.py"),
+                "-m",
+                "runs",
                 "tail",
                 failed,
                 "--url",

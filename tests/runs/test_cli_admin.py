@@ -18,9 +18,9 @@ from runs.ids import is_id
 from tests.conftest import ADMIN_KEY, Api
 
 ROOT = Path(__file__).resolve().parents[2]
-# ``runs.cli.main`` is what ``runlog`` and ``python server.py`` run (``server.main`` delegates
-# to it); calling it directly skips importing the Anthropic SDK, which costs seconds.
-CLI = [sys.executable, "-c", "import sys; from runs.cli import main; sys.exit(main(sys.argv[1:]))"]
+# ``python -m runs`` is the ``runlog`` entry point (``runs.cli:main``) without needing the
+# console script on PATH.
+CLI = [sys.executable, "-m", "runs"]
 
 
 def clean_env() -> dict[str, str]:
@@ -121,7 +121,7 @@ async def test_admin_commands_while_the_server_runs(
     _, readiness = await api.request("GET", "/readyz", expect=200)
     assert readiness["status"] == "ready"
     code, out, err = await run_cli(
-        "verify", "--db", db_path, program=[sys.executable, str(ROOT / "server.py")]
+        "verify", "--db", db_path, program=[sys.executable, "-m", "runs"]
     )
     assert code == 0, (out, err)
     assert out.startswith("ok:")
@@ -172,3 +172,33 @@ async def test_delete_user_stops_their_keys_at_once(
     assert body["code"] == "auth.unauthorized"
     code = await asyncio.to_thread(cli_main, ["admin", "--db", db_path, "delete-user", user_id])
     assert code == 2  # already deleted: a clear error, nothing written
+
+
+async def test_commands_read_the_log_that_the_config_names(
+    aiohttp_client: Any, make_app: Callable[..., web.Application], db_path: str, tmp_path: Path
+) -> None:
+    """``serve`` reads ``db`` from its config file; so does every other command."""
+    api = Api(await aiohttp_client(make_app()), ADMIN_KEY)
+    config = tmp_path / "runlog.toml"
+    config.write_text(f'db = "{db_path}"\n', encoding="utf-8")
+    org_id = (await run_cli("admin", "--config", str(config), "create-org", "--name", "cfg"))[1]
+    assert is_id(org_id.strip())
+    assert await api.runtime.queries.org(org_id.strip()) is not None  # the server's own log
+    code, out, _ = await run_cli("verify", "--config", str(config))
+    assert code == 0 and out.startswith("ok:"), out
+
+
+async def test_commands_other_than_serve_refuse_a_missing_log(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.db"
+    for args in (
+        ["admin", "--db", str(missing), "create-org", "--name", "x"],
+        ["admin", "--db", str(missing), "list-keys"],
+        ["verify", "--db", str(missing)],
+        ["rebuild", "--db", str(missing)],
+        ["export", "--db", str(missing), "--org", "0190a0b0-c0d0-7e0f-8a0b-0c0d0e0f1a2b"],
+    ):
+        code, out, err = await run_cli(*args)
+        assert code == 2, (args, out, err)
+        assert f"no log at {missing}" in err, err
+        assert "Traceback" not in err
+        assert not missing.exists(), args  # nothing was created
