@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from eventstore.errors import CopyError
 from eventstore.model import RecordedEvent
 from eventstore.projection import Projection
-from eventstore.schema import EVENT_COLUMNS, iter_events
+from eventstore.schema import iter_events
 from eventstore.sql import Database
 from eventstore.verify import VerifyReport, verify_events
 from eventstore.writer import BatchWriter
@@ -21,7 +21,6 @@ from eventstore.writer import BatchWriter
 __all__ = ["copy_log"]
 
 _BATCH = 5000
-_INSERT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 
 def copy_log(
@@ -75,7 +74,7 @@ def _copy(
                 )
             )
             if len(buffer) >= _BATCH:
-                target.executemany(_INSERT, buffer)
+                target.insert_events(buffer)
                 buffer.clear()
             yield event
 
@@ -88,7 +87,7 @@ def _copy(
             f" {report.problem}; nothing was copied"
         )
     if buffer:
-        target.executemany(_INSERT, buffer)
+        target.insert_events(buffer)
     if report.head_position:
         target.set_head(report.head_position, report.head_hash)
     for projection in projections:

@@ -17,6 +17,11 @@ from typing import Any, Protocol
 
 __all__ = ["Database", "SqlConnection", "SqliteDatabase"]
 
+_INSERT = (
+    "INSERT INTO events (position, stream, seq, type, data, created_at, hash)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
 
 class SqlConnection(Protocol):
     """What a projection may do inside the append transaction."""
@@ -77,6 +82,10 @@ class Database(SqlConnection, Protocol):
 
     def head(self) -> tuple[int, str]:
         """Position and hash of the last event (inside ``begin_write``)."""
+        ...
+
+    def insert_events(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert rows of the events table (every column, in order)."""
         ...
 
     def set_head(self, position: int, hash_: str) -> None:
@@ -163,6 +172,9 @@ class SqliteDatabase:
 
     def set_head(self, position: int, hash_: str) -> None:
         """The head is the last row itself on SQLite (the write lock covers the file)."""
+
+    def insert_events(self, rows: Sequence[Sequence[Any]]) -> None:
+        self.conn.executemany(_INSERT, rows)
 
     def table_columns(self, table: str) -> list[str]:
         return [row[1] for row in self.conn.execute(f'PRAGMA table_info("{table}")')]

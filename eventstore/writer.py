@@ -19,12 +19,11 @@ from eventstore.model import (
     chain_hash,
 )
 from eventstore.projection import Projection
-from eventstore.schema import EVENT_COLUMNS, ensure_schema, iter_events
+from eventstore.schema import ensure_schema, iter_events
 from eventstore.sql import Database
 
 __all__ = ["BatchWriter"]
 
-_INSERT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _SEQ_CACHE_LIMIT = 200_000
 
 Outcome = list[RecordedEvent] | EventStoreError
@@ -207,7 +206,7 @@ class BatchWriter:
 
     def _write(self, rows: list[_Row], events: list[RecordedEvent]) -> None:
         db = self._db
-        db.executemany(_INSERT, rows)
+        db.insert_events(rows)
         for event in events:
             for projection in self._projections:
                 projection.apply(db, event)
