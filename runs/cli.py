@@ -171,7 +171,7 @@ async def _serve(config: Config, ready: Callable[[web.AppRunner], None] | None =
     await site.start()
     runtime = app[RUNTIME]
     url = f"http://{config.host}:{config.port}"
-    print(f"runlog listening on {url} (log: {config.db})", flush=True)
+    print(f"runlog listening on {url} (log: {describe(config.db)})", flush=True)
     if runtime.bootstrap_key:
         print(
             "First start: created org 'default' and user 'admin'.\n"
