@@ -43,6 +43,7 @@ from runs.errors import (
 )
 from runs.events import run_stream
 from runs.http_input import path_id, query_before, query_limit, query_seq, read_body
+from runs.mcp_servers import McpServers
 from runs.openapi import document_bytes as openapi_document_bytes
 from runs.personas import PersonaRegistry
 from runs.providers.anthropic import AnthropicProvider
@@ -67,12 +68,13 @@ from runs.schemas import (
     SubmitInput,
     Thread,
     ThreadRun,
+    ToolInfo,
 )
 from runs.service import Accounts, Principal, RunService
 from runs.sse import stream_events
 from runs.startup import bootstrap, load_secret, record_personas
 from runs.supervisor import Supervisor
-from runs.tools import Tool, ToolRegistry, load_tool_modules
+from runs.tools import Tool, ToolRegistry, load_tool_modules, persona_allows
 
 __all__ = ["RUNTIME", "Runtime", "create_app"]
 
@@ -100,7 +102,10 @@ class Runtime:
         self.env = env
         self.routes = RouteTable(config, env)
         self.personas = PersonaRegistry.from_dirs(config.personas_dir)
-        self.tools = ToolRegistry([*tools, *load_tool_modules(config.tool_modules)])
+        self.mcp_servers = McpServers(config.mcp_servers, env)
+        self.tools = ToolRegistry(
+            [*tools, *load_tool_modules(config.tool_modules)], self.mcp_servers
+        )
         self._providers: dict[str, Provider] = {}
         self.provider_for = provider_for or self.default_provider
         self.store: EventStore
@@ -149,8 +154,10 @@ class Runtime:
                 personas=self.personas,
                 max_live_runs_per_org=self.config.max_live_runs_per_org,
             )
+            self.mcp_servers.start(self.personas.by_id.values())
             await self.supervisor.resume_all()
         except BaseException:
+            await self.mcp_servers.close()
             await self.store.close()
             raise
 
@@ -166,6 +173,7 @@ class Runtime:
         """Stop run tasks (their appends commit; the runs stay resumable), close the log."""
         await self.stop_intake()
         await self.supervisor.shutdown(self.config.shutdown_timeout_seconds)
+        await self.mcp_servers.close()
         for provider in self._providers.values():
             if isinstance(provider, AnthropicProvider):
                 await provider.aclose()
@@ -201,7 +209,7 @@ def principal(request: web.Request) -> Principal:
 
 
 def check_declared_size(request: web.Request) -> None:
-    """Refuse a body on its Content-Length, before a byte of it is read (issue 7). A body
+    """Refuse a body on its Content-Length, before a byte of it is read. A body
     without one (chunked) is cut off by ``client_max_size`` as it is read."""
     limit = request.app[RUNTIME].config.max_body_bytes
     declared = request.content_length
@@ -316,7 +324,7 @@ async def login(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     body = await read_body(request, Login, runtime.config.request_read_timeout_seconds)
     # Throttled per login and per client address; the attempt counts before the (slow)
-    # password check, so concurrent guesses cannot all pass the check (issue 7).
+    # password check, so concurrent guesses cannot all pass the check.
     by_login, by_address = f"login:{body.login.casefold()}", f"address:{request.remote}"
     limiter = runtime.login_limiter
     wait = limiter.retry_after((by_login, by_address))
@@ -441,7 +449,7 @@ async def list_runs(request: web.Request) -> web.Response:
 async def get_run(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     run_id = path_id(request, "run_id")
-    as_of = query_seq(request, "as_of_seq", request.query.get("as_of_seq"))
+    as_of = query_seq("as_of_seq", request.query.get("as_of_seq"))
     row = await runtime.queries.run(principal(request).org_id, run_id)
     if row is None:
         raise NotFound("run not found")
@@ -509,15 +517,34 @@ async def submit_input(request: web.Request) -> web.Response:
     return json_response(Ok())
 
 
+async def list_tools(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    persona = runtime.personas.resolve(request.query.get("persona_id"))
+    return json_response(
+        [
+            ToolInfo(
+                name=tool.name,
+                description=tool.description,
+                input_schema=tool.input_schema,
+                source=tool.source,
+                mcp_server=tool.mcp_server,
+                requires_confirmation=persona_allows(persona.confirm_tools, tool.name),
+                safe_to_repeat=tool.safe_to_repeat,
+            )
+            for tool in await runtime.tools.offered(persona.tools)
+        ]
+    )
+
+
 # -- SSE --------------------------------------------------------------------------------------
 
 
 async def run_events(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     run_id = path_id(request, "run_id")
-    after_seq = query_seq(request, "after_seq", request.query.get("after_seq"))
+    after_seq = query_seq("after_seq", request.query.get("after_seq"))
     if after_seq is None:
-        after_seq = query_seq(request, "after_seq", request.headers.get("Last-Event-ID")) or 0
+        after_seq = query_seq("after_seq", request.headers.get("Last-Event-ID")) or 0
     follow_raw = request.query.get("follow", "1")
     if follow_raw not in {"0", "1", "true", "false"}:
         raise ValidationFailed("follow must be 0 or 1", code="validation.follow", field="follow")
@@ -580,6 +607,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"/v1/runs/{run}:cancel", cancel_run)
     app.router.add_post(f"/v1/runs/{run}/input", submit_input)
     app.router.add_get(f"/v1/runs/{run}/events", run_events)
+    app.router.add_get("/v1/tools", list_tools)
 
 
 def create_app(

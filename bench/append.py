@@ -1,4 +1,4 @@
-"""Event store benchmark (DESIGN.md §2): group-commit appends and catch-up reads. A script.
+"""Event store benchmark: group-commit appends and catch-up reads. A script.
 
     /tmp/venv/bin/python bench/append.py [--events N] [--append-events N] [--reps N]
     /tmp/venv/bin/python bench/append.py --backend postgres [--pg-url URL] ...

@@ -1,4 +1,4 @@
-"""SSE benchmark (issue 4): catch-up throughput and live fan-out. A script, not a test.
+"""SSE benchmark: catch-up throughput and live fan-out. A script, not a test.
 
     /tmp/venv/bin/python bench/sse.py
 

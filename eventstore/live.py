@@ -4,8 +4,7 @@ The writer publishes each committed batch here (on the event loop, after the com
 stream that has subscribers we keep one :class:`StreamTail`: the most recent events (bounded)
 and an :class:`asyncio.Event` that is set when new events arrive. Subscribers share it; none
 holds a buffer of its own, so a slow subscriber costs nothing but its own cursor: when it falls
-behind the bounded window it reads the log again (issue 4: "holds no per-connection buffer
-that grows with the run").
+behind the bounded window it reads the log again; no per-connection buffer grows with a run.
 """
 
 from __future__ import annotations

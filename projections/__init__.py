@@ -1,4 +1,7 @@
-"""Read models derived from the log, applied in the append transaction (DESIGN.md §1)."""
+"""Read models derived from the log, applied in the append transaction.
+
+See docs/architecture.md, "Projections".
+"""
 
 from eventstore import Projection
 from projections.accounts import AccountsProjection

@@ -1,4 +1,4 @@
-"""The runs read model with accounting (stream ``run-<id>``), DESIGN.md §3.
+"""The runs read model with accounting (stream ``run-<id>``).
 
 Written with plain SQL per event type; a test checks it against the pure fold in
 ``runs.run`` for random command sequences, so the two implementations keep each other honest.

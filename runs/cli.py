@@ -163,7 +163,7 @@ async def _serve(config: Config, ready: Callable[[web.AppRunner], None] | None =
         shutdown_timeout=config.shutdown_timeout_seconds,
         # aiohttp arms this timer when a connection opens and after each response, and closes
         # a connection still without a complete request when it fires: it is the limit for
-        # sending headers (slow-loris, issue 7). The body's limit is in ``server.read_body``.
+        # sending headers (slow-loris). The body's limit is in ``server.read_body``.
         keepalive_timeout=config.request_read_timeout_seconds,
     )
     await runner.setup()

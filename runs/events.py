@@ -2,7 +2,7 @@
 
 The ``type`` string stored in the log (and shown on SSE) is the struct's ``TYPE``; ``data`` is the
 struct encoded as compact JSON. New fields get defaults; a changed meaning is a new event type,
-never a changed field (STYLE.md).
+never a changed field.
 
 Streams: ``org-<id>`` (org, users, API keys), ``thread-<id>`` (thread, messages, the runs it
 started), ``run-<id>`` (one run).

@@ -1,4 +1,6 @@
-"""The agent loop of one run (DESIGN.md §4): model call → deltas → tools → next call.
+"""The agent loop of one run: model call → deltas → tools → next call.
+
+See docs/architecture.md, "Execution".
 
 The executor is the only writer of its run's stream while it lives. Every step starts from
 the log: the state is the fold of the run's events and the conversation is rebuilt from them,
@@ -46,7 +48,7 @@ from runs.providers.base import (
 )
 from runs.repository import append_decided, read_run
 from runs.run import RunState, decide_cancel, evolve, fold_recorded
-from runs.tools import ASK_USER, ToolError, ToolRegistry
+from runs.tools import ASK_USER, ToolError, ToolRegistry, persona_allows
 from runs.transcript import Transcript, build_transcript
 
 __all__ = ["RunExecutor"]
@@ -199,7 +201,7 @@ class RunExecutor:
             model=self.route.model,
             system=self.persona.system_prompt,
             messages=transcript.messages(history),
-            tools=[t.spec() for t in self.tools.visible(self.persona.tools)],
+            tools=[t.spec() for t in await self.tools.offered(self.persona.tools)],
             max_tokens=self.persona.max_output_tokens,
             temperature=self.persona.temperature,
         )
@@ -330,7 +332,9 @@ class RunExecutor:
         Returns whether anything was appended."""
         pending = transcript.pending_tool_calls()
         for call in pending:
-            needs_input = call.name == ASK_USER or call.name in self.persona.confirm_tools
+            needs_input = call.name == ASK_USER or persona_allows(
+                self.persona.confirm_tools, call.name
+            )
             if needs_input and call.tool_call_id not in transcript.inputs:
                 if call.tool_call_id not in transcript.waiting_for:
                     await self._ask(call)
@@ -372,8 +376,9 @@ class RunExecutor:
             return result(answer or "")
         if answer == "deny":
             return result("the user denied this tool call", is_error=True)
-        tool = self.tools.get(call.name)
-        if tool is None or tool.run is None or call.name not in self.persona.tools:
+        allowed = persona_allows(self.persona.tools, call.name)
+        tool = await self.tools.resolve(call.name) if allowed else None
+        if tool is None or tool.run is None:
             return result(f"unknown tool {call.name!r}", is_error=True)
         if (
             self.interrupted

@@ -226,7 +226,7 @@ def query_before(request: web.Request) -> str | None:
     return raw
 
 
-def query_seq(request: web.Request, name: str, raw: str | None) -> int | None:
+def query_seq(name: str, raw: str | None) -> int | None:
     if raw is None:
         return None
     if not _SEQ.match(raw.strip()):

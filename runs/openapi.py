@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 document of the HTTP API (``GET /openapi.json``, issue 7).
+"""The OpenAPI 3.1 document of the HTTP API (``GET /openapi.json``).
 
 Request and response schemas are generated from the msgspec types in ``runs.schemas`` — the
 same types the handlers decode and encode — so the contract cannot drift from the code. What
@@ -33,6 +33,7 @@ from runs.schemas import (
     SubmitInput,
     Thread,
     ThreadRun,
+    ToolInfo,
 )
 
 __all__ = ["OPERATIONS", "Operation", "Param", "document", "document_bytes"]
@@ -136,6 +137,13 @@ LAST_EVENT_ID = Param(
     "header",
     {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
     "The standard SSE reconnection header; used as `after_seq` when that is absent.",
+)
+PERSONA_ID = Param(
+    "persona_id",
+    "query",
+    {"type": "string", "maxLength": 200},
+    "The persona (`key@version`, or a bare `key` for its latest version); default persona"
+    " when absent or empty.",
 )
 THREAD_ID = _id("thread_id", "thread")
 RUN_ID = _id("run_id", "run")
@@ -310,6 +318,18 @@ OPERATIONS: tuple[Operation, ...] = (
         errors=(400, 404),
         media_type="text/event-stream",
         description=_SSE_DESCRIPTION,
+    ),
+    Operation(
+        "GET",
+        "/v1/tools",
+        "listTools",
+        "The tools a persona may use: built-in, tool_modules and MCP servers' tools",
+        200,
+        list[ToolInfo],
+        params=(PERSONA_ID,),
+        errors=(400, 422),
+        description="An MCP server that has not listed its tools yet (it is down or still"
+        " starting) contributes none; its tools appear once it answers.",
     ),
 )
 

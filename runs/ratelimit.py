@@ -1,4 +1,4 @@
-"""Failure counting for login throttling (issue 7): per login and per client address.
+"""Failure counting for login throttling: per login and per client address.
 
 In memory and per process: a restart forgets the counts, which is acceptable for a throttle
 whose job is to make online password guessing slow, not to be an audit record.

@@ -1,4 +1,4 @@
-"""Route table: which provider and model a run uses (issue 5, "Routes")."""
+"""Route table: which provider and model a run uses."""
 
 from __future__ import annotations
 

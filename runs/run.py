@@ -1,4 +1,6 @@
-"""The run aggregate: a pure fold of its events and pure command decisions (DESIGN.md §1, §3).
+"""The run aggregate: a pure fold of its events and pure command decisions.
+
+See docs/architecture.md, "The domain".
 
 Neither ``evolve`` nor ``decide`` does I/O, reads the clock or makes ids: timestamps come from the
 recorded events and ids are passed in with the commands.
@@ -40,7 +42,6 @@ __all__ = [
     "decide_cancel",
     "decide_input",
     "evolve",
-    "fold",
     "fold_recorded",
 ]
 
@@ -125,7 +126,7 @@ class RunState(msgspec.Struct, kw_only=True):
 
 
 def credits_for(cost_usd: float, multiplier: float) -> int:
-    """``ceil(cost * 1000 * multiplier)`` (DESIGN.md §3), rounded first so float noise
+    """``ceil(cost * 1000 * multiplier)``, rounded first so float noise
     (0.1 + 0.2) cannot add a credit."""
     return math.ceil(round(cost_usd * 1000 * multiplier, 9))
 
@@ -196,14 +197,6 @@ def evolve(state: RunState | None, event: DomainEvent, seq: int, at: str) -> Run
             state.waiting = None
         case _:
             pass
-    return state
-
-
-def fold(events: Iterable[tuple[DomainEvent, int, str]]) -> RunState | None:
-    """Fold ``(event, seq, created_at)`` triples from the start of a run."""
-    state: RunState | None = None
-    for event, seq, at in events:
-        state = evolve(state, event, seq, at)
     return state
 
 

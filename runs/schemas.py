@@ -27,9 +27,10 @@ __all__ = [
     "SubmitInput",
     "Thread",
     "ThreadRun",
+    "ToolInfo",
 ]
 
-#: ``POST /v1/runs/{id}/input`` accepts at most 32 KB of UTF-8 (the spec's "maximum 32KB").
+#: ``POST /v1/runs/{id}/input`` accepts at most 32 KB of UTF-8 (the Runs API: "maximum 32KB").
 MAX_INPUT_BYTES = 32 * 1024
 MAX_MESSAGE_CHARS = 256 * 1024
 
@@ -50,7 +51,7 @@ class CreateMessage(Request):
 
 class CreateRun(Request):
     route_id: Id | None = None
-    # The spec: persona_id "defaults if empty" — an empty string means the default persona.
+    # The Runs API: persona_id "defaults if empty" — an empty string means the default persona.
     persona_id: Annotated[str, msgspec.Meta(max_length=200)] | None = None
 
 
@@ -112,7 +113,7 @@ class ThreadRun(msgspec.Struct):
 
 
 class Run(msgspec.Struct):
-    """An item of ``GET /v1/runs``: every field of the spec's example, plus cancelled_at."""
+    """An item of ``GET /v1/runs``: every field of the Runs API's example, plus cancelled_at."""
 
     run_id: str
     org_id: str
@@ -136,7 +137,7 @@ class Run(msgspec.Struct):
 
 
 class RunDetail(Run):
-    """``GET /v1/runs/{id}``: the spec's detail shape plus the list fields."""
+    """``GET /v1/runs/{id}``: the Runs API's detail shape plus the list fields."""
 
     trace_id: str
     route_id: str
@@ -152,3 +153,17 @@ class SseFrame(msgspec.Struct):
     type: str
     data: msgspec.Raw
     created_at: str
+
+
+class ToolInfo(msgspec.Struct):
+    """An item of ``GET /v1/tools``: a tool a persona may use, and where it comes from."""
+
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    #: "builtin", "module" (the config's ``tool_modules``) or "mcp".
+    source: str
+    #: For an MCP tool, the ``[[mcp_servers]]`` name that serves it.
+    mcp_server: str | None
+    requires_confirmation: bool
+    safe_to_repeat: bool

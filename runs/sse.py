@@ -1,4 +1,4 @@
-"""The SSE event stream of a run (issue 4, DESIGN.md §5): a query over the log from a cursor,
+"""The SSE event stream of a run (docs/architecture.md, "HTTP"): a query over the log from a cursor,
 then a live tail of the same log. It keeps no copy of history and no buffer per connection."""
 
 from __future__ import annotations

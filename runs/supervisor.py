@@ -1,4 +1,6 @@
-"""One asyncio task per live run (DESIGN.md §4): launch, cancel, resume, shut down.
+"""One asyncio task per live run: launch, cancel, resume, shut down.
+
+See docs/architecture.md, "Execution".
 
 A run has a task only while it works. A run waiting for input has none (no task, no timer
 that could expire it): the input handler appends to its log and launches it again.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,16 @@ from server import RUNTIME, Runtime, create_app
 from tests.postgres import fresh_schema, session_database
 
 ADMIN_KEY = "rl_test_admin_key_0123456789abcdefghijklmnop"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` (soak, long fuzz, load) run only with RUNLOG_SLOW_TESTS=1."""
+    if os.environ.get("RUNLOG_SLOW_TESTS") == "1":
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 class Api:

@@ -56,3 +56,25 @@ def test_readme_opens_with_the_two_setup_commands() -> None:
     assert blocks[1].endswith(".venv/bin/python -m pytest")
     ci = (Path(__file__).parent.parent / ".ci" / "run").read_text(encoding="utf-8")
     assert blocks[1].replace(" -q", "") in ci.replace(" -q", "")
+
+
+def test_the_repository_stands_on_its_own() -> None:
+    """Comments and docs point into the repository, never to notes a cloner does not have."""
+    root = Path(__file__).parent.parent
+    files = [
+        path
+        for folder in ("eventstore", "projections", "runs", "tests", "bench", "docs", "scripts")
+        for path in (root / folder).rglob("*")
+        if path.suffix in {".py", ".md", ""} and path.is_file()
+    ] + [root / "server.py", root / "README.md", root / "pyproject.toml"]
+    outside = re.compile(r"DESIGN\.md|STYLE\.md|\.\./shared|\bissue \d+|\bthe spec\b", re.I)
+    this_file = Path(__file__).resolve()
+    found = [
+        f"{path.relative_to(root)}:{number}"
+        for path in files
+        if path.resolve() != this_file
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if outside.search(line)
+    ]
+    assert not found, found
+    assert (root / "docs" / "architecture.md").is_file()

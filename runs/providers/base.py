@@ -1,4 +1,4 @@
-"""The model port: what the agent loop needs from a model provider (STYLE.md: ports)."""
+"""The model port: what the agent loop needs from a model provider."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bad input, bad credentials, throttling, secrets and slow clients (issue 7).
+"""Bad input, bad credentials, throttling, secrets and slow clients.
 
 Each test drives the real app: in process over a real socket (``aiohttp_client``), or as a
 subprocess (``python -m runs``) for the connection-level timeouts.

@@ -37,6 +37,7 @@ RESPONSE_TYPES = {
     ("GET", "/v1/runs/{run_id}", "200"): schemas.RunDetail,
     ("POST", "/v1/runs/{run_id}:cancel", "200"): schemas.Ok,
     ("POST", "/v1/runs/{run_id}/input", "200"): schemas.Ok,
+    ("GET", "/v1/tools", "200"): list[schemas.ToolInfo],
 }
 
 

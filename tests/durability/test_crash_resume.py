@@ -1,5 +1,5 @@
 """kill -9 the real server while runs stream, call tools and wait for input; restart it on the
-same file; every run continues from its log (issue 6)."""
+same file; every run continues from its log."""
 
 from __future__ import annotations
 

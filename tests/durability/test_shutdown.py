@@ -1,5 +1,5 @@
 """SIGTERM under load: the server stops within its bound, leaves no half-written state, and the
-runs it stopped continue after the next start (issue 6, graceful shutdown)."""
+runs it stopped continue after the next start."""
 
 from __future__ import annotations
 

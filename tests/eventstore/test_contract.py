@@ -1,4 +1,4 @@
-"""The contract every event store backend must pass (DESIGN.md §2).
+"""The contract every event store backend must pass.
 
 Only the public interface is used here (append, append_many, read_stream, read_all, head,
 last_seq, verify, close); the backend comes from the ``store_factory`` fixture in conftest.py.

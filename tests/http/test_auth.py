@@ -1,5 +1,5 @@
 """Auth and tenancy over HTTP: API keys, login tokens, 401s, and another org's resources are
-404 on every route (issue 3, "Auth and tenancy")."""
+404 on every route."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Errors over HTTP: one shape, a trace id on every response, validation naming the field,
-no stack traces, unexpected errors logged with the trace id (issue 3, "Errors")."""
+no stack traces, unexpected errors logged with the trace id."""
 
 from __future__ import annotations
 

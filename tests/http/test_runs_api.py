@@ -1,4 +1,4 @@
-"""Runs over HTTP: create, list, detail, cancel, failures, accounting and concurrency (issue 3)."""
+"""Runs over HTTP: create, list, detail, cancel, failures, accounting and concurrency."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from runs.ids import is_id
 from runs.run import ms_between
 from tests.conftest import ADMIN_KEY, Api
 
-# Every field of the spec's ``GET /v1/runs`` example, plus ``cancelled_at`` (our one extra).
+# Every field of the Runs API's ``GET /v1/runs`` example, plus ``cancelled_at`` (our one extra).
 SPEC_RUN_KEYS = {
     "run_id",
     "org_id",

@@ -1,6 +1,6 @@
 """``GET /v1/runs/{run_id}/events``: the run's log read from a cursor, then followed live.
 
-Issue 4; spec "SSE Event Stream"; DESIGN.md §5. Everything goes through the real app on a real
+The Runs API's "SSE Event Stream". Everything goes through the real app on a real
 SQLite file (WAL) over real TCP (``aiohttp_client`` listens on 127.0.0.1). Frames are parsed
 strictly here (the exact bytes on the wire), and one test reads the stream with ``httpx-sse``,
 an SSE client this project does not implement.

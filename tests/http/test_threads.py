@@ -1,4 +1,4 @@
-"""Threads and messages over HTTP: exact shapes, ordering and paging (issue 3, "Endpoints")."""
+"""Threads and messages over HTTP: exact shapes, ordering and paging."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from runs.ids import is_id
 from tests.conftest import ADMIN_KEY, Api
 
 THREAD_KEYS = {"id", "org_id", "created_by_user_id", "title", "created_at", "active_run_id"}
-# The spec's message shape; ``run_id`` (which run wrote an assistant message) is our one extra.
+# The Runs API's message shape; ``run_id`` (which run wrote an assistant message) is our one extra.
 MESSAGE_KEYS = {"id", "org_id", "thread_id", "created_by_user_id", "role", "content", "created_at"}
 
 

@@ -1,5 +1,5 @@
 """``runlog admin`` and ``runlog verify`` as real subprocesses on the same log file the running
-server uses (issue 3, "The service": each change an event, safe while the server runs)."""
+server uses: each change is an event, safe while the server runs."""
 
 from __future__ import annotations
 
