@@ -133,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunsError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
+    except EventStoreError as exc:
+        # The log cannot be opened: unreachable server, or a schema from a newer runlog.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     build_parser().print_help()
     return 2
 

@@ -56,3 +56,22 @@ async def test_readyz_is_503_when_the_database_version_differs(
     set_version(db_location, SCHEMA_VERSION + 1)
     status, body = await api.request("GET", "/readyz")
     assert (status, body) == (503, {"status": "not_ready"})
+
+
+async def test_the_cli_refuses_a_newer_schema_with_the_message(db_location: str) -> None:
+    import subprocess
+    import sys
+
+    store = await open_event_store(db_location)
+    await store.close()
+    set_version(db_location, SCHEMA_VERSION + 1)
+    result = subprocess.run(
+        [sys.executable, "-m", "runs", "admin", "--db", db_location, "list-keys"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "newer runlog" in result.stderr
+    assert "Traceback" not in result.stderr
