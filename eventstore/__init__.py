@@ -9,6 +9,7 @@ from eventstore.backends import (
     is_postgres_url,
     log_exists,
     open_event_store,
+    scratch_database,
 )
 from eventstore.copy import copy_log
 from eventstore.errors import (
@@ -66,6 +67,7 @@ __all__ = [
     "log_exists",
     "open_event_store",
     "open_store",
+    "scratch_database",
     "utc_now",
     "verify_database",
     "verify_events",

@@ -3,8 +3,11 @@ or a synchronous connection. Nothing else in runlog names a backend class."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import secrets
+import sqlite3
+from collections.abc import Iterator, Sequence
 
 from eventstore.errors import StorageError
 from eventstore.postgres import PostgresDatabase, PostgresEventStore, is_postgres_url
@@ -14,7 +17,14 @@ from eventstore.schema import connect
 from eventstore.sql import Database, SqliteDatabase
 from eventstore.sqlite import SQLiteEventStore
 
-__all__ = ["connect_database", "describe", "is_postgres_url", "log_exists", "open_event_store"]
+__all__ = [
+    "connect_database",
+    "describe",
+    "is_postgres_url",
+    "log_exists",
+    "open_event_store",
+    "scratch_database",
+]
 
 
 async def open_event_store(location: str, projections: Sequence[Projection] = ()) -> EventStore:
@@ -50,3 +60,32 @@ def describe(location: str) -> str:
     from eventstore.postgres import _display
 
     return _display(location) if is_postgres_url(location) else location
+
+
+@contextlib.contextmanager
+def scratch_database(location: str) -> Iterator[Database]:
+    """An empty database of the same engine as ``location``, dropped afterwards: an in-memory
+    SQLite one, or on PostgreSQL a schema of its own in the same database (so a rebuild there is
+    compared on the engine that built the live tables). A PostgreSQL user who may not create a
+    schema gets the in-memory SQLite one."""
+    if is_postgres_url(location):
+        db = PostgresDatabase.connect(location)
+        schema = f"runlog_scratch_{secrets.token_hex(6)}"
+        try:
+            db.execute(f'CREATE SCHEMA "{schema}"')
+        except db.errors:
+            db.close()
+        else:
+            try:
+                db.execute(f'SET search_path TO "{schema}"')
+                yield db
+            finally:
+                db.rollback()
+                db.execute(f'DROP SCHEMA "{schema}" CASCADE')
+                db.close()
+            return
+    memory = SqliteDatabase(sqlite3.connect(":memory:", isolation_level=None))
+    try:
+        yield memory
+    finally:
+        memory.close()

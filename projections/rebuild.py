@@ -1,8 +1,8 @@
 """Rebuild read models from the log, in place or into a scratch database, and compare tables.
 
 Everything goes through :class:`eventstore.Database`, so it works the same on SQLite and on
-PostgreSQL; the scratch database of ``rebuild --check`` is an in-memory SQLite one on either
-backend, and rows are compared as Python values in an engine-independent order.
+PostgreSQL (the scratch database of ``rebuild --check`` is ``eventstore.scratch_database``), and
+rows are compared as Python values in an engine-independent order.
 """
 
 from __future__ import annotations

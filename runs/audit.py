@@ -5,7 +5,6 @@ the head of the log)."""
 from __future__ import annotations
 
 import heapq
-import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from typing import TextIO
@@ -18,9 +17,9 @@ from eventstore import (
     connect_database,
     copy_log,
     describe,
+    scratch_database,
     verify_database,
 )
-from eventstore.sql import SqliteDatabase
 from projections import all_projections, diff_tables, rebuild, rebuild_in_place
 from runs.events import org_stream, run_stream, thread_stream
 
@@ -88,16 +87,15 @@ def run_rebuild(location: str, check: bool, out: TextIO) -> int:
             )
             print(f"rebuilt {len(projections)} projections from {count} events", file=out)
             return 0
-        scratch = SqliteDatabase(sqlite3.connect(":memory:", isolation_level=None))
-        db.begin_snapshot()  # one snapshot for the replay and the live tables alike
-        try:
-            count = rebuild(
-                db, scratch, projections, progress_printer("rebuilding", event_count(db))
-            )
-            differences = diff_tables(db, scratch, projections)
-        finally:
-            db.rollback()
-            scratch.close()
+        with scratch_database(location) as scratch:
+            db.begin_snapshot()  # one snapshot for the replay and the live tables alike
+            try:
+                count = rebuild(
+                    db, scratch, projections, progress_printer("rebuilding", event_count(db))
+                )
+                differences = diff_tables(db, scratch, projections)
+            finally:
+                db.rollback()
     finally:
         db.close()
     if not differences:

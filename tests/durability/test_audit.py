@@ -166,3 +166,11 @@ async def test_rebuild_check_reports_a_projection_that_drifted(api_on_both: Api)
     assert "DIFFERS runs" in result.stdout
     assert runlog("rebuild", "--db", db_path).returncode == 0
     assert runlog("rebuild", "--db", db_path, "--check").returncode == 0
+    if db_path.startswith("postgresql://"):
+        # The check's scratch schema is gone again.
+        conn = connect_database(db_path)
+        try:
+            scratch = "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'runlog_scratch_%'"
+            assert conn.fetch_all(scratch) == []
+        finally:
+            conn.close()
