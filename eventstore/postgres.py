@@ -134,8 +134,9 @@ class PostgresDatabase:
     dialect = "postgres"
     errors: tuple[type[Exception], ...] = (psycopg.Error,)
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], url: str = "") -> None:
         self.conn = conn
+        self._url = url
         self._cursor = conn.cursor()
         # Round trips are most of a batch's cost (the commit's fsync aside), so BEGIN travels
         # with the head's lock, and the head's update and the notification with COMMIT.
@@ -153,7 +154,16 @@ class PostgresDatabase:
             conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
             raise StorageError(f"cannot connect to PostgreSQL: {exc}") from exc
-        return cls(conn)
+        return cls(conn, url)
+
+    def _reconnect_if_lost(self) -> None:
+        """A server restart or a terminated backend leaves the connection broken: the batch
+        that saw it failed (its appends got an error, so nothing acknowledged is lost), and
+        the next one starts on a new connection."""
+        if (self.conn.broken or self.conn.closed) and self._url:
+            self.conn.close()
+            self.conn = self.connect(self._url).conn
+            self._cursor = self.conn.cursor()
 
     @property
     def in_transaction(self) -> bool:
@@ -189,6 +199,7 @@ class PostgresDatabase:
         self._cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
 
     def begin_write(self) -> None:
+        self._reconnect_if_lost()
         self._begin_pending = True
         self._new_head = None
 
@@ -220,6 +231,8 @@ class PostgresDatabase:
     def rollback(self) -> None:
         self._begin_pending = False
         self._new_head = None
+        if self.conn.broken or self.conn.closed:
+            return
         if self.in_transaction:
             self._cursor.execute(b"ROLLBACK")
 

@@ -98,3 +98,39 @@ async def test_an_unreachable_server_is_a_storage_error(tmp_path: Path) -> None:
 
     with pytest.raises(StorageError, match="PostgreSQL"):
         await PostgresEventStore.open("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
+
+
+async def test_the_store_recovers_when_its_connections_are_killed(
+    pg_store: PostgresEventStore,
+) -> None:
+    """A server restart or an administrator's pg_terminate_backend: the appends and reads in
+    flight fail with an error (so nothing is acknowledged that was not written), later ones
+    work on new connections, and the log stays whole."""
+    from eventstore import StorageError
+
+    try:
+        with psycopg.connect(pg_store.url, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND backend_type = 'client backend'"
+            ).fetchall()
+        assert killed
+        acknowledged = []
+        for i in range(3):
+            try:
+                acknowledged += await pg_store.append("after", [NewEvent("T", b"{}")])
+            except StorageError:
+                assert i == 0, "only the first append after the kill may fail"
+        for _ in range(3):
+            try:
+                log = await pg_store.read_all()
+                break
+            except StorageError:
+                continue
+        assert [e.position for e in log] == list(range(1, len(log) + 1))
+        assert {e.position for e in acknowledged} <= {e.position for e in log}
+        assert len(acknowledged) >= 2
+        assert (await pg_store.verify()).ok
+    finally:
+        await pg_store.close()
