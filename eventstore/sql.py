@@ -42,6 +42,10 @@ class SqlConnection(Protocol):
         adjusted to the engine."""
         ...
 
+    def table_columns(self, table: str) -> list[str]:
+        """The columns of ``table`` in order (none when it does not exist)."""
+        ...
+
 
 class Database(SqlConnection, Protocol):
     """A synchronous connection to one log: the writer's and the audit tools' view."""
@@ -91,8 +95,6 @@ class Database(SqlConnection, Protocol):
     def set_head(self, position: int, hash_: str) -> None:
         """Record a new head at the end of a write transaction (and announce it)."""
         ...
-
-    def table_columns(self, table: str) -> list[str]: ...
 
     def table_exists(self, table: str) -> bool: ...
 
