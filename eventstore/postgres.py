@@ -105,6 +105,7 @@ def to_pg(sql: str) -> str:
     return converted
 
 
+_COMMENT = re.compile(r"--[^\n]*")
 _TYPES = [
     (re.compile(r"\bTEXT\b(?! COLLATE)"), 'TEXT COLLATE "C"'),
     (re.compile(r"\bINTEGER\b"), "BIGINT"),
@@ -116,6 +117,7 @@ def portable_ddl(statement: str) -> str:
     """A projection's DDL for PostgreSQL. Text compares bytewise (``COLLATE "C"``) as on
     SQLite, so ``ORDER BY`` over ids and cursors give the same order on both; integers are
     64-bit and reals double precision, as SQLite stores them."""
+    statement = _COMMENT.sub("", statement)
     if not statement.lstrip().upper().startswith("CREATE TABLE"):
         return statement
     for pattern, replacement in _TYPES:

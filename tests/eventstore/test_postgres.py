@@ -134,3 +134,19 @@ async def test_the_store_recovers_when_its_connections_are_killed(
         assert (await pg_store.verify()).ok
     finally:
         await pg_store.close()
+
+
+def test_projection_ddl_gets_postgresql_types_even_after_a_comment() -> None:
+    from eventstore.postgres import portable_ddl
+
+    ddl = """
+    -- a comment first, as projections write them
+    CREATE TABLE IF NOT EXISTS t (
+        id TEXT PRIMARY KEY, n INTEGER NOT NULL, x REAL, y TEXT COLLATE "C"
+    )"""
+    assert " ".join(portable_ddl(ddl).split()) == (
+        'CREATE TABLE IF NOT EXISTS t ( id TEXT COLLATE "C" PRIMARY KEY, n BIGINT NOT NULL,'
+        ' x DOUBLE PRECISION, y TEXT COLLATE "C" )'
+    )
+    index = "CREATE INDEX IF NOT EXISTS t_by_n ON t (n)"
+    assert portable_ddl(index) == index
