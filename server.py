@@ -23,7 +23,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from eventstore import EventStoreError, SQLiteEventStore, StoreClosedError
+from eventstore import EventStore, EventStoreError, StoreClosedError, open_event_store
 from projections import all_projections
 from projections.queries import Queries
 from runs import metrics
@@ -122,7 +122,7 @@ class Runtime:
         )
         self._providers: dict[str, Provider] = {}
         self.provider_for = provider_for or self.default_provider
-        self.store: SQLiteEventStore
+        self.store: EventStore
         self.queries: Queries
         self.accounts: Accounts
         self.supervisor: Supervisor
@@ -146,7 +146,7 @@ class Runtime:
         return provider
 
     async def start(self) -> None:
-        self.store = await SQLiteEventStore.open(self.config.db, all_projections())
+        self.store = await open_event_store(self.config.db, all_projections())
         self.store.commit_observers.append(metrics.observe_commit)
         try:
             self.queries = Queries(self.store)

@@ -19,9 +19,7 @@ are dropped when it ends (no usage follows a terminal event).
 
 from __future__ import annotations
 
-import sqlite3
-
-from eventstore import RecordedEvent
+from eventstore import RecordedEvent, SqlConnection
 from projections.base import Handler, TableProjection
 from runs.events import (
     DomainEvent,
@@ -115,7 +113,7 @@ class UsageProjection(TableProjection):
         }
 
     @staticmethod
-    def _started(conn: sqlite3.Connection, e: RunStarted, r: RecordedEvent) -> None:
+    def _started(conn: SqlConnection, e: RunStarted, r: RecordedEvent) -> None:
         conn.execute(
             "INSERT INTO usage_live_runs (run_id, org_id, user_id, route_id, credits_multiplier,"
             " cost_usd) VALUES (?, ?, ?, ?, ?, 0)",
@@ -130,19 +128,21 @@ class UsageProjection(TableProjection):
         )
 
     @staticmethod
-    def _usage(conn: sqlite3.Connection, e: RunUsage, r: RecordedEvent) -> None:
+    def _usage(conn: SqlConnection, e: RunUsage, r: RecordedEvent) -> None:
         run_id = run_id_of(r.stream)
-        org_id, user_id, route_id, multiplier, before = conn.execute(
+        live = conn.fetch_one(
             "SELECT org_id, user_id, route_id, credits_multiplier, cost_usd FROM usage_live_runs"
             " WHERE run_id = ?",
             (run_id,),
-        ).fetchone()
-        known = conn.execute(
+        )
+        assert live is not None  # run.started comes first; no usage follows a terminal event
+        org_id, user_id, route_id, multiplier, before = live
+        known = conn.fetch_one(
             "SELECT estimated, day, model, input_tokens, output_tokens, cache_read_tokens,"
             " cache_write_tokens, cost_usd, credits_used FROM usage_calls"
             " WHERE run_id = ? AND call = ?",
             (run_id, e.call),
-        ).fetchone()
+        )
         if e.estimated and known is not None:
             return  # the call is counted already
         # The same float operations, in the same order, as the run's own total, so the
@@ -183,7 +183,7 @@ class UsageProjection(TableProjection):
         )
 
     @staticmethod
-    def _ended(conn: sqlite3.Connection, e: DomainEvent, r: RecordedEvent) -> None:
+    def _ended(conn: SqlConnection, e: DomainEvent, r: RecordedEvent) -> None:
         run_id = run_id_of(r.stream)
         conn.execute("DELETE FROM usage_live_runs WHERE run_id = ?", (run_id,))
         conn.execute("DELETE FROM usage_calls WHERE run_id = ?", (run_id,))

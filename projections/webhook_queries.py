@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from eventstore import SQLiteEventStore
+from eventstore import EventStore
 from projections.webhooks import DELIVERY_COLUMNS, ENDPOINT_COLUMNS
 
 __all__ = ["WebhookQueries"]
@@ -28,7 +28,7 @@ def _delivery(row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 class WebhookQueries:
-    def __init__(self, store: SQLiteEventStore) -> None:
+    def __init__(self, store: EventStore) -> None:
         self.store = store
 
     async def endpoint(self, org_id: str | None, endpoint_id: str) -> dict[str, Any] | None:

@@ -15,11 +15,9 @@ only the ``runs`` table of the runs projection, which is applied before this one
 
 from __future__ import annotations
 
-import sqlite3
-
 import msgspec
 
-from eventstore import RecordedEvent
+from eventstore import RecordedEvent, SqlConnection
 from projections.base import Handler, TableProjection
 from runs.events import (
     DomainEvent,
@@ -138,9 +136,7 @@ class WebhooksProjection(TableProjection):
     # -- endpoints --------------------------------------------------------------------------
 
     @staticmethod
-    def _endpoint_created(
-        conn: sqlite3.Connection, e: WebhookEndpointCreated, r: RecordedEvent
-    ) -> None:
+    def _endpoint_created(conn: SqlConnection, e: WebhookEndpointCreated, r: RecordedEvent) -> None:
         conn.execute(
             "INSERT INTO webhook_endpoints (endpoint_id, org_id, url, events, description,"
             " status, created_by_user_id, created_at, version)"
@@ -159,7 +155,7 @@ class WebhooksProjection(TableProjection):
 
     @staticmethod
     def _endpoint_ended(status: str) -> Handler:
-        def apply(conn: sqlite3.Connection, e: DomainEvent, r: RecordedEvent) -> None:
+        def apply(conn: SqlConnection, e: DomainEvent, r: RecordedEvent) -> None:
             assert isinstance(e, WebhookEndpointDeleted | WebhookEndpointDisabled)
             reason = e.reason if isinstance(e, WebhookEndpointDisabled) else None
             # A deleted endpoint stays deleted; a disabled one may still be deleted.
@@ -180,14 +176,14 @@ class WebhooksProjection(TableProjection):
     # -- run events become deliveries ------------------------------------------------------
 
     @staticmethod
-    def _run_event(conn: sqlite3.Connection, e: DomainEvent, r: RecordedEvent) -> None:
+    def _run_event(conn: SqlConnection, e: DomainEvent, r: RecordedEvent) -> None:
         run_id = run_id_of(r.stream)
-        targets = conn.execute(
+        targets = conn.fetch_all(
             "SELECT w.endpoint_id, w.events, x.org_id, x.thread_id FROM runs x"
             " JOIN webhook_endpoints w ON w.org_id = x.org_id"
             " WHERE x.run_id = ? AND w.status = 'active' ORDER BY w.endpoint_id",
             (run_id,),
-        ).fetchall()
+        )
         for endpoint_id, events, org_id, thread_id in targets:
             if r.type not in _decode_events(events):
                 continue
@@ -213,7 +209,7 @@ class WebhooksProjection(TableProjection):
     # -- attempts ---------------------------------------------------------------------------
 
     @staticmethod
-    def _claimed(conn: sqlite3.Connection, e: WebhookDeliveryClaimed, r: RecordedEvent) -> None:
+    def _claimed(conn: SqlConnection, e: WebhookDeliveryClaimed, r: RecordedEvent) -> None:
         # While claimed, the next attempt is due when the claim lapses (its worker died).
         conn.execute(
             "UPDATE webhook_deliveries SET attempts = ?, last_attempt_at = ?,"
@@ -223,7 +219,7 @@ class WebhooksProjection(TableProjection):
         )
 
     @staticmethod
-    def _succeeded(conn: sqlite3.Connection, e: WebhookDeliverySucceeded, r: RecordedEvent) -> None:
+    def _succeeded(conn: SqlConnection, e: WebhookDeliverySucceeded, r: RecordedEvent) -> None:
         conn.execute(
             "UPDATE webhook_deliveries SET status = 'succeeded', last_response_code = ?,"
             " last_error = NULL, next_attempt_at = NULL, claimed_by = NULL, version = ?"
@@ -233,7 +229,7 @@ class WebhooksProjection(TableProjection):
 
     @staticmethod
     def _attempt_failed(
-        conn: sqlite3.Connection, e: WebhookDeliveryAttemptFailed, r: RecordedEvent
+        conn: SqlConnection, e: WebhookDeliveryAttemptFailed, r: RecordedEvent
     ) -> None:
         # A delivery cancelled meanwhile (its endpoint went away) stays cancelled.
         conn.execute(

@@ -7,7 +7,7 @@ import collections
 from collections.abc import Sequence
 from typing import Any
 
-from eventstore import ConcurrencyError, SQLiteEventStore
+from eventstore import ConcurrencyError, EventStore
 from projections.webhook_queries import WebhookQueries
 from runs.errors import Conflict, NotFound, PolicyError, ValidationFailed
 from runs.events import (
@@ -28,7 +28,7 @@ _CONFLICT_RETRIES = 5
 class WebhookService:
     def __init__(
         self,
-        store: SQLiteEventStore,
+        store: EventStore,
         service_key: bytes,
         *,
         allow_private: bool,

@@ -27,8 +27,8 @@ import structlog
 from eventstore import (
     AppendRequest,
     ConcurrencyError,
+    EventStore,
     RecordedEvent,
-    SQLiteEventStore,
     StoreClosedError,
 )
 from projections.webhook_queries import WebhookQueries
@@ -65,7 +65,7 @@ def _wakes(event: RecordedEvent) -> bool:
 class DeliveryWorker:
     def __init__(
         self,
-        store: SQLiteEventStore,
+        store: EventStore,
         service_key: bytes,
         *,
         timeout_s: float = 10.0,

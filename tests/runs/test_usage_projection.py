@@ -8,15 +8,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventstore import RecordedEvent
+from eventstore import Database, RecordedEvent, connect_database
 from projections import RunsProjection, UsageProjection
 from projections.queries import Queries
 from runs.events import (
@@ -30,6 +30,7 @@ from runs.events import (
     run_stream,
 )
 from runs.run import credits_for, fold_recorded
+from tests.postgres import fresh_schema
 
 FIRST_DAY = dt.date(2026, 2, 27)  # the runs cross a month's end
 ORGS = ("org-a", "org-b")
@@ -232,13 +233,23 @@ def expected_report(
 
 
 class _Reader:
-    """What ``Queries`` needs of a store, over one SQLite connection."""
+    """What ``Queries`` needs of a store, over one connection of the SQL port."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in self.conn.execute(sql, params)]
+        return self.db.fetch_all(sql, params)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def scratch_location(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """A database of each backend; every example works in a transaction it rolls back."""
+    if request.param == "sqlite":
+        return str(tmp_path_factory.mktemp("usage") / "usage.db")
+    return fresh_schema(request.getfixturevalue("pg_url"))
 
 
 def assert_rows_equal(got: list[dict[str, Any]], expected: dict[str, dict[str, float]]) -> None:
@@ -255,10 +266,11 @@ def assert_rows_equal(got: list[dict[str, Any]], expected: dict[str, dict[str, f
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(generated_runs(), st.integers(0, 9), st.integers(0, 9))
 def test_usage_reports_equal_the_runs_figures(
-    runs: list[GeneratedRun], start: int, length: int
+    scratch_location: str, runs: list[GeneratedRun], start: int, length: int
 ) -> None:
-    conn = sqlite3.connect(":memory:")
+    conn = connect_database(scratch_location)
     try:
+        conn.begin_schema()
         projections = [RunsProjection(), UsageProjection()]
         for projection in projections:
             projection.create(conn)
@@ -274,13 +286,14 @@ def test_usage_reports_equal_the_runs_figures(
         everything = (day_of(-1), day_of(30))
         some_days = (day_of(start), day_of(start + length))
         for org in ORGS:
-            own = conn.execute(
+            own = conn.fetch_one(
                 "SELECT count(*), coalesce(sum(total_input_tokens), 0),"
                 " coalesce(sum(total_output_tokens), 0), coalesce(sum(cache_read_tokens), 0),"
                 " coalesce(sum(cache_write_tokens), 0), coalesce(sum(total_cost_usd), 0),"
                 " coalesce(sum(credits_used), 0) FROM runs WHERE org_id = ?",
                 (org,),
-            ).fetchone()
+            )
+            assert own is not None
             for group_by in GROUPS:
                 for first, last in (everything, some_days):
                     got = asyncio.run(queries.usage(org, first, last, group_by))
@@ -298,4 +311,5 @@ def test_usage_reports_equal_the_runs_figures(
                 assert sums[2] == sum(state.total_output_tokens for state in states)
                 assert sums[6] == sum(state.credits_used for state in states)
     finally:
+        conn.rollback()
         conn.close()
