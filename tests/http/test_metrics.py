@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from runs.config import Route
 from runs.providers.base import ModelRequest, Provider, ProviderError, ProviderEvent
 from runs.providers.scripted import ScriptedProvider
-from tests.conftest import ADMIN_KEY, Api
+from tests.conftest import ADMIN_KEY, Api, app_factory
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -231,8 +231,9 @@ async def test_retries_errors_and_failures_are_counted(
 
 
 async def test_live_gauges_come_from_the_log_and_are_right_after_a_restart(
-    aiohttp_client: Any, make_app: Callable[..., web.Application]
+    aiohttp_client: Any, db_location: str
 ) -> None:
+    make_app = app_factory(db_location)
     first = Api(await aiohttp_client(make_app()), ADMIN_KEY)
     waiting = []
     for question in ("colour?", "size?"):

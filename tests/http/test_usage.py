@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from runs.auth import key_sha256
-from tests.conftest import ADMIN_KEY, Api
+from tests.conftest import ADMIN_KEY, Api, app_factory
 
 ROUTES = [
     {
@@ -39,6 +39,12 @@ FIGURES = ("input_tokens", "output_tokens", "cost_usd", "credits_used")
 @pytest.fixture
 async def priced(aiohttp_client: Any, make_app: Callable[..., web.Application]) -> Api:
     return Api(await aiohttp_client(make_app(routes=ROUTES)), ADMIN_KEY)
+
+
+@pytest.fixture
+async def priced_on_both(aiohttp_client: Any, db_location: str) -> Api:
+    """The priced routes on each backend (SQLite file, PostgreSQL schema)."""
+    return Api(await aiohttp_client(app_factory(db_location)(routes=ROUTES)), ADMIN_KEY)
 
 
 async def run_to_end(api: Api, content: str, key: str | None = None, **body: Any) -> str:
@@ -78,8 +84,8 @@ def assert_same(got: dict[str, float], expected: dict[str, float]) -> None:
         assert math.isclose(got[name], number, rel_tol=1e-9, abs_tol=1e-12), (name, got, expected)
 
 
-async def test_usage_totals_equal_the_runs_and_exclude_other_orgs(priced: Api) -> None:
-    api = priced
+async def test_usage_totals_equal_the_runs_and_exclude_other_orgs(priced_on_both: Api) -> None:
+    api = priced_on_both
     admin = await api.runtime.queries.api_key_by_hash(key_sha256(ADMIN_KEY))
     assert admin is not None
     await run_to_end(api, "one two three\n/cache 4")
