@@ -32,6 +32,7 @@ from runs.auth import (
     verify_password,
 )
 from runs.config import Config, Route
+from runs.credentials import guard_credential
 from runs.errors import (
     NotFound,
     RateLimited,
@@ -286,11 +287,11 @@ async def authenticate(request: web.Request) -> Principal:
         user = await runtime.queries.user(claims.sub)
         if user is None or user["deleted_at"] is not None:
             raise Unauthorized("a valid Bearer token is required")
-        return Principal(claims.sub, claims.org)
+        return Principal(claims.sub, claims.org, expires_at=claims.exp)
     key = await runtime.queries.api_key_by_hash(key_sha256(token))
     if key is None or key["revoked_at"] is not None or key["user_deleted_at"] is not None:
         raise Unauthorized("a valid Bearer token is required")
-    return Principal(key["user_id"], key["org_id"])
+    return Principal(key["user_id"], key["org_id"], key_id=key["key_id"])
 
 
 # -- handlers: health and auth ----------------------------------------------------------------
@@ -536,8 +537,14 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     await response.write(b": ping\n\n")
     task = asyncio.current_task()
+    guard = None
     if task is not None:
         runtime.streams.add(task)
+        # Revoking the key, deleting the user or the token's expiry ends the stream.
+        guard = asyncio.create_task(
+            guard_credential(runtime.store, runtime.queries, principal(request), task),
+            name="sse-credential",
+        )
     try:
         await stream_events(
             runtime.store,
@@ -550,8 +557,12 @@ async def run_events(request: web.Request) -> web.StreamResponse:
             heartbeat_s=runtime.config.sse_heartbeat_seconds,
         )
     except (ConnectionResetError, asyncio.CancelledError):
-        pass  # the client left, or the server is stopping: end quietly
+        pass  # the client left, the credential ended, or the server is stopping
     finally:
+        if guard is not None:
+            guard.cancel()
+            with contextlib.suppress(BaseException):
+                await guard
         if task is not None:
             runtime.streams.discard(task)
     with contextlib.suppress(ConnectionResetError):

@@ -17,6 +17,7 @@ from eventstore.model import AppendRequest, NewEvent, RecordedEvent, utc_now
 from eventstore.projection import Projection
 from eventstore.schema import EVENT_COLUMNS, connect
 from eventstore.verify import VerifyReport, verify_connection
+from eventstore.watch import FileWatch, touch
 from eventstore.writer import BatchWriter, Outcome
 
 __all__ = ["SQLiteEventStore", "open_store"]
@@ -62,6 +63,10 @@ class SQLiteEventStore:
         self._writer_task: asyncio.Task[None] | None = None
         self._closed = False
         self.live = LiveHub()
+        # The last position handed to live subscribers: events after it are read from the log
+        # and published when this process commits or the file changes (another process).
+        self._published = 0
+        self._watch = FileWatch(path + "-wal", self._publish_from_log)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -92,18 +97,22 @@ class SQLiteEventStore:
                 await reader.execute("PRAGMA query_only = ON")
                 self._readers.append(reader)
             self._log_reader = _inline_reader(self.path)
+            row = self._log_reader.execute("SELECT coalesce(max(position), 0) FROM events")
+            self._published = int(row.fetchone()[0])
         except BaseException as exc:
             await self._shutdown_connections()
             if isinstance(exc, EventStoreError) or not isinstance(exc, Exception):
                 raise
             raise StorageError(f"cannot open event store at {self.path}: {exc!r}") from exc
         self._writer_task = asyncio.create_task(self._run_writer(), name="runlog-writer")
+        self._watch.start()
 
     async def close(self) -> None:
         """Commit what is queued, then close every connection. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        self._watch.stop()
         if self._writer_task is not None:
             self._queue.put_nowait(_STOP)
             await self._writer_task
@@ -197,13 +206,48 @@ class SQLiteEventStore:
                     if not pending.future.done():
                         pending.future.set_result(outcome)
             # Published only after the commit: a subscriber never sees an event that could
-            # still be lost.
-            self.live.publish(committed)
+            # still be lost. Other processes' stores are told to look (eventstore/watch.py).
+            if committed:
+                touch(self.path + "-wal")
+            self._publish(committed)
         # Fail whatever arrived after the stop marker.
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if isinstance(item, _Pending) and not item.future.done():
                 item.future.set_exception(StoreClosedError("the event store is closed"))
+
+    def _publish(self, committed: list[RecordedEvent]) -> None:
+        """Hand committed events to live subscribers once each, in position order."""
+        fresh = [event for event in committed if event.position > self._published]
+        if not fresh:
+            return
+        if fresh[0].position != self._published + 1:
+            # Another process committed in between: read its events from the log first.
+            self._publish_from_log()
+            return
+        self._published = fresh[-1].position
+        self.live.publish(fresh)
+
+    def _publish_from_log(self) -> None:
+        """Publish whatever the log holds after the last published position (another
+        process's events). A read on the calling thread: WAL readers never wait for a lock."""
+        reader = self._log_reader
+        if self._closed or reader is None:
+            return
+        while True:
+            try:
+                rows = reader.execute(
+                    f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ?"
+                    " ORDER BY position LIMIT 1000",
+                    (self._published,),
+                ).fetchall()
+            except sqlite3.Error:
+                return  # the next change or commit looks again
+            if not rows:
+                return
+            events = [RecordedEvent(*row) for row in rows]
+            self._published = events[-1].position
+            self.live.publish(events)
 
     # -- reads ------------------------------------------------------------------------------
 
