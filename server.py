@@ -21,7 +21,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from eventstore import EventStoreError, SQLiteEventStore, StoreClosedError
+from eventstore import EventStoreError, SQLiteEventStore, StorageUnavailable, StoreClosedError
 from projections import all_projections
 from projections.queries import Queries
 from runs.auth import (
@@ -141,6 +141,7 @@ class Runtime:
                 tools=self.tools,
                 provider_for=self.provider_for,
                 coalesce_s=self.config.delta_coalesce_ms / 1000,
+                storage_retry_s=self.config.storage_retry_seconds,
             )
             self.service = RunService(
                 store=self.store,
@@ -249,6 +250,12 @@ async def trace_and_errors(request: web.Request, handler: Handler) -> web.Stream
     except StoreClosedError:
         status = status_of("internal.unavailable")
         return error_response(status, "internal.unavailable", "the service is stopping", trace_id)
+    except StorageUnavailable:
+        # Nothing was written; the same request may succeed once the log can be written.
+        status = status_of("internal.unavailable")
+        return error_response(
+            status, "internal.unavailable", "the log cannot be written now", trace_id
+        )
     except EventStoreError:
         log.exception("request.store_error")
         return error_response(500, "internal.error", "internal error", trace_id)
@@ -304,7 +311,10 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     if runtime.store.closed or not await runtime.queries.ready():
-        return json_response({"status": "not_ready"}, 503)
+        return json_response({"status": "not_ready", "reason": "starting or stopping"}, 503)
+    fault = await runtime.store.check_writable()
+    if fault is not None:
+        return json_response({"status": "not_ready", "reason": f"log not writable: {fault}"}, 503)
     return json_response({"status": "ready", "head": await runtime.store.head()})
 
 

@@ -7,6 +7,7 @@ from eventstore.errors import (
     ConcurrencyError,
     EventStoreError,
     StorageError,
+    StorageUnavailable,
     StoreClosedError,
 )
 from eventstore.model import (
@@ -34,6 +35,7 @@ __all__ = [
     "RecordedEvent",
     "SQLiteEventStore",
     "StorageError",
+    "StorageUnavailable",
     "StoreClosedError",
     "VerifyReport",
     "canonical_bytes",

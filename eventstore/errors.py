@@ -10,6 +10,7 @@ __all__ = [
     "ConcurrencyError",
     "EventStoreError",
     "StorageError",
+    "StorageUnavailable",
     "StoreClosedError",
 ]
 
@@ -34,3 +35,8 @@ class StoreClosedError(EventStoreError):
 
 class StorageError(EventStoreError):
     """The database failed underneath the store (I/O error, corrupt file, projection failure)."""
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot write now (disk full, I/O error, read-only, locked): nothing of the
+    append was written, and the same append may succeed once the cause is gone."""

@@ -10,8 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiosqlite
+import structlog
 
-from eventstore.errors import EventStoreError, StorageError, StoreClosedError
+from eventstore.errors import (
+    EventStoreError,
+    StorageError,
+    StorageUnavailable,
+    StoreClosedError,
+)
 from eventstore.live import LiveHub
 from eventstore.model import AppendRequest, NewEvent, RecordedEvent, utc_now
 from eventstore.projection import Projection
@@ -21,6 +27,8 @@ from eventstore.watch import FileWatch, touch
 from eventstore.writer import BatchWriter, Outcome
 
 __all__ = ["SQLiteEventStore", "open_store"]
+
+log = structlog.get_logger("runlog.store")
 
 #: Most append requests committed in one transaction.
 MAX_BATCH = 1000
@@ -67,6 +75,9 @@ class SQLiteEventStore:
         # and published when this process commits or the file changes (another process).
         self._published = 0
         self._watch = FileWatch(path + "-wal", self._publish_from_log)
+        #: Why the last commit failed while the database could not write (disk full, I/O
+        #: error); ``None`` once a commit succeeds again.
+        self.write_fault: str | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -190,6 +201,8 @@ class SQLiteEventStore:
                 )
             except BaseException as exc:
                 error = exc if isinstance(exc, EventStoreError) else StorageError(repr(exc))
+                if isinstance(error, StorageUnavailable):
+                    self._fault(error)
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(error)
@@ -198,6 +211,8 @@ class SQLiteEventStore:
                 continue
             committed: list[RecordedEvent] = []
             for pending, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, StorageUnavailable):
+                    self._fault(outcome)
                 if isinstance(outcome, EventStoreError):
                     if not pending.future.done():
                         pending.future.set_exception(outcome)
@@ -208,6 +223,7 @@ class SQLiteEventStore:
             # Published only after the commit: a subscriber never sees an event that could
             # still be lost. Other processes' stores are told to look (eventstore/watch.py).
             if committed:
+                self.write_fault = None
                 touch(self.path + "-wal")
             self._publish(committed)
         # Fail whatever arrived after the stop marker.
@@ -215,6 +231,27 @@ class SQLiteEventStore:
             item = self._queue.get_nowait()
             if isinstance(item, _Pending) and not item.future.done():
                 item.future.set_exception(StoreClosedError("the event store is closed"))
+
+    def _fault(self, error: StorageUnavailable) -> None:
+        if self.write_fault is None:
+            log.error("store.write_failed", error=str(error))
+        self.write_fault = str(error)
+
+    async def check_writable(self) -> str | None:
+        """While a write fault is known, try a commit that changes nothing; the fault's reason
+        if the database still cannot write, else ``None``."""
+        if self._closed:
+            raise StoreClosedError("the event store is closed")
+        if self.write_fault is None or self._writer is None:
+            return self.write_fault
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._writer.probe)
+        except StorageUnavailable as exc:
+            self.write_fault = str(exc)
+        else:
+            log.info("store.write_recovered")
+            self.write_fault = None
+        return self.write_fault
 
     def _publish(self, committed: list[RecordedEvent]) -> None:
         """Hand committed events to live subscribers once each, in position order."""

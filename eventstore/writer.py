@@ -8,10 +8,16 @@ the commit — is a single call on that thread, so a batch costs one thread hop 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Sequence
 
-from eventstore.errors import ConcurrencyError, EventStoreError, StorageError
+from eventstore.errors import (
+    ConcurrencyError,
+    EventStoreError,
+    StorageError,
+    StorageUnavailable,
+)
 from eventstore.model import (
     GENESIS_HASH,
     AppendRequest,
@@ -35,9 +41,24 @@ class _IsolateItems(Exception):
     """A batch's combined write failed: redo it item by item to find whose it was."""
 
 
+#: SQLite's primary result codes for a database that cannot write now but may later: BUSY,
+#: LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL.
+_TRANSIENT_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
+
+
+def unavailable(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` says the database cannot write now (not that the append is wrong)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _TRANSIENT_CODES
+
+
 def _store_error(exc: Exception) -> EventStoreError:
     if isinstance(exc, EventStoreError):
         return exc
+    if isinstance(exc, sqlite3.Error) and unavailable(exc):
+        error: StorageError = StorageUnavailable(f"the log cannot be written now: {exc}")
+        error.__cause__ = exc
+        return error
     if isinstance(exc, sqlite3.IntegrityError):
         message = f"append rejected by the database: {exc}"
     else:
@@ -104,7 +125,7 @@ class BatchWriter:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StorageError(f"cannot start a write transaction: {exc}") from exc
+            raise StorageUnavailable(f"cannot start a write transaction: {exc}") from exc
         batch_seqs: dict[str, int] = {}  # last seq of each stream written by this batch
         try:
             head_position, head_hash = self._head()
@@ -160,9 +181,10 @@ class BatchWriter:
             self._seq_cache.clear()
             self._cached_head = -1
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
-                raise StorageError(f"append failed: {exc}") from exc
+                raise _store_error(exc) from exc
             raise
         self._seq_cache.update(batch_seqs)
         self._cached_head = head_position
@@ -212,6 +234,21 @@ class BatchWriter:
         for event in events:
             for projection in self._projections:
                 projection.apply(conn, event)
+
+    def probe(self) -> None:
+        """Commit a transaction that writes a page but changes nothing (the header's
+        ``user_version``, set to itself): raises while the database cannot write."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.execute(f"PRAGMA user_version = {int(version)}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise _store_error(exc) from exc
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ from runs.providers.base import (
     ToolUse,
     Usage,
 )
-from runs.repository import append_decided, read_run
+from runs.repository import append_decided, read_run, while_unwritable
 from runs.run import RunState, decide_cancel, evolve, fold_recorded
 from runs.tools import ASK_USER, ToolError, ToolRegistry
 from runs.transcript import Transcript, build_transcript
@@ -76,8 +76,10 @@ class RunExecutor:
         coalesce_s: float,
         resumed: bool = False,
         interrupted: bool = False,
+        storage_retry_s: float = 600.0,
     ) -> None:
         self.store = store
+        self.storage_retry_s = storage_retry_s
         self.run_id = run_id
         self.stream = run_stream(run_id)
         self.route = route
@@ -110,8 +112,13 @@ class RunExecutor:
                 )
             )
         # Shielded: if the task is cancelled meanwhile the append still completes, and the
-        # cancel handler re-reads the log rather than trusting our local state.
-        recorded = await asyncio.shield(self.store.append_many(requests))
+        # cancel handler re-reads the log rather than trusting our local state. While the log
+        # cannot be written the same append is tried again (the run keeps its place), for
+        # ``storage_retry_s`` at most.
+        recorded = await while_unwritable(
+            lambda: asyncio.shield(self.store.append_many(requests)),
+            give_up_after_s=self.storage_retry_s,
+        )
         # Fold what we just wrote (the typed events, with the seqs and times the log gave).
         for event, written in zip(events, recorded, strict=False):
             state = evolve(state, event, written.seq, written.created_at)
@@ -414,7 +421,7 @@ class RunExecutor:
             cancel = decide_cancel(state, user_id)
             return [*spent, *cancel] if cancel else []
 
-        if await append_decided(self.store, self.run_id, decide):
+        if await while_unwritable(lambda: append_decided(self.store, self.run_id, decide)):
             self.call_usage = None
 
 

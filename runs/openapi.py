@@ -162,7 +162,8 @@ OPERATIONS: tuple[Operation, ...] = (
         _HEALTH,
         auth=False,
         errors=(500, 503),
-        description='503 with `{"status": "not_ready"}` while projections catch up.',
+        description='503 with `{"status": "not_ready", "reason": "..."}` while projections'
+        " catch up, while stopping, or while the log cannot be written (disk full).",
     ),
     Operation(
         "GET", "/openapi.json", "openapi", "This OpenAPI document", 200, _DOCUMENT, auth=False

@@ -1,0 +1,117 @@
+"""A full disk under a live run: the service says it is not ready and refuses writes with 503,
+the run waits and retries its append, and once space returns it finishes, without a restart.
+
+The log lives on a small file system of its own (a tmpfs, else a loop-mounted file), which is
+filled with a plain file while the run streams; the server is a real subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.durability.server_process import Client, ServerProcess
+
+TEXT = " ".join(f"word{i:03d}" for i in range(150))
+
+
+def _mount(cmd: list[str]) -> bool:
+    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, megabytes: int = 16) -> Iterator[Path]:
+    """A file system of ``megabytes`` mounted at ``where``: a tmpfs, else an ext4 image on a
+    loop device. Skipped (with the reason) only where neither can be mounted, never in CI."""
+    where.mkdir()
+    mounted = _mount(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(where)])
+    if not mounted and shutil.which("mkfs.ext4"):
+        image = where.with_suffix(".img")
+        with image.open("wb") as handle:
+            handle.truncate(megabytes * 1024 * 1024)
+        mounted = _mount(["mkfs.ext4", "-q", "-F", str(image)]) and _mount(
+            ["mount", "-o", "loop", str(image), str(where)]
+        )
+    if not mounted:
+        reason = "cannot mount a small tmpfs or loop file system here (needs root)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield where
+    finally:
+        if not _mount(["umount", str(where)]):
+            _mount(["umount", "-l", str(where)])
+
+
+def fill(disk: Path) -> Path:
+    """Fill the file system to the last byte; returns the filler to delete."""
+    filler = disk / "filler"
+    chunk = b"\0" * (1024 * 1024)
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (len(chunk), 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, chunk[:size])
+    finally:
+        os.close(fd)
+    return filler
+
+
+async def _status(session: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, str]]:
+    async with session.get(url) as response:
+        return response.status, await response.json()
+
+
+async def test_a_full_disk_pauses_runs_and_refuses_writes_until_space_returns(
+    tmp_path: Path,
+) -> None:
+    with small_disk(tmp_path / "disk") as disk:
+        server = ServerProcess(tmp_path)
+        server.db = str(disk / "runlog.db")
+        await server.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                client = Client(session, server.url)
+                run_id = await client.start_run(f"/slow 20\n{TEXT}")
+                status, thread_runs = await client.call("GET", "/v1/runs?limit=1")
+                thread_id = thread_runs[0]["thread_id"]
+                filler = fill(disk)
+
+                # The run's appends now fail: readiness says why, writes are refused with 503.
+                async with asyncio.timeout(20):
+                    while (ready := await _status(session, f"{server.url}/readyz"))[0] == 200:
+                        await asyncio.sleep(0.05)
+                assert ready[0] == 503
+                assert "not writable" in ready[1]["reason"], ready
+                status, body = await client.call("POST", "/v1/threads", {"title": "x" * 400})
+                assert (status, body["code"]) == (503, "internal.unavailable"), body
+                status, run = await client.call("GET", f"/v1/runs/{run_id}")
+                assert run["status"] == "running"
+
+                filler.unlink()
+                # Space is back: the run finishes without a restart, nothing of it lost.
+                assert await client.settle(run_id, timeout=30) == "completed"
+                status, messages = await client.call("GET", f"/v1/threads/{thread_id}/messages")
+                assert messages[-1]["content"] == f"echo: {TEXT}"
+                assert (await _status(session, f"{server.url}/readyz"))[0] == 200
+                # The thread and the org's live-run slot are free again.
+                status, created = await client.call("POST", f"/v1/threads/{thread_id}/runs", {})
+                assert status == 201, created
+                assert await client.settle(created["run_id"]) == "completed"
+        finally:
+            server.terminate()
+        log = server.log.read_text()
+        assert "Task exception was never retrieved" not in log
+        assert "run.crashed" not in log
+        assert "run.append_waiting" in log
+        verified = server.cli("verify")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
