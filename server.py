@@ -32,6 +32,7 @@ from runs.auth import (
     verify_password,
 )
 from runs.config import Config, Route
+from runs.console import console_asset, console_index
 from runs.credentials import guard_credential
 from runs.errors import (
     NotFound,
@@ -44,6 +45,7 @@ from runs.errors import (
 )
 from runs.events import run_stream
 from runs.http_input import path_id, query_before, query_limit, query_seq, read_body
+from runs.mcp_servers import McpServers
 from runs.openapi import document_bytes as openapi_document_bytes
 from runs.personas import PersonaRegistry
 from runs.providers.anthropic import AnthropicProvider
@@ -51,9 +53,10 @@ from runs.providers.base import Provider
 from runs.providers.scripted import ScriptedProvider
 from runs.ratelimit import FailureLimiter
 from runs.routes import RouteTable
-from runs.run import RUN_STATUSES, TERMINAL_STATUSES, fold_recorded
+from runs.run import RUN_STATUSES, TERMINAL_STATUSES, cancel_receipt, fold_recorded
 from runs.schemas import (
     MAX_INPUT_BYTES,
+    CancelReceipt,
     CreateMessage,
     CreateRun,
     CreateThread,
@@ -68,12 +71,14 @@ from runs.schemas import (
     SubmitInput,
     Thread,
     ThreadRun,
+    ToolCallsReceipt,
+    ToolInfo,
 )
 from runs.service import Accounts, Principal, RunService
 from runs.sse import stream_events
 from runs.startup import bootstrap, load_secret, record_personas
 from runs.supervisor import Supervisor
-from runs.tools import Tool, ToolRegistry, load_tool_modules
+from runs.tools import Tool, ToolRegistry, load_tool_modules, persona_allows
 
 __all__ = ["RUNTIME", "Runtime", "create_app"]
 
@@ -101,7 +106,10 @@ class Runtime:
         self.env = env
         self.routes = RouteTable(config, env)
         self.personas = PersonaRegistry.from_dirs(config.personas_dir)
-        self.tools = ToolRegistry([*tools, *load_tool_modules(config.tool_modules)])
+        self.mcp_servers = McpServers(config.mcp_servers, env)
+        self.tools = ToolRegistry(
+            [*tools, *load_tool_modules(config.tool_modules)], self.mcp_servers
+        )
         self._providers: dict[str, Provider] = {}
         self.provider_for = provider_for or self.default_provider
         self.store: SQLiteEventStore
@@ -151,8 +159,10 @@ class Runtime:
                 personas=self.personas,
                 max_live_runs_per_org=self.config.max_live_runs_per_org,
             )
+            self.mcp_servers.start(self.personas.by_id.values())
             await self.supervisor.resume_all()
         except BaseException:
+            await self.mcp_servers.close()
             await self.store.close()
             raise
 
@@ -168,6 +178,7 @@ class Runtime:
         """Stop run tasks (their appends commit; the runs stay resumable), close the log."""
         await self.stop_intake()
         await self.supervisor.shutdown(self.config.shutdown_timeout_seconds)
+        await self.mcp_servers.close()
         for provider in self._providers.values():
             if isinstance(provider, AnthropicProvider):
                 await provider.aclose()
@@ -458,7 +469,7 @@ async def get_run(request: web.Request) -> web.Response:
         raise NotFound("run not found")
     if as_of is not None:
         return json_response(await _run_as_of(runtime, row, as_of))
-    return json_response(shaped(RunDetail, row))
+    return json_response(shaped(RunDetail, row, usage_estimated=bool(row["usage_estimated"])))
 
 
 async def _run_as_of(runtime: Runtime, row: Mapping[str, Any], as_of: int) -> RunDetail:
@@ -491,13 +502,36 @@ async def _run_as_of(runtime: Runtime, row: Mapping[str, Any], as_of: int) -> Ru
         error_class=state.error_class,
         error_message=state.error_message,
         as_of_seq=as_of,
+        usage_estimated=state.usage_estimated,
+        retry_of=state.retry_of,
     )
 
 
 async def cancel_run(request: web.Request) -> web.Response:
+    """``:cancel`` and its alias ``/cancel``: the receipt of how the run ended."""
     runtime = request.app[RUNTIME]
-    await runtime.service.cancel_run(principal(request), path_id(request, "run_id"))
-    return json_response(Ok())
+    state = await runtime.service.cancel_run(principal(request), path_id(request, "run_id"))
+    outcomes = cancel_receipt(state)
+    return json_response(
+        CancelReceipt(
+            status=state.status,
+            last_seq=state.seq,
+            tool_calls=ToolCallsReceipt(
+                completed=outcomes.completed,
+                interrupted=outcomes.interrupted,
+                not_started=outcomes.not_started,
+            ),
+        )
+    )
+
+
+async def retry_run(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    run_id = path_id(request, "run_id")
+    if not runtime.supervisor.accepting:
+        raise Unavailable("the service is shutting down")
+    new_run_id = await runtime.service.retry_run(principal(request), run_id, request[TRACE_ID])
+    return json_response(RunCreated(run_id=new_run_id, trace_id=request[TRACE_ID]), 201)
 
 
 async def submit_input(request: web.Request) -> web.Response:
@@ -518,6 +552,25 @@ async def submit_input(request: web.Request) -> web.Response:
         )
     await runtime.service.submit_input(principal(request), run_id, body.content)
     return json_response(Ok())
+
+
+async def list_tools(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    persona = runtime.personas.resolve(request.query.get("persona_id"))
+    return json_response(
+        [
+            ToolInfo(
+                name=tool.name,
+                description=tool.description,
+                input_schema=tool.input_schema,
+                source=tool.source,
+                mcp_server=tool.mcp_server,
+                requires_confirmation=persona_allows(persona.confirm_tools, tool.name),
+                safe_to_repeat=tool.safe_to_repeat,
+            )
+            for tool in await runtime.tools.offered(persona.tools)
+        ]
+    )
 
 
 # -- SSE --------------------------------------------------------------------------------------
@@ -599,8 +652,13 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/runs", list_runs)
     app.router.add_get(f"/v1/runs/{run}", get_run)
     app.router.add_post(f"/v1/runs/{run}:cancel", cancel_run)
+    app.router.add_post(f"/v1/runs/{run}/cancel", cancel_run)  # what Arkloop's clients call
+    app.router.add_post(f"/v1/runs/{run}/retry", retry_run)
     app.router.add_post(f"/v1/runs/{run}/input", submit_input)
     app.router.add_get(f"/v1/runs/{run}/events", run_events)
+    app.router.add_get("/v1/tools", list_tools)
+    app.router.add_get("/", console_index)
+    app.router.add_get("/console/{name}", console_asset)
 
 
 def create_app(

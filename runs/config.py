@@ -15,7 +15,7 @@ import msgspec
 
 from runs.errors import RunsError
 
-__all__ = ["Config", "ConfigError", "Route", "load_config"]
+__all__ = ["Config", "ConfigError", "McpServer", "Route", "load_config"]
 
 
 class ConfigError(RunsError):
@@ -51,6 +51,18 @@ class Route(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         ) / 1_000_000
 
 
+class McpServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A Model Context Protocol server whose tools personas may use (``runs.mcp_servers``)."""
+
+    name: str
+    command: list[str] | None = None  # stdio: the server is this subprocess
+    url: str | None = None  # or streamable HTTP
+    #: Variables for the subprocess; ``${VAR}`` in a value is taken from runlog's environment.
+    env: dict[str, str] = {}
+    timeout_seconds: float = 30.0
+    safe_to_repeat: bool = False
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8001
@@ -75,6 +87,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     routes: list[Route] = []
     #: Modules whose ``TOOLS`` list adds tools (self-hosters' own; tests register one too).
     tool_modules: list[str] = []
+    mcp_servers: list[McpServer] = []
 
 
 _ENV: dict[str, tuple[str, type]] = {

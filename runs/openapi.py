@@ -14,10 +14,12 @@ from typing import Any
 
 import msgspec
 
+from runs.console import ASSET_NAMES
 from runs.errors import ERROR_FAMILIES, ERROR_STATUS
 from runs.run import RUN_STATUSES
 from runs.schemas import (
     MAX_INPUT_BYTES,
+    CancelReceipt,
     CreateMessage,
     CreateRun,
     CreateThread,
@@ -33,6 +35,7 @@ from runs.schemas import (
     SubmitInput,
     Thread,
     ThreadRun,
+    ToolInfo,
 )
 
 __all__ = ["OPERATIONS", "Operation", "Param", "document", "document_bytes"]
@@ -137,6 +140,13 @@ LAST_EVENT_ID = Param(
     {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
     "The standard SSE reconnection header; used as `after_seq` when that is absent.",
 )
+PERSONA_ID = Param(
+    "persona_id",
+    "query",
+    {"type": "string", "maxLength": 200},
+    "The persona (`key@version`, or a bare `key` for its latest version); default persona"
+    " when absent or empty.",
+)
 THREAD_ID = _id("thread_id", "thread")
 RUN_ID = _id("run_id", "run")
 
@@ -146,8 +156,18 @@ _SSE_DESCRIPTION = (
     "```\nid: <seq>\ndata: <one line of JSON>\n\n```\n\n"
     "The `data:` JSON is exactly `{seq, type, data, created_at}` (schema `SseFrame`; the"
     " response schema describes one event, as OpenAPI 3.2's `itemSchema` would); `data` is the"
-    " event's payload and `id` equals `seq`. There is no `event:` line. With `follow=1` the"
-    " stream closes right after `run.completed`, `run.failed` or `run.cancelled`."
+    " event's payload and `id` equals `seq`; a `message.delta`'s data carries its text as both"
+    " `content` and `content_delta`. There is no `event:` line. With `follow=1` the stream"
+    " closes right after `run.completed`, `run.failed` or `run.cancelled`; a cursor at the end"
+    " of a finished run gets no frame and the stream closes at once."
+)
+
+_CANCEL_DESCRIPTION = (
+    "Answers when the run is terminal: `status` (how it ended: `cancelled`, or `completed` /"
+    " `failed` if it had already ended), `last_seq` (its last event) and `tool_calls`:"
+    " `completed` (the result is in the log: side effects happened), `interrupted` (cut while"
+    " running: a side effect may have happened), `not_started` (requested, never run). The"
+    " same receipt is recorded in the `run.cancelled` event."
 )
 
 #: One row per route of ``server.add_routes``, in the same order.
@@ -281,11 +301,40 @@ OPERATIONS: tuple[Operation, ...] = (
         "POST",
         "/v1/runs/{run_id}:cancel",
         "cancelRun",
-        "Cancel a run (a finished run is left as it is)",
+        "Cancel a run (a finished run is left as it is); answers the cancel receipt",
         200,
-        Ok,
+        CancelReceipt,
         params=(RUN_ID,),
         errors=(404, 409),
+        description=_CANCEL_DESCRIPTION,
+    ),
+    Operation(
+        "POST",
+        "/v1/runs/{run_id}/cancel",
+        "cancelRunAlias",
+        "Cancel a run: the same as `POST /v1/runs/{run_id}:cancel`",
+        200,
+        CancelReceipt,
+        params=(RUN_ID,),
+        errors=(404, 409),
+        description="An alias of `:cancel` (the path Arkloop's clients call). "
+        + _CANCEL_DESCRIPTION,
+    ),
+    Operation(
+        "POST",
+        "/v1/runs/{run_id}/retry",
+        "retryRun",
+        "Answer a failed or cancelled run's user turn again, in a new run",
+        201,
+        RunCreated,
+        params=(RUN_ID,),
+        errors=(404, 409, 422, 429),
+        description=(
+            "The run must be failed or cancelled and the thread's latest (no later run or"
+            " message), else `409 runs.not_retryable` / `runs.not_latest`. The new run has the"
+            " same thread, route and persona; its `run.started` carries `retry_of`, and the old"
+            " run's partial output is not part of its conversation."
+        ),
     ),
     Operation(
         "POST",
@@ -311,6 +360,43 @@ OPERATIONS: tuple[Operation, ...] = (
         errors=(400, 404),
         media_type="text/event-stream",
         description=_SSE_DESCRIPTION,
+    ),
+    Operation(
+        "GET",
+        "/v1/tools",
+        "listTools",
+        "The tools a persona may use: built-in, tool_modules and MCP servers' tools",
+        200,
+        list[ToolInfo],
+        params=(PERSONA_ID,),
+        errors=(400, 422),
+        description="An MCP server that has not listed its tools yet (it is down or still"
+        " starting) contributes none; its tools appear once it answers.",
+    ),
+    Operation(
+        "GET",
+        "/",
+        "console",
+        "The browser console (README.md, Console)",
+        200,
+        {"type": "string"},
+        auth=False,
+        media_type="text/html",
+        description="A page that signs in with a token and calls this API; no auth to load.",
+    ),
+    Operation(
+        "GET",
+        "/console/{name}",
+        "consoleFile",
+        "A file of the browser console (module, stylesheet)",
+        200,
+        {"type": "string"},
+        params=(
+            Param("name", "path", {"type": "string", "enum": list(ASSET_NAMES)}, "The file.", True),
+        ),
+        errors=(404,),
+        auth=False,
+        media_type="text/*",
     ),
 )
 

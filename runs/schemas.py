@@ -12,6 +12,7 @@ import msgspec
 
 __all__ = [
     "MAX_INPUT_BYTES",
+    "CancelReceipt",
     "CreateMessage",
     "CreateRun",
     "CreateThread",
@@ -27,6 +28,8 @@ __all__ = [
     "SubmitInput",
     "Thread",
     "ThreadRun",
+    "ToolCallsReceipt",
+    "ToolInfo",
 ]
 
 #: ``POST /v1/runs/{id}/input`` accepts at most 32 KB of UTF-8 (the Runs API: "maximum 32KB").
@@ -72,6 +75,24 @@ class Error(msgspec.Struct):
 
 class Ok(msgspec.Struct):
     ok: bool = True
+
+
+class ToolCallsReceipt(msgspec.Struct):
+    """A run's tool call ids by outcome, in call order."""
+
+    completed: list[str]  # finished: the result is in the log (side effects happened)
+    interrupted: list[str]  # cut while running: a side effect may have happened
+    not_started: list[str]  # requested, never run
+
+
+class CancelReceipt(msgspec.Struct, kw_only=True):
+    """``POST /v1/runs/{id}:cancel``: the documented ``{ok: true}`` and how the run ended. For a
+    run that had already ended, the same receipt for how it ended."""
+
+    ok: bool = True
+    status: str
+    last_seq: int
+    tool_calls: ToolCallsReceipt
 
 
 class LoginResult(msgspec.Struct):
@@ -143,6 +164,10 @@ class RunDetail(Run):
     error_class: str | None = None
     error_message: str | None = None
     as_of_seq: int | None = None
+    #: The totals include usage estimated for a model call cut before its end.
+    usage_estimated: bool = False
+    #: The run this one retried (``POST /v1/runs/{id}/retry``).
+    retry_of: str | None = None
 
 
 class SseFrame(msgspec.Struct):
@@ -152,3 +177,17 @@ class SseFrame(msgspec.Struct):
     type: str
     data: msgspec.Raw
     created_at: str
+
+
+class ToolInfo(msgspec.Struct):
+    """An item of ``GET /v1/tools``: a tool a persona may use, and where it comes from."""
+
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    #: "builtin", "module" (the config's ``tool_modules``) or "mcp".
+    source: str
+    #: For an MCP tool, the ``[[mcp_servers]]`` name that serves it.
+    mcp_server: str | None
+    requires_confirmation: bool
+    safe_to_repeat: bool

@@ -7,26 +7,35 @@ import ast
 import importlib
 import math
 import operator
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from runs.config import ConfigError
 from runs.providers.base import ToolSpec
 
+if TYPE_CHECKING:
+    from runs.mcp_servers import McpServers
+
 __all__ = [
     "ASK_USER",
+    "MCP_PREFIX",
     "Tool",
     "ToolError",
     "ToolRegistry",
     "builtin_tools",
     "calculate",
     "load_tool_modules",
+    "mcp_tool_name",
+    "persona_allows",
+    "split_mcp_name",
 ]
 
 ASK_USER = "ask_user"
+#: MCP tools are named ``mcp__<server>__<tool>`` (``runs.mcp_servers``).
+MCP_PREFIX = "mcp__"
 
 
 class ToolError(Exception):
@@ -40,6 +49,9 @@ class Tool(msgspec.Struct, frozen=True, kw_only=True):
     run: Callable[[dict[str, Any]], Awaitable[str]] | None = None
     safe_to_repeat: bool = False
     timeout_s: float = 30.0
+    #: Where the tool comes from: "builtin", "module" (``tool_modules``) or "mcp".
+    source: str = "module"
+    mcp_server: str | None = None
 
     def spec(self) -> ToolSpec:
         return ToolSpec(self.name, self.description, self.input_schema)
@@ -157,6 +169,7 @@ def builtin_tools() -> list[Tool]:
             },
             run=_calculator,
             safe_to_repeat=True,
+            source="builtin",
         ),
         Tool(
             name="current_time",
@@ -164,6 +177,7 @@ def builtin_tools() -> list[Tool]:
             input_schema={"type": "object", "properties": {}},
             run=_current_time,
             safe_to_repeat=True,
+            source="builtin",
         ),
         Tool(
             name=ASK_USER,
@@ -174,21 +188,75 @@ def builtin_tools() -> list[Tool]:
                 "required": ["question"],
             },
             safe_to_repeat=True,
+            source="builtin",
         ),
     ]
 
 
+def mcp_tool_name(server: str, tool: str) -> str:
+    return f"{MCP_PREFIX}{server}__{tool}"
+
+
+def split_mcp_name(name: str) -> tuple[str, str] | None:
+    """``mcp__<server>__<tool>`` (or ``__*``) as ``(server, tool)``; None for other names."""
+    if not name.startswith(MCP_PREFIX):
+        return None
+    server, separator, tool = name[len(MCP_PREFIX) :].partition("__")
+    if not separator or not server or not tool:
+        return None
+    return server, tool
+
+
+def persona_allows(patterns: Iterable[str], name: str) -> bool:
+    """Whether a persona's ``tools`` (or ``confirm_tools``) cover ``name``: listed as it is,
+    or an MCP tool whose server is listed as ``mcp__<server>__*``."""
+    listed = set(patterns)
+    if name in listed:
+        return True
+    parsed = split_mcp_name(name)
+    return parsed is not None and mcp_tool_name(parsed[0], "*") in listed
+
+
 class ToolRegistry:
-    def __init__(self, tools: Iterable[Tool] = ()) -> None:
+    """Built-in tools, ``tool_modules`` tools and, when configured, MCP servers' tools."""
+
+    def __init__(self, tools: Iterable[Tool] = (), mcp: McpServers | None = None) -> None:
         self.tools: dict[str, Tool] = {}
         for tool in [*builtin_tools(), *tools]:
             self.tools[tool.name] = tool
+        self.mcp = mcp
 
     def get(self, name: str) -> Tool | None:
         return self.tools.get(name)
 
-    def visible(self, names: Iterable[str]) -> list[Tool]:
-        return [self.tools[n] for n in names if n in self.tools]
+    async def offered(self, names: Sequence[str]) -> list[Tool]:
+        """The tools a persona listing ``names`` may use, in its order. MCP tools come from
+        their server's last listing; a server never reached offers none."""
+        found: dict[str, Tool] = {}
+        for name in names:
+            parsed = split_mcp_name(name)
+            if parsed is None:
+                if name in self.tools:
+                    found.setdefault(name, self.tools[name])
+                continue
+            server, wanted = parsed
+            for tool in (await self.mcp.tools(server) if self.mcp else None) or []:
+                if wanted == "*" or tool.name == name:
+                    found.setdefault(tool.name, tool)
+        return list(found.values())
+
+    async def resolve(self, name: str) -> Tool | None:
+        """The tool called ``name``. An MCP tool of a server that never listed its tools is
+        tried all the same (the server says whether it exists)."""
+        tool = self.tools.get(name)
+        parsed = split_mcp_name(name)
+        if tool is not None or parsed is None or self.mcp is None or parsed[1] == "*":
+            return tool
+        server, wanted = parsed
+        listed = await self.mcp.tools(server)
+        if listed is None:
+            return self.mcp.placeholder(server, wanted)
+        return next((t for t in listed if t.name == name), None)
 
 
 def load_tool_modules(names: Iterable[str]) -> list[Tool]:

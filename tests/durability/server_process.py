@@ -73,7 +73,18 @@ class ServerProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        async with asyncio.timeout(20):
+        try:
+            await self._wait_ready()
+        except BaseException:
+            # A server that never became ready must not outlive the test that started it.
+            self.process.kill()
+            self.process.wait(10)
+            raise
+
+    async def _wait_ready(self) -> None:
+        assert self.process is not None
+        # Generous: start-up imports the Anthropic SDK, which takes seconds on a busy machine.
+        async with asyncio.timeout(60):
             while True:
                 assert self.process.poll() is None, self.log.read_text()[-3000:]
                 try:
