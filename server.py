@@ -24,6 +24,7 @@ from aiohttp import web
 from eventstore import EventStoreError, SQLiteEventStore, StorageUnavailable, StoreClosedError
 from projections import all_projections
 from projections.queries import Queries
+from runs.anchors import CheckpointPublisher, load_private_key
 from runs.auth import (
     DUMMY_PASSWORD_HASH,
     key_sha256,
@@ -120,6 +121,7 @@ class Runtime:
         self.secret = b""
         self.streams: set[asyncio.Task[Any]] = set()
         self.bootstrap_key: str | None = None
+        self.checkpoints: CheckpointPublisher | None = None
         self.login_limiter = FailureLimiter(config.login_max_failures, config.login_window_seconds)
 
     def default_provider(self, route: Route) -> Provider:
@@ -161,6 +163,14 @@ class Runtime:
             )
             self.mcp_servers.start(self.personas.by_id.values())
             await self.supervisor.resume_all()
+            if self.config.checkpoint_key_file:
+                self.checkpoints = CheckpointPublisher(
+                    self.store,
+                    load_private_key(self.config.checkpoint_key_file),
+                    self.config.checkpoint_sink,
+                    self.config.checkpoint_seconds,
+                )
+                self.checkpoints.start()
         except BaseException:
             await self.mcp_servers.close()
             await self.store.close()
@@ -182,6 +192,8 @@ class Runtime:
         for provider in self._providers.values():
             if isinstance(provider, AnthropicProvider):
                 await provider.aclose()
+        if self.checkpoints is not None:
+            await self.checkpoints.stop()  # the head at shutdown is signed too
         await self.store.close()
 
 

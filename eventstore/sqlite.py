@@ -114,7 +114,8 @@ class SQLiteEventStore:
             await self._shutdown_connections()
             if isinstance(exc, EventStoreError) or not isinstance(exc, Exception):
                 raise
-            raise StorageError(f"cannot open event store at {self.path}: {exc!r}") from exc
+            reason = str(exc) if isinstance(exc, sqlite3.Error) else repr(exc)
+            raise StorageError(f"cannot open the log at {self.path} for writing: {reason}") from exc
         self._writer_task = asyncio.create_task(self._run_writer(), name="runlog-writer")
         self._watch.start()
 

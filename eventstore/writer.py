@@ -93,11 +93,26 @@ class BatchWriter:
                     "INSERT OR IGNORE INTO projection_checkpoints (name, position) VALUES (?, 0)",
                     (projection.name,),
                 )
-            self._catch_up_projections(self._head()[0])
+            head = self._head()[0]
+            self._refuse_cut_tail(head)
+            self._catch_up_projections(head)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _refuse_cut_tail(self, head: int) -> None:
+        """A projection that has applied events the log no longer holds means events were
+        removed from the log's end: writing now would reuse their positions."""
+        row = self._conn.execute(
+            "SELECT name, position FROM projection_checkpoints ORDER BY position DESC LIMIT 1"
+        ).fetchone()
+        if row is not None and row[1] > head:
+            raise StorageError(
+                f"the log ends at position {head} but projection {row[0]!r} has applied up to"
+                f" position {row[1]}: events were removed from the log's end; refusing to write"
+                " (restore the log from a backup, or accept the cut with `runlog rebuild`)"
+            )
 
     # -- the batch --------------------------------------------------------------------------
 

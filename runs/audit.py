@@ -5,18 +5,27 @@ from __future__ import annotations
 
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TextIO
 
 import msgspec
 
 from eventstore import GENESIS_HASH
-from eventstore.schema import connect
-from eventstore.verify import verify_connection
+from eventstore.schema import connect, iter_events
+from eventstore.verify import verify_events
 from projections import all_projections, diff_tables, rebuild, rebuild_in_place
+from projections.rebuild import ReplayError
+from runs.anchors import anchor_problems, watching
 from runs.events import org_stream, run_stream, thread_stream
 
-__all__ = ["export_events", "progress_printer", "run_rebuild", "run_verify"]
+__all__ = [
+    "export_events",
+    "open_read_only",
+    "progress_printer",
+    "run_head",
+    "run_rebuild",
+    "run_verify",
+]
 
 
 def progress_printer(
@@ -45,14 +54,53 @@ def _event_count(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0])
 
 
-def run_verify(path: str, out: TextIO) -> int:
-    conn = connect(path)
+def open_read_only(path: str) -> sqlite3.Connection:
+    """The log opened for reading only: it is never written, not even its WAL. A copy on
+    read-only media (where SQLite cannot make its ``-shm`` file) is opened as immutable."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
     try:
-        report = verify_connection(conn, progress_printer("verifying", _event_count(conn)))
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        conn.close()
+        conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True, isolation_level=None)
+    return conn
+
+
+def run_head(path: str, out: TextIO) -> int:
+    """``position hash`` of the log's last event: an anchor to keep somewhere else."""
+    conn = open_read_only(path)
+    try:
+        row = conn.execute(
+            "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+        ).fetchone()
+    finally:
+        conn.close()
+    position, hash_ = row if row else (0, GENESIS_HASH)
+    print(f"{position} {hash_}", file=out)
+    return 0
+
+
+def run_verify(
+    path: str,
+    out: TextIO,
+    expected: Mapping[int, str] | None = None,
+    anchor_errors: Sequence[str] = (),
+) -> int:
+    """Walk the chain; with ``expected`` anchors (position → hash), also check that the log
+    still holds each of them. Exit status 1 when anything fails."""
+    expected = expected or {}
+    seen: dict[int, str] = dict.fromkeys(expected, "")
+    conn = open_read_only(path)
+    try:
+        conn.execute("BEGIN")  # one snapshot for the count and the walk
+        progress = progress_printer("verifying", _event_count(conn))
+        report = verify_events(watching(iter_events(conn), seen), progress)
+        conn.execute("COMMIT")
     finally:
         conn.close()
     if sys.stderr.isatty():
         print(file=sys.stderr)
+    problems = [*anchor_errors, *anchor_problems(report, expected, seen)]
     if report.ok:
         print(
             f"ok: {report.events:,} events in {report.streams:,} streams,"
@@ -60,18 +108,35 @@ def run_verify(path: str, out: TextIO) -> int:
             f" hash chain intact (head {report.head_hash})",
             file=out,
         )
-        return 0
-    print(f"FAILED at position {report.first_bad_position}: {report.problem}", file=out)
-    print(
-        f"the first {report.events} events verify (up to position {report.head_position})",
-        file=out,
-    )
-    return 1
+    else:
+        print(f"FAILED at position {report.first_bad_position}: {report.problem}", file=out)
+        print(
+            f"the first {report.events} events verify (up to position {report.head_position})",
+            file=out,
+        )
+    for problem in problems:
+        print(f"ANCHOR FAILED at {problem}", file=out)
+    if expected and report.ok and not problems:
+        print(f"ok: the log holds all {len(expected)} anchors", file=out)
+    return 0 if report.ok and not problems else 1
 
 
 def run_rebuild(path: str, check: bool, out: TextIO) -> int:
+    try:
+        return _rebuild(path, check, out)
+    except ReplayError as exc:
+        print(
+            f"FAILED at position {exc.position}: the event cannot be applied"
+            f" ({exc.__cause__!r}); nothing was changed",
+            file=out,
+        )
+        return 1
+
+
+def _rebuild(path: str, check: bool, out: TextIO) -> int:
     projections = all_projections()
-    conn = connect(path)
+    # The check only reads (it works on a read-only copy); a rebuild writes the projections.
+    conn = open_read_only(path) if check else connect(path)
     try:
         if not check:
             count = rebuild_in_place(
