@@ -176,7 +176,9 @@ async def test_signed_checkpoints_to_a_file_anchor_the_log(
     forged = tmp_path / "forged.jsonl"
     edited = dict(lines[0], hash="0" * 64)
     forged.write_text(json.dumps(edited) + "\n")
-    refused = runlog("verify", "--db", db_path, "--checkpoints", str(forged), "--public-key", public)
+    refused = runlog(
+        "verify", "--db", db_path, "--checkpoints", str(forged), "--public-key", public
+    )
     assert refused.returncode == 1
     assert "line 1: the signature does not verify" in refused.stdout
 
