@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -115,6 +116,8 @@ class SQLiteEventStore:
             if isinstance(exc, EventStoreError) or not isinstance(exc, Exception):
                 raise
             reason = str(exc) if isinstance(exc, sqlite3.Error) else repr(exc)
+            if not _writable(self.path):
+                reason = f"the location is read-only ({reason})"
             raise StorageError(f"cannot open the log at {self.path} for writing: {reason}") from exc
         self._writer_task = asyncio.create_task(self._run_writer(), name="runlog-writer")
         self._watch.start()
@@ -396,6 +399,13 @@ class SQLiteEventStore:
             return await asyncio.to_thread(run)
         except sqlite3.Error as exc:
             raise StorageError(f"verify failed: {exc}") from exc
+
+
+def _writable(path: str) -> bool:
+    """Whether the log and the files SQLite makes beside it (``-wal``, ``-shm``) can be
+    written there."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.access(folder, os.W_OK) and (not os.path.exists(path) or os.access(path, os.W_OK))
 
 
 def _inline_reader(path: str) -> sqlite3.Connection:

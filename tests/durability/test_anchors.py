@@ -6,6 +6,7 @@ tail was cut is refused at start-up, not written over."""
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from eventstore import canonical_bytes, chain_hash
 from tests.conftest import ADMIN_KEY, Api
+from tests.durability.disks import remount_read_only, small_disk
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -262,3 +264,33 @@ async def test_audit_commands_name_a_corrupted_event(
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert f"FAILED at position {target}:" in result.stdout
+
+
+async def test_audit_commands_read_a_read_only_copy_and_serve_refuses_it_in_one_line(
+    api: Api, db_path: str, tmp_path: Path
+) -> None:
+    await _some_runs(api)
+    await api.client.close()
+    target = next(r[0] for r in _rows(db_path) if r[3] == "message.added")
+    with small_disk(tmp_path / "media") as media:
+        intact, damaged = media / "intact.db", media / "damaged.db"
+        shutil.copy(db_path, intact)
+        shutil.copy(db_path, damaged)
+        conn = sqlite3.connect(damaged)
+        conn.execute("DROP TRIGGER events_append_only_update")
+        conn.execute("UPDATE events SET created_at = 'x' WHERE position = ?", (target,))
+        conn.commit()
+        conn.close()
+        remount_read_only(media)
+        for command in (("verify",), ("rebuild", "--check"), ("head",)):
+            result = runlog(command[0], "--db", str(intact), *command[1:])
+            assert result.returncode == 0, result.stdout + result.stderr
+        result = runlog("verify", "--db", str(damaged))
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        assert f"FAILED at position {target}:" in result.stdout
+        serve = runlog("serve", "--db", str(intact), "--port", "0")
+        assert serve.returncode == 2
+        assert serve.stderr.strip().count("\n") == 0, serve.stderr
+        assert serve.stderr.startswith(f"error: cannot open the log at {intact} for writing")
+        assert "readonly" in serve.stderr or "read-only" in serve.stderr
