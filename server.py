@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import msgspec
 import structlog
 from aiohttp import web
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from eventstore import EventStoreError, SQLiteEventStore, StorageUnavailable, StoreClosedError
 from projections import all_projections
@@ -238,6 +239,22 @@ def check_declared_size(request: web.Request) -> None:
         )
 
 
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue``: the 413 at once for a declared body over the limit; else
+    aiohttp's own answer (``100 Continue``, or 417 for an unknown expectation)."""
+    try:
+        check_declared_size(request)
+    except ValidationFailed as exc:
+        trace_id = uuid.uuid4().hex
+        response = error_response(exc.status, exc.code, exc.message, trace_id, exc.details)
+        response.headers["X-Trace-Id"] = trace_id
+        response.force_close()
+        log.info("request", method=request.method, path=request.path, status=exc.status)
+        return response
+    await _default_expect_handler(request)
+    return None
+
+
 @web.middleware
 async def trace_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Trace id on every response, auth on ``/v1``, errors in the documented shape, and one
@@ -312,6 +329,8 @@ async def authenticate(request: web.Request) -> Principal:
         # Hash anyway so a malformed header costs what a wrong key costs.
         key_sha256(token)
         raise Unauthorized("a valid Bearer token is required")
+    if len(request.headers.getall("Authorization", ())) > 1:
+        raise Unauthorized("send one Authorization header")
     claims = verify_access_token(runtime.secret, token)
     if claims is not None:
         user = await runtime.queries.user(claims.sub)
@@ -685,6 +704,10 @@ def create_app(
     app = web.Application(middlewares=[trace_and_errors], client_max_size=config.max_body_bytes)
     app[RUNTIME] = runtime
     add_routes(app)
+    for route in app.router.routes():
+        # aiohttp answers "100 Continue" before any middleware runs: a body that is declared too
+        # large is refused here instead, before the client sends it.
+        route._expect_handler = expect_continue
     app.on_response_prepare.append(add_trace_header)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

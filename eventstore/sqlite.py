@@ -98,6 +98,7 @@ class SQLiteEventStore:
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
         try:
+            _create_private(self.path)
             self._write_conn = await loop.run_in_executor(
                 self._executor, connect, self.path, self._synchronous
             )
@@ -399,6 +400,15 @@ class SQLiteEventStore:
             return await asyncio.to_thread(run)
         except sqlite3.Error as exc:
             raise StorageError(f"verify failed: {exc}") from exc
+
+
+def _create_private(path: str) -> None:
+    """Create a new log file readable by its owner only (0600): SQLite gives its ``-wal`` and
+    ``-shm`` files the same mode. An existing file keeps the mode it has."""
+    if path == ":memory:" or path.startswith("file:") or os.path.exists(path):
+        return
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _writable(path: str) -> bool:

@@ -300,6 +300,7 @@ class RunExecutor:
     def _usage_event(
         self, usage: Usage, *, call: int | None = None, estimated: bool = False
     ) -> RunUsage:
+        usage = _clamped(usage)
         return RunUsage(
             model=self.route.model,
             input_tokens=usage.input_tokens,
@@ -480,6 +481,33 @@ class RunExecutor:
             return [*cut, *cancel]
 
         await while_unwritable(lambda: append_decided(self.store, self.run_id, decide))
+
+
+#: The largest token count recorded for one call: exact in JSON numbers everywhere (2^53 - 1),
+#: and far below what the projections' 64-bit sums can hold. A provider that reports more (or
+#: a negative count) is recorded at the bound, and the clamp is logged.
+MAX_TOKENS = 2**53 - 1
+
+
+def _clamped(usage: Usage) -> Usage:
+    counts = (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_write_tokens,
+        usage.cache_read_tokens,
+    )
+    if all(0 <= n <= MAX_TOKENS for n in counts):
+        return usage
+    log.warning("run.usage_clamped", reported=[str(n) for n in counts])
+    input_tokens, output_tokens, cache_write, cache_read = (
+        min(max(n, 0), MAX_TOKENS) for n in counts
+    )
+    return Usage(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_write_tokens=cache_write,
+        cache_read_tokens=cache_read,
+    )
 
 
 def _merge_usage(known: Usage | None, new: Usage) -> Usage:
