@@ -368,24 +368,27 @@ async def openapi_json(request: web.Request) -> web.Response:
 async def login(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     body = await read_body(request, Login, runtime.config.request_read_timeout_seconds)
-    # Throttled per login and per client address; the attempt counts before the (slow)
-    # password check, so concurrent guesses cannot all pass the check.
-    by_login, by_address = f"login:{body.login.casefold()}", f"address:{request.remote}"
-    limiter = runtime.login_limiter
-    wait = limiter.retry_after((by_login, by_address))
-    if wait > 0:
-        raise RateLimited(
-            "too many failed logins; try again later",
-            code="auth.rate_limited",
-            retry_after_seconds=math.ceil(wait),
-        )
-    limiter.attempt((by_login, by_address))
+    # Throttled per user (a name and an email are one user; an unknown login is its own key)
+    # and per client address. Only failures count; the attempts on one user take turns, so
+    # concurrent guesses cannot all pass the check while the slow password hashes run.
     user = await runtime.queries.user_by_login(body.login)
-    encoded = user["password_hash"] if user and user["password_hash"] else None
-    ok = await asyncio.to_thread(verify_password, body.password, encoded or DUMMY_PASSWORD_HASH)
-    if user is None or encoded is None or not ok:
-        raise Unauthorized("wrong login or password")
-    limiter.succeeded(by_login, forgive=(by_address,))
+    by_user = f"user:{user['user_id']}" if user else f"login:{body.login.casefold()}"
+    by_address = f"address:{request.remote}"
+    limiter = runtime.login_limiter
+    async with limiter.exclusive(by_user):
+        wait = limiter.retry_after((by_user, by_address))
+        if wait > 0:
+            raise RateLimited(
+                "too many failed logins; try again later",
+                code="auth.rate_limited",
+                retry_after_seconds=math.ceil(wait),
+            )
+        encoded = user["password_hash"] if user and user["password_hash"] else None
+        ok = await asyncio.to_thread(verify_password, body.password, encoded or DUMMY_PASSWORD_HASH)
+        if user is None or encoded is None or not ok:
+            limiter.failed((by_user, by_address))
+            raise Unauthorized("wrong login or password")
+        limiter.succeeded(by_user)
     ttl = runtime.config.access_token_ttl_seconds
     token = sign_access_token(runtime.secret, user["user_id"], user["org_id"], ttl)
     return json_response(LoginResult(access_token=token, expires_in=ttl))
