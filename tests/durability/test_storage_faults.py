@@ -83,3 +83,27 @@ async def test_a_full_disk_pauses_runs_and_refuses_writes_until_space_returns(
         assert "run.append_waiting" in log
         verified = server.cli("verify")
         assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+async def test_a_run_whose_log_stays_unwritable_fails_cleanly_once_it_can(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk") as disk:
+        server = ServerProcess(tmp_path, "storage_retry_seconds = 1\n")
+        server.db = str(disk / "runlog.db")
+        await server.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                client = Client(session, server.url)
+                run_id = await client.start_run(f"/slow 20\n{TEXT}")
+                filler = fill(disk)
+                async with asyncio.timeout(20):
+                    while "run.storage_failed" not in server.log.read_text():
+                        await asyncio.sleep(0.05)
+                filler.unlink()
+                assert await client.settle(run_id, timeout=30) == "failed"
+                _, run = await client.call("GET", f"/v1/runs/{run_id}")
+                assert run["error_class"] == "internal.storage", run
+        finally:
+            server.terminate()
+        log = server.log.read_text()
+        assert "Task exception was never retrieved" not in log
+        assert "run.crashed" not in log
