@@ -22,7 +22,8 @@ from collections.abc import Callable
 
 __all__ = ["FileWatch", "touch"]
 
-_IN_MODIFY = 0x00000002
+# Only the touch (a metadata change), not every write: SQLite's own writes come before the
+# commit is visible to readers, and waking on each would cost a read per page written.
 _IN_ATTRIB = 0x00000004
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
@@ -56,7 +57,7 @@ class FileWatch:
             fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
             if fd < 0:
                 return False
-            if libc.inotify_add_watch(fd, os.fsencode(self.path), _IN_MODIFY | _IN_ATTRIB) < 0:
+            if libc.inotify_add_watch(fd, os.fsencode(self.path), _IN_ATTRIB) < 0:
                 os.close(fd)
                 return False
         except (OSError, AttributeError):
