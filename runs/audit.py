@@ -16,7 +16,7 @@ from eventstore.verify import verify_events
 from projections import all_projections, diff_tables, rebuild, rebuild_in_place
 from projections.rebuild import ReplayError
 from runs.anchors import anchor_problems, watching
-from runs.events import org_stream, run_stream, thread_stream
+from runs.events import delivery_stream, org_stream, run_stream, thread_stream, webhook_stream
 
 __all__ = [
     "export_events",
@@ -200,6 +200,27 @@ def _streams(
         org_stream(org),
         *(thread_stream(t[0]) for t in threads),
         *(run_stream(r[0]) for r in runs),
+        *_webhook_streams(conn, org),
+    ]
+
+
+def _webhook_streams(conn: sqlite3.Connection, org: str) -> list[str]:
+    """The org's webhook endpoints and deliveries (none in a log no server of this version
+    has opened yet: their tables are made on start-up)."""
+    known = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'webhook_deliveries'"
+    ).fetchone()[0]
+    if not known:
+        return []
+    endpoints = conn.execute(
+        "SELECT endpoint_id FROM webhook_endpoints WHERE org_id = ?", (org,)
+    ).fetchall()
+    deliveries = conn.execute(
+        "SELECT delivery_id FROM webhook_deliveries WHERE org_id = ?", (org,)
+    ).fetchall()
+    return [
+        *(webhook_stream(e[0]) for e in endpoints),
+        *(delivery_stream(d[0]) for d in deliveries),
     ]
 
 

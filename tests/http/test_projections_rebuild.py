@@ -11,7 +11,19 @@ from pathlib import Path
 from eventstore import SQLiteEventStore
 from projections import all_projections, rebuild, table_rows
 from runs.auth import key_sha256
-from runs.events import RunStarted, RunUsage, UserDeleted, encode_event, org_stream, run_stream
+from runs.events import (
+    RunStarted,
+    RunUsage,
+    UserDeleted,
+    WebhookEndpointCreated,
+    delivery_stream,
+    encode_event,
+    org_stream,
+    run_stream,
+    webhook_stream,
+)
+from runs.ids import new_id
+from runs.webhooks import delivery_id_for
 from tests.conftest import ADMIN_KEY, Api
 
 
@@ -58,6 +70,32 @@ async def build_varied_log(api: Api) -> None:
     await api.wait_for(waiting, {"waiting_for_input"})
     await api.create_thread(None)
     await api.create_thread("bob's", key=spare_key)
+
+    # A webhook endpoint (recorded directly: this app refuses loopback targets, on creation and
+    # on delivery), a delivery whose attempt failed, then the endpoint deleted (cancelling it).
+    endpoint_id = new_id()
+    hook = WebhookEndpointCreated(
+        endpoint_id=endpoint_id,
+        org_id=org_id,
+        url="http://127.0.0.1:9/hook",
+        events=["run.completed"],
+        created_by_user_id=bob,
+    )
+    await api.runtime.store.append(webhook_stream(endpoint_id), [encode_event(hook)], 0)
+    _, hooked = await api.start_run("tell the webhook")
+    await api.wait_for(hooked)
+    (completed,) = [
+        e
+        for e in await api.runtime.store.read_stream(run_stream(hooked))
+        if e.type == "run.completed"
+    ]
+    delivery = delivery_id_for(endpoint_id, completed.position, completed.created_at)
+    attempts = api.runtime.store.subscribe(delivery_stream(delivery), 0)
+    async for event in attempts:
+        if event.type == "webhook.delivery_attempt_failed":
+            break
+    await attempts.aclose()
+    await api.runtime.webhooks.delete(org_id, bob, endpoint_id)
 
     # A second org with its own thread and run.
     other = await api.new_org_key("second")
