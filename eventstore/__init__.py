@@ -18,6 +18,7 @@ from eventstore.errors import (
     EventStoreError,
     SchemaVersionError,
     StorageError,
+    StorageUnavailable,
     StoreClosedError,
 )
 from eventstore.model import (
@@ -56,6 +57,7 @@ __all__ = [
     "SchemaVersionError",
     "SqlConnection",
     "StorageError",
+    "StorageUnavailable",
     "StoreClosedError",
     "VerifyReport",
     "canonical_bytes",

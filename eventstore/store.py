@@ -11,7 +11,9 @@ from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from eventstore.errors import EventStoreError, StorageError, StoreClosedError
+import structlog
+
+from eventstore.errors import EventStoreError, StorageError, StorageUnavailable, StoreClosedError
 from eventstore.live import LiveHub
 from eventstore.model import AppendRequest, NewEvent, RecordedEvent, utc_now
 from eventstore.projection import Projection
@@ -20,6 +22,8 @@ from eventstore.verify import VerifyReport, verify_database
 from eventstore.writer import BatchWriter, Outcome
 
 __all__ = ["MAX_BATCH", "GroupCommitStore"]
+
+log = structlog.get_logger("runlog.store")
 
 #: Most append requests committed in one transaction.
 MAX_BATCH = 1000
@@ -50,6 +54,9 @@ class GroupCommitStore:
         self._writer_task: asyncio.Task[None] | None = None
         self._closed = False
         self.live = LiveHub()
+        #: Why the last commit failed while the database could not write (disk full, I/O
+        #: error, connection lost); ``None`` once a commit succeeds again.
+        self.write_fault: str | None = None
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -70,6 +77,15 @@ class GroupCommitStore:
     async def _read_log(self, sql: str, params: tuple[Any, ...]) -> list[RecordedEvent]:
         raise NotImplementedError
 
+    def _open_failure(self, exc: Exception) -> str:
+        """Why the log could not be opened, for the error message."""
+        return repr(exc)
+
+    def _committed(self, events: list[RecordedEvent]) -> None:
+        """Hand a commit's events to live subscribers (called on the event loop, after the
+        commit)."""
+        self.live.publish(events)
+
     # -- life cycle -------------------------------------------------------------------------
 
     async def _start(self) -> None:
@@ -83,7 +99,9 @@ class GroupCommitStore:
             await self._shutdown_connections()
             if isinstance(exc, EventStoreError) or not isinstance(exc, Exception):
                 raise
-            raise StorageError(f"cannot open event store at {self.location}: {exc!r}") from exc
+            raise StorageError(
+                f"cannot open the log at {self.location} for writing: {self._open_failure(exc)}"
+            ) from exc
         self._writer_task = asyncio.create_task(self._run_writer(), name="runlog-writer")
 
     async def close(self) -> None:
@@ -157,6 +175,8 @@ class GroupCommitStore:
                 )
             except BaseException as exc:
                 error = exc if isinstance(exc, EventStoreError) else StorageError(repr(exc))
+                if isinstance(error, StorageUnavailable):
+                    self._fault(error)
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(error)
@@ -165,6 +185,8 @@ class GroupCommitStore:
                 continue
             committed: list[RecordedEvent] = []
             for pending, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, StorageUnavailable):
+                    self._fault(outcome)
                 if isinstance(outcome, EventStoreError):
                     if not pending.future.done():
                         pending.future.set_exception(outcome)
@@ -174,12 +196,35 @@ class GroupCommitStore:
                         pending.future.set_result(outcome)
             # Published only after the commit: a subscriber never sees an event that could
             # still be lost.
-            self.live.publish(committed)
+            if committed:
+                self.write_fault = None
+            self._committed(committed)
         # Fail whatever arrived after the stop marker.
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if isinstance(item, _Pending) and not item.future.done():
                 item.future.set_exception(StoreClosedError("the event store is closed"))
+
+    def _fault(self, error: StorageUnavailable) -> None:
+        if self.write_fault is None:
+            log.error("store.write_failed", error=str(error))
+        self.write_fault = str(error)
+
+    async def check_writable(self) -> str | None:
+        """While a write fault is known, try a commit that changes nothing; the fault's reason
+        if the database still cannot write, else ``None``."""
+        if self._closed:
+            raise StoreClosedError("the event store is closed")
+        if self.write_fault is None or self._writer is None:
+            return self.write_fault
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._writer.probe)
+        except StorageUnavailable as exc:
+            self.write_fault = str(exc)
+        else:
+            log.info("store.write_recovered")
+            self.write_fault = None
+        return self.write_fault
 
     # -- reads ------------------------------------------------------------------------------
 
