@@ -22,11 +22,19 @@ from typing import Any, TypeVar
 import msgspec
 import structlog
 from aiohttp import web
+from aiohttp.web_urldispatcher import _default_expect_handler
 
-from eventstore import EventStore, EventStoreError, StoreClosedError, open_event_store
+from eventstore import (
+    EventStore,
+    EventStoreError,
+    StorageUnavailable,
+    StoreClosedError,
+    open_event_store,
+)
 from projections import all_projections
 from projections.queries import Queries
 from runs import metrics
+from runs.anchors import CheckpointPublisher, load_private_key
 from runs.auth import (
     DUMMY_PASSWORD_HASH,
     key_sha256,
@@ -36,6 +44,7 @@ from runs.auth import (
 )
 from runs.config import Config, Route
 from runs.console import console_asset, console_index
+from runs.credentials import guard_credential
 from runs.errors import (
     NotFound,
     RateLimited,
@@ -132,6 +141,7 @@ class Runtime:
         self.secret = b""
         self.streams: set[asyncio.Task[Any]] = set()
         self.bootstrap_key: str | None = None
+        self.checkpoints: CheckpointPublisher | None = None
         self.login_limiter = FailureLimiter(config.login_max_failures, config.login_window_seconds)
 
     def default_provider(self, route: Route) -> Provider:
@@ -162,6 +172,7 @@ class Runtime:
                 tools=self.tools,
                 provider_for=self.provider_for,
                 coalesce_s=self.config.delta_coalesce_ms / 1000,
+                storage_retry_s=self.config.storage_retry_seconds,
             )
             self.service = RunService(
                 store=self.store,
@@ -180,6 +191,14 @@ class Runtime:
             self.mcp_servers.start(self.personas.by_id.values())
             await self.supervisor.resume_all()
             self.deliveries = self.start_deliveries()
+            if self.config.checkpoint_key_file:
+                self.checkpoints = CheckpointPublisher(
+                    self.store,
+                    load_private_key(self.config.checkpoint_key_file),
+                    self.config.checkpoint_sink,
+                    self.config.checkpoint_seconds,
+                )
+                self.checkpoints.start()
         except BaseException:
             await self.mcp_servers.close()
             await self.store.close()
@@ -220,6 +239,8 @@ class Runtime:
         for provider in self._providers.values():
             if isinstance(provider, AnthropicProvider):
                 await provider.aclose()
+        if self.checkpoints is not None:
+            await self.checkpoints.stop()  # the head at shutdown is signed too
         await self.store.close()
         metrics.process_exited()
 
@@ -267,6 +288,22 @@ def check_declared_size(request: web.Request) -> None:
         )
 
 
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue``: the 413 at once for a declared body over the limit; else
+    aiohttp's own answer (``100 Continue``, or 417 for an unknown expectation)."""
+    try:
+        check_declared_size(request)
+    except ValidationFailed as exc:
+        trace_id = uuid.uuid4().hex
+        response = error_response(exc.status, exc.code, exc.message, trace_id, exc.details)
+        response.headers["X-Trace-Id"] = trace_id
+        response.force_close()
+        log.info("request", method=request.method, path=request.path, status=exc.status)
+        return response
+    await _default_expect_handler(request)
+    return None
+
+
 @web.middleware
 async def trace_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Trace id on every response, auth on ``/v1``, errors in the documented shape, and one
@@ -302,6 +339,12 @@ async def trace_and_errors(request: web.Request, handler: Handler) -> web.Stream
     except StoreClosedError:
         status = status_of("internal.unavailable")
         return error_response(status, "internal.unavailable", "the service is stopping", trace_id)
+    except StorageUnavailable:
+        # Nothing was written; the same request may succeed once the log can be written.
+        status = status_of("internal.unavailable")
+        return error_response(
+            status, "internal.unavailable", "the log cannot be written now", trace_id
+        )
     except EventStoreError:
         log.exception("request.store_error")
         return error_response(500, "internal.error", "internal error", trace_id)
@@ -357,16 +400,18 @@ async def authenticate(request: web.Request) -> Principal:
         # Hash anyway so a malformed header costs what a wrong key costs.
         key_sha256(token)
         raise Unauthorized("a valid Bearer token is required")
+    if len(request.headers.getall("Authorization", ())) > 1:
+        raise Unauthorized("send one Authorization header")
     claims = verify_access_token(runtime.secret, token)
     if claims is not None:
         user = await runtime.queries.user(claims.sub)
         if user is None or user["deleted_at"] is not None:
             raise Unauthorized("a valid Bearer token is required")
-        return Principal(claims.sub, claims.org)
+        return Principal(claims.sub, claims.org, expires_at=claims.exp)
     key = await runtime.queries.api_key_by_hash(key_sha256(token))
     if key is None or key["revoked_at"] is not None or key["user_deleted_at"] is not None:
         raise Unauthorized("a valid Bearer token is required")
-    return Principal(key["user_id"], key["org_id"])
+    return Principal(key["user_id"], key["org_id"], key_id=key["key_id"])
 
 
 # -- handlers: health and auth ----------------------------------------------------------------
@@ -378,8 +423,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    if runtime.store.closed or not await runtime.queries.ready():
-        return json_response({"status": "not_ready"}, 503)
+    if runtime.store.closed:
+        return json_response({"status": "not_ready", "reason": "stopping"}, 503)
+    reason = await runtime.queries.not_ready_reason()
+    if reason is not None:
+        return json_response({"status": "not_ready", "reason": reason}, 503)
+    fault = await runtime.store.check_writable()
+    if fault is not None:
+        return json_response({"status": "not_ready", "reason": f"log not writable: {fault}"}, 503)
     return json_response({"status": "ready", "head": await runtime.store.head()})
 
 
@@ -407,24 +458,27 @@ async def metrics_text(request: web.Request) -> web.Response:
 async def login(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     body = await read_body(request, Login, runtime.config.request_read_timeout_seconds)
-    # Throttled per login and per client address; the attempt counts before the (slow)
-    # password check, so concurrent guesses cannot all pass the check.
-    by_login, by_address = f"login:{body.login.casefold()}", f"address:{request.remote}"
-    limiter = runtime.login_limiter
-    wait = limiter.retry_after((by_login, by_address))
-    if wait > 0:
-        raise RateLimited(
-            "too many failed logins; try again later",
-            code="auth.rate_limited",
-            retry_after_seconds=math.ceil(wait),
-        )
-    limiter.attempt((by_login, by_address))
+    # Throttled per user (a name and an email are one user; an unknown login is its own key)
+    # and per client address. Only failures count; the attempts on one user take turns, so
+    # concurrent guesses cannot all pass the check while the slow password hashes run.
     user = await runtime.queries.user_by_login(body.login)
-    encoded = user["password_hash"] if user and user["password_hash"] else None
-    ok = await asyncio.to_thread(verify_password, body.password, encoded or DUMMY_PASSWORD_HASH)
-    if user is None or encoded is None or not ok:
-        raise Unauthorized("wrong login or password")
-    limiter.succeeded(by_login, forgive=(by_address,))
+    by_user = f"user:{user['user_id']}" if user else f"login:{body.login.casefold()}"
+    by_address = f"address:{request.remote}"
+    limiter = runtime.login_limiter
+    async with limiter.exclusive(by_user):
+        wait = limiter.retry_after((by_user, by_address))
+        if wait > 0:
+            raise RateLimited(
+                "too many failed logins; try again later",
+                code="auth.rate_limited",
+                retry_after_seconds=math.ceil(wait),
+            )
+        encoded = user["password_hash"] if user and user["password_hash"] else None
+        ok = await asyncio.to_thread(verify_password, body.password, encoded or DUMMY_PASSWORD_HASH)
+        if user is None or encoded is None or not ok:
+            limiter.failed((by_user, by_address))
+            raise Unauthorized("wrong login or password")
+        limiter.succeeded(by_user)
     ttl = runtime.config.access_token_ttl_seconds
     token = sign_access_token(runtime.secret, user["user_id"], user["org_id"], ttl)
     return json_response(LoginResult(access_token=token, expires_in=ttl))
@@ -686,8 +740,14 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     task = asyncio.current_task()
+    guard = None
     if task is not None:
         runtime.streams.add(task)
+        # Revoking the key, deleting the user or the token's expiry ends the stream.
+        guard = asyncio.create_task(
+            guard_credential(runtime.store, runtime.queries, principal(request), task),
+            name="sse-credential",
+        )
     # Counted before the first byte and uncounted before the last, so a client that has
     # seen the stream open (or end) sees the gauge agree.
     metrics.SSE_CONNECTIONS.inc()
@@ -704,9 +764,13 @@ async def run_events(request: web.Request) -> web.StreamResponse:
             heartbeat_s=runtime.config.sse_heartbeat_seconds,
         )
     except (ConnectionResetError, asyncio.CancelledError):
-        pass  # the client left, or the server is stopping: end quietly
+        pass  # the client left, the credential ended, or the server is stopping
     finally:
         metrics.SSE_CONNECTIONS.dec()
+        if guard is not None:
+            guard.cancel()
+            with contextlib.suppress(BaseException):
+                await guard
         if task is not None:
             runtime.streams.discard(task)
     with contextlib.suppress(ConnectionResetError):
@@ -767,6 +831,10 @@ def create_app(
     app = web.Application(middlewares=[trace_and_errors], client_max_size=config.max_body_bytes)
     app[RUNTIME] = runtime
     add_routes(app)
+    for route in app.router.routes():
+        # aiohttp answers "100 Continue" before any middleware runs: a body that is declared too
+        # large is refused here instead, before the client sends it.
+        route._expect_handler = expect_continue
     app.on_response_prepare.append(add_trace_header)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

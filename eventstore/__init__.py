@@ -18,6 +18,7 @@ from eventstore.errors import (
     EventStoreError,
     SchemaVersionError,
     StorageError,
+    StorageUnavailable,
     StoreClosedError,
 )
 from eventstore.model import (
@@ -58,6 +59,7 @@ __all__ = [
     "SchemaVersionError",
     "SqlConnection",
     "StorageError",
+    "StorageUnavailable",
     "StoreClosedError",
     "VerifyReport",
     "canonical_bytes",

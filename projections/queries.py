@@ -256,9 +256,19 @@ class Queries:
     async def ready(self) -> bool:
         """Whether the database has this runlog's schema version and every projection has
         applied the whole log."""
+        return await self.not_ready_reason() is None
+
+    async def not_ready_reason(self) -> str | None:
+        """Why the read models cannot serve yet (``None`` when they can)."""
         row = await self.store.fetch_one(
             "SELECT (SELECT coalesce(max(position), 0) FROM events),"
             " (SELECT coalesce(min(position), 0) FROM projection_checkpoints),"
             " (SELECT version FROM runlog_schema WHERE id = 1)"
         )
-        return row is not None and row[0] == row[1] and row[2] == SCHEMA_VERSION
+        if row is None:
+            return "starting"
+        if row[2] != SCHEMA_VERSION:
+            return f"database schema version {row[2]}, this runlog has {SCHEMA_VERSION}"
+        if row[0] != row[1]:
+            return "projections are catching up with the log"
+        return None

@@ -50,7 +50,7 @@ from runs.providers.base import (
     ToolUse,
     Usage,
 )
-from runs.repository import append_decided, read_run
+from runs.repository import append_decided, read_run, while_unwritable
 from runs.run import RunState, decide_cancel, evolve, fold_recorded
 from runs.tools import ASK_USER, ToolError, ToolRegistry, persona_allows
 from runs.transcript import Transcript, build_transcript
@@ -81,8 +81,10 @@ class RunExecutor:
         coalesce_s: float,
         resumed: bool = False,
         interrupted: bool = False,
+        storage_retry_s: float = 600.0,
     ) -> None:
         self.store = store
+        self.storage_retry_s = storage_retry_s
         self.run_id = run_id
         self.stream = run_stream(run_id)
         self.route = route
@@ -123,8 +125,13 @@ class RunExecutor:
                 )
             )
         # Shielded: if the task is cancelled meanwhile the append still completes, and the
-        # cancel handler re-reads the log rather than trusting our local state.
-        recorded = await asyncio.shield(self.store.append_many(requests))
+        # cancel handler re-reads the log rather than trusting our local state. While the log
+        # cannot be written the same append is tried again (the run keeps its place), for
+        # ``storage_retry_s`` at most.
+        recorded = await while_unwritable(
+            lambda: asyncio.shield(self.store.append_many(requests)),
+            give_up_after_s=self.storage_retry_s,
+        )
         # Fold what we just wrote (the typed events, with the seqs and times the log gave).
         for event, written in zip(events, recorded, strict=False):
             state = evolve(state, event, written.seq, written.created_at)
@@ -296,6 +303,7 @@ class RunExecutor:
     def _usage_event(
         self, usage: Usage, *, call: int | None = None, estimated: bool = False
     ) -> RunUsage:
+        usage = _clamped(usage)
         return RunUsage(
             model=self.route.model,
             input_tokens=usage.input_tokens,
@@ -484,7 +492,34 @@ class RunExecutor:
             cut = [u for u in spent if getattr(u, "call", None) not in state.reported_calls]
             return [*cut, *cancel]
 
-        await append_decided(self.store, self.run_id, decide)
+        await while_unwritable(lambda: append_decided(self.store, self.run_id, decide))
+
+
+#: The largest token count recorded for one call: exact in JSON numbers everywhere (2^53 - 1),
+#: and far below what the projections' 64-bit sums can hold. A provider that reports more (or
+#: a negative count) is recorded at the bound, and the clamp is logged.
+MAX_TOKENS = 2**53 - 1
+
+
+def _clamped(usage: Usage) -> Usage:
+    counts = (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_write_tokens,
+        usage.cache_read_tokens,
+    )
+    if all(0 <= n <= MAX_TOKENS for n in counts):
+        return usage
+    log.warning("run.usage_clamped", reported=[str(n) for n in counts])
+    input_tokens, output_tokens, cache_write, cache_read = (
+        min(max(n, 0), MAX_TOKENS) for n in counts
+    )
+    return Usage(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_write_tokens=cache_write,
+        cache_read_tokens=cache_read,
+    )
 
 
 def _merge_usage(known: Usage | None, new: Usage) -> Usage:

@@ -177,7 +177,9 @@ _SSE_DESCRIPTION = (
     " event's payload and `id` equals `seq`; a `message.delta`'s data carries its text as both"
     " `content` and `content_delta`. There is no `event:` line. With `follow=1` the stream"
     " closes right after `run.completed`, `run.failed` or `run.cancelled`; a cursor at the end"
-    " of a finished run gets no frame and the stream closes at once."
+    " of a finished run gets no frame and the stream closes at once. It also closes within a"
+    " second when the API key that opened it is revoked or its user deleted, and when the"
+    " access token that opened it expires."
 )
 
 _CANCEL_DESCRIPTION = (
@@ -211,7 +213,8 @@ OPERATIONS: tuple[Operation, ...] = (
         _HEALTH,
         auth=False,
         errors=(500, 503),
-        description='503 with `{"status": "not_ready"}` while projections catch up.',
+        description='503 with `{"status": "not_ready", "reason": "..."}` while projections'
+        " catch up, while stopping, or while the log cannot be written (disk full).",
     ),
     Operation(
         "GET", "/openapi.json", "openapi", "This OpenAPI document", 200, _DOCUMENT, auth=False
