@@ -207,8 +207,14 @@ class CheckpointPublisher:
                 self.key.sign(signed_message(head.position, head.hash))
             ).decode(),
         )
-        await self._send(checkpoint)
-        self.last_position = head.position
+        # Marked as published before the send: a stop that cancels a send in flight (whose
+        # file write finishes on its thread anyway) must not sign the same head again.
+        previous, self.last_position = self.last_position, head.position
+        try:
+            await self._send(checkpoint)
+        except Exception:
+            self.last_position = previous  # the sink refused it: try again next time
+            raise
         return checkpoint
 
     async def _send(self, checkpoint: Checkpoint) -> None:
