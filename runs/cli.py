@@ -1,4 +1,4 @@
-"""The ``runlog`` command line: serve (the default), admin, verify, rebuild, export, tail.
+"""The ``runlog`` command line: serve (the default), admin, verify, rebuild, export, tail, backup.
 
 Every command that changes something appends events through the event store, so it is safe
 to run while the server runs on the same file.
@@ -28,7 +28,7 @@ from runs.tail import tail
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = ("serve", "admin", "verify", "rebuild", "export", "tail")
+COMMANDS = ("serve", "admin", "verify", "rebuild", "export", "tail", "backup")
 ADMIN_COMMANDS = (
     "create-org",
     "create-user",
@@ -49,10 +49,24 @@ def _log_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help=_CONFIG_HELP)
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, worked out only when asked for (from source it runs git)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and commit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from runs.version import version_line
+
+        print(version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runlog", description="AI agent runs on an append-only, hash-chained event log."
     )
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command")
 
     serve = sub.add_parser("serve", help="run the HTTP service (the default command)")
@@ -101,12 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--url", default=os.environ.get("RUNLOG_URL", "http://127.0.0.1:8001"), help="server URL"
     )
     tail_cmd.add_argument("--token", help="API key or access token (or RUNLOG_TOKEN)")
+
+    backup = sub.add_parser("backup", help="a consistent, verified copy of a live SQLite log")
+    _log_options(backup)
+    backup.add_argument("--to", required=True, help="the copy's path (must not exist)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["serve", *argv]
     args = build_parser().parse_args(argv)
     try:
@@ -116,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(admin(args))
         if args.command in ("verify", "rebuild", "export"):
             return audit(args)
+        if args.command == "backup":
+            return backup(args)
         if args.command == "tail":
             token = args.token or os.environ.get("RUNLOG_TOKEN", "")
             if not token:
@@ -163,6 +183,9 @@ async def _serve(config: Config, ready: Callable[[web.AppRunner], None] | None =
     await site.start()
     runtime = app[RUNTIME]
     url = f"http://{config.host}:{config.port}"
+    from runs.version import version_line
+
+    print(version_line(), flush=True)
     print(f"runlog listening on {url} (log: {config.db})", flush=True)
     if runtime.bootstrap_key:
         print(
@@ -255,3 +278,15 @@ def audit(args: argparse.Namespace) -> int:
     except sqlite3.Error as exc:
         print(f"error: cannot read {path}: {exc}", file=sys.stderr)
         return 2
+
+
+# -- backup -----------------------------------------------------------------------------------
+
+
+def backup(args: argparse.Namespace) -> int:
+    from runs.backup import is_database_url, run_backup
+
+    location = load_config(args.config, overrides={"db": args.db}).db
+    if not is_database_url(location):
+        location = existing_log(args)
+    return run_backup(location, args.to, sys.stdout, sys.stderr)
