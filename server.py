@@ -51,9 +51,10 @@ from runs.providers.base import Provider
 from runs.providers.scripted import ScriptedProvider
 from runs.ratelimit import FailureLimiter
 from runs.routes import RouteTable
-from runs.run import RUN_STATUSES, TERMINAL_STATUSES, fold_recorded
+from runs.run import RUN_STATUSES, TERMINAL_STATUSES, cancel_receipt, fold_recorded
 from runs.schemas import (
     MAX_INPUT_BYTES,
+    CancelReceipt,
     CreateMessage,
     CreateRun,
     CreateThread,
@@ -68,6 +69,7 @@ from runs.schemas import (
     SubmitInput,
     Thread,
     ThreadRun,
+    ToolCallsReceipt,
     ToolInfo,
 )
 from runs.service import Accounts, Principal, RunService
@@ -455,7 +457,7 @@ async def get_run(request: web.Request) -> web.Response:
         raise NotFound("run not found")
     if as_of is not None:
         return json_response(await _run_as_of(runtime, row, as_of))
-    return json_response(shaped(RunDetail, row))
+    return json_response(shaped(RunDetail, row, usage_estimated=bool(row["usage_estimated"])))
 
 
 async def _run_as_of(runtime: Runtime, row: Mapping[str, Any], as_of: int) -> RunDetail:
@@ -488,13 +490,36 @@ async def _run_as_of(runtime: Runtime, row: Mapping[str, Any], as_of: int) -> Ru
         error_class=state.error_class,
         error_message=state.error_message,
         as_of_seq=as_of,
+        usage_estimated=state.usage_estimated,
+        retry_of=state.retry_of,
     )
 
 
 async def cancel_run(request: web.Request) -> web.Response:
+    """``:cancel`` and its alias ``/cancel``: the receipt of how the run ended."""
     runtime = request.app[RUNTIME]
-    await runtime.service.cancel_run(principal(request), path_id(request, "run_id"))
-    return json_response(Ok())
+    state = await runtime.service.cancel_run(principal(request), path_id(request, "run_id"))
+    outcomes = cancel_receipt(state)
+    return json_response(
+        CancelReceipt(
+            status=state.status,
+            last_seq=state.seq,
+            tool_calls=ToolCallsReceipt(
+                completed=outcomes.completed,
+                interrupted=outcomes.interrupted,
+                not_started=outcomes.not_started,
+            ),
+        )
+    )
+
+
+async def retry_run(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    run_id = path_id(request, "run_id")
+    if not runtime.supervisor.accepting:
+        raise Unavailable("the service is shutting down")
+    new_run_id = await runtime.service.retry_run(principal(request), run_id, request[TRACE_ID])
+    return json_response(RunCreated(run_id=new_run_id, trace_id=request[TRACE_ID]), 201)
 
 
 async def submit_input(request: web.Request) -> web.Response:
@@ -605,6 +630,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/runs", list_runs)
     app.router.add_get(f"/v1/runs/{run}", get_run)
     app.router.add_post(f"/v1/runs/{run}:cancel", cancel_run)
+    app.router.add_post(f"/v1/runs/{run}/cancel", cancel_run)  # what Arkloop's clients call
+    app.router.add_post(f"/v1/runs/{run}/retry", retry_run)
     app.router.add_post(f"/v1/runs/{run}/input", submit_input)
     app.router.add_get(f"/v1/runs/{run}/events", run_events)
     app.router.add_get("/v1/tools", list_tools)

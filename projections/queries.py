@@ -141,6 +141,13 @@ class Queries:
         )
         return [dict(zip(_MESSAGE_KEYS, r, strict=True)) for r in rows]
 
+    async def last_message_position(self, thread_id: str) -> int:
+        """The log position of the thread's last message (0 if it has none)."""
+        row = await self.store.fetch_one(
+            "SELECT coalesce(max(position), 0) FROM messages WHERE thread_id = ?", (thread_id,)
+        )
+        return int(row[0]) if row else 0
+
     async def message(self, message_id: str) -> dict[str, Any] | None:
         row = await self.store.fetch_one(
             "SELECT message_id, org_id, thread_id, created_by_user_id, role, content, created_at,"

@@ -50,12 +50,14 @@ RUN_COLUMNS = (
     "credits_used",
     "error_class",
     "error_message",
+    "usage_estimated",
+    "retry_of",
 )
 
 
 class RunsProjection(TableProjection):
     name = "runs"
-    tables: tuple[str, ...] = ("runs",)
+    tables: tuple[str, ...] = ("runs", "run_call_usage")
     ddl = """
     CREATE TABLE IF NOT EXISTS runs (
         run_id              TEXT PRIMARY KEY,
@@ -81,12 +83,40 @@ class RunsProjection(TableProjection):
         credits_multiplier  REAL NOT NULL,
         credits_used        INTEGER NOT NULL DEFAULT 0,
         error_class         TEXT,
-        error_message       TEXT
+        error_message       TEXT,
+        usage_estimated     INTEGER NOT NULL DEFAULT 0,
+        retry_of            TEXT
+    );
+    -- One row per model call with usage: whether what is counted for it is an estimate, and
+    -- the estimate's figures, taken back when the provider's own usage of the call arrives.
+    CREATE TABLE IF NOT EXISTS run_call_usage (
+        run_id              TEXT NOT NULL,
+        call                INTEGER NOT NULL,
+        estimated           INTEGER NOT NULL,
+        input_tokens        INTEGER NOT NULL,
+        output_tokens       INTEGER NOT NULL,
+        cache_read_tokens   INTEGER NOT NULL,
+        cache_write_tokens  INTEGER NOT NULL,
+        cost_usd            REAL NOT NULL,
+        PRIMARY KEY (run_id, call)
     );
     CREATE INDEX IF NOT EXISTS runs_by_org ON runs (org_id, run_id);
     CREATE INDEX IF NOT EXISTS runs_by_org_status ON runs (org_id, status, run_id);
     CREATE INDEX IF NOT EXISTS runs_by_thread ON runs (thread_id, run_id)
     """
+
+    def create(self, conn: sqlite3.Connection) -> None:
+        present = {row[1] for row in conn.execute('PRAGMA table_info("runs")')}
+        if present and not present >= set(RUN_COLUMNS):
+            # The table of an older version (before estimated usage and retries): drop it and
+            # let the store replay the whole log into the new shape on this start, as
+            # ``runlog rebuild`` would.
+            for table in self.tables:
+                conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+            conn.execute(
+                "UPDATE projection_checkpoints SET position = 0 WHERE name = ?", (self.name,)
+            )
+        super().create(conn)
 
     def handlers(self) -> dict[type[DomainEvent], Handler]:
         return {
@@ -103,8 +133,8 @@ class RunsProjection(TableProjection):
     def _started(conn: sqlite3.Connection, e: RunStarted, r: RecordedEvent) -> None:
         conn.execute(
             "INSERT INTO runs (run_id, org_id, thread_id, status, route_id, model, persona_id,"
-            " trace_id, created_by_user_id, created_at, credits_multiplier)"
-            " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+            " trace_id, created_by_user_id, created_at, credits_multiplier, retry_of)"
+            " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 e.run_id,
                 e.org_id,
@@ -116,35 +146,80 @@ class RunsProjection(TableProjection):
                 e.created_by_user_id,
                 r.created_at,
                 e.credits_multiplier,
+                e.retry_of,
             ),
         )
 
     @staticmethod
     def _usage(conn: sqlite3.Connection, e: RunUsage, r: RecordedEvent) -> None:
+        # The same accounting as ``runs.run.evolve``: each model call is counted once, its
+        # reported usage replacing an estimate of it.
         run_id = run_id_of(r.stream)
+        known = conn.execute(
+            "SELECT estimated, input_tokens, output_tokens, cache_read_tokens,"
+            " cache_write_tokens, cost_usd FROM run_call_usage WHERE run_id = ? AND call = ?",
+            (run_id, e.call),
+        ).fetchone()
         row = conn.execute(
-            "SELECT total_input_tokens, cache_read_tokens, cache_write_tokens, total_cost_usd,"
-            " credits_multiplier FROM runs WHERE run_id = ?",
+            "SELECT total_input_tokens, total_output_tokens, cache_read_tokens,"
+            " cache_write_tokens, total_cost_usd, credits_multiplier FROM runs WHERE run_id = ?",
             (run_id,),
         ).fetchone()
-        inputs = row[0] + e.input_tokens
-        reads = row[1] + e.cache_read_tokens
-        writes = row[2] + e.cache_write_tokens
-        cost = row[3] + e.cost_usd
+        inputs, outputs, reads, writes, cost, multiplier = row
+        if e.estimated:
+            if known is not None:
+                return  # the call is counted already
+            conn.execute(
+                "INSERT INTO run_call_usage VALUES (?, ?, 1, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    e.call,
+                    e.input_tokens,
+                    e.output_tokens,
+                    e.cache_read_tokens,
+                    e.cache_write_tokens,
+                    e.cost_usd,
+                ),
+            )
+        elif known is None:
+            conn.execute(
+                "INSERT INTO run_call_usage VALUES (?, ?, 0, 0, 0, 0, 0, 0)", (run_id, e.call)
+            )
+        elif known[0]:
+            inputs -= known[1]
+            outputs -= known[2]
+            reads -= known[3]
+            writes -= known[4]
+            cost -= known[5]
+            conn.execute(
+                "UPDATE run_call_usage SET estimated = 0, input_tokens = 0, output_tokens = 0,"
+                " cache_read_tokens = 0, cache_write_tokens = 0, cost_usd = 0"
+                " WHERE run_id = ? AND call = ?",
+                (run_id, e.call),
+            )
+        inputs += e.input_tokens
+        outputs += e.output_tokens
+        reads += e.cache_read_tokens
+        writes += e.cache_write_tokens
+        cost += e.cost_usd
+        estimated = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM run_call_usage WHERE run_id = ? AND estimated = 1)",
+            (run_id,),
+        ).fetchone()[0]
         denominator = inputs + reads + writes
         conn.execute(
-            "UPDATE runs SET total_input_tokens = ?,"
-            " total_output_tokens = total_output_tokens + ?, cache_read_tokens = ?,"
-            " cache_write_tokens = ?, total_cost_usd = ?, cache_hit_rate = ?, credits_used = ?"
-            " WHERE run_id = ?",
+            "UPDATE runs SET total_input_tokens = ?, total_output_tokens = ?,"
+            " cache_read_tokens = ?, cache_write_tokens = ?, total_cost_usd = ?,"
+            " cache_hit_rate = ?, credits_used = ?, usage_estimated = ? WHERE run_id = ?",
             (
                 inputs,
-                e.output_tokens,
+                outputs,
                 reads,
                 writes,
                 cost,
                 None if denominator == 0 else reads / denominator,
-                credits_for(cost, row[4]),
+                credits_for(cost, multiplier),
+                estimated,
                 run_id,
             ),
         )

@@ -44,6 +44,8 @@ ERROR_STATUS: dict[str, tuple[int, str]] = {
     "runs.thread_busy": (409, "the thread already has a live run"),
     "runs.invalid_transition": (409, "the run's status does not allow this command"),
     "runs.not_waiting_for_input": (409, "the run is not waiting for input"),
+    "runs.not_retryable": (409, "only a failed or cancelled run can be retried"),
+    "runs.not_latest": (409, "the run is no longer the thread's latest turn"),
     "runs.limit_exceeded": (429, "the org has `max_live_runs_per_org` live runs"),
     "policy.error": (422, "the request is refused by policy"),
     "policy.route_not_found": (422, "no such route"),

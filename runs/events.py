@@ -39,6 +39,7 @@ __all__ = [
     "RunWaitingForInput",
     "ThreadCreated",
     "ThreadRunStarted",
+    "ToolCallOutcomes",
     "ToolCalled",
     "ToolResult",
     "UserCreated",
@@ -159,6 +160,8 @@ class RunStarted(DomainEvent, frozen=True, kw_only=True):
     model: str
     persona_id: str | None = None
     credits_multiplier: float = 1.0
+    #: The failed or cancelled run this one answers again (``POST /v1/runs/{id}/retry``).
+    retry_of: str | None = None
 
 
 class MessageDelta(DomainEvent, frozen=True, kw_only=True):
@@ -204,7 +207,13 @@ class RunInputProvided(DomainEvent, frozen=True, kw_only=True):
 
 
 class RunUsage(DomainEvent, frozen=True, kw_only=True):
-    """Usage and cost of one model call."""
+    """Usage and cost of one model call.
+
+    ``estimated``: the call was cut (cancel, a dropped connection, a crash) before the provider
+    reported its usage, so the figures the provider did not give are estimated (README.md,
+    "Estimated usage"). A call is counted once: its provider-reported usage replaces an
+    estimate of the same call, and an estimate after a reported usage is not counted.
+    """
 
     TYPE: ClassVar[str] = "run.usage"
     model: str
@@ -214,6 +223,7 @@ class RunUsage(DomainEvent, frozen=True, kw_only=True):
     cache_read_tokens: int = 0
     cost_usd: float = 0.0
     call: int = 1
+    estimated: bool = False
 
 
 class RunRetried(DomainEvent, frozen=True, kw_only=True):
@@ -240,8 +250,22 @@ class RunCancelRequested(DomainEvent, frozen=True, kw_only=True):
     user_id: str | None = None
 
 
+class ToolCallOutcomes(msgspec.Struct, frozen=True, kw_only=True):
+    """What became of a run's tool calls, by id in call order: ``completed`` have their
+    result (their side effects happened), ``interrupted`` were cut while running (a side
+    effect may have happened), ``not_started`` were requested but never ran."""
+
+    completed: list[str] = []
+    interrupted: list[str] = []
+    not_started: list[str] = []
+
+
 class RunCancelled(DomainEvent, frozen=True, kw_only=True):
+    """``tool_calls`` is the cancel receipt, kept so it can be read again from the log (None
+    in runs cancelled before it was recorded)."""
+
     TYPE: ClassVar[str] = "run.cancelled"
+    tool_calls: ToolCallOutcomes | None = None
 
 
 class RunCompleted(DomainEvent, frozen=True, kw_only=True):

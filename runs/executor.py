@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import structlog
 
 from eventstore import AppendRequest, SQLiteEventStore
 from runs.config import Route
+from runs.estimate import BYTES_PER_TOKEN, estimate_request_tokens, estimate_tokens
 from runs.events import (
     DomainEvent,
     MessageAdded,
@@ -56,6 +59,7 @@ __all__ = ["RunExecutor"]
 log = structlog.get_logger("runlog.run")
 
 _END = object()
+_json = msgspec.json.Encoder()
 _MAX_RETRY_AFTER_S = 60.0
 
 
@@ -91,6 +95,14 @@ class RunExecutor:
         self.state: RunState | None = None
         self.call_usage: Usage | None = None  # usage of the call in flight, as reported
         self.call_number = 0
+        # The call in flight: the request sent (None when no call is in flight), whether the
+        # provider answered at all and finished its answer, and the bytes of output it
+        # streamed (for an estimate).
+        self.call_request: ModelRequest | None = None
+        self.call_answered = False
+        self.call_finished = False
+        self.call_output = 0
+        self.running_tool_call: str | None = None  # the tool call whose tool runs now
         self._fresh_tool_calls: set[str] = set()
 
     # -- appends ----------------------------------------------------------------------------
@@ -173,12 +185,26 @@ class RunExecutor:
         await self.append(*before, RunFailed(error_class=error_class, message=message))
         raise _Stopped
 
-    def _usage_so_far(self) -> list[DomainEvent]:
-        """A ``run.usage`` for what the call in flight has reported, if anything."""
-        usage, self.call_usage = self.call_usage, None
-        if usage is None or not (usage.input_tokens or usage.output_tokens):
+    def _cut_usage(self) -> list[DomainEvent]:
+        """A ``run.usage`` marked estimated for the call in flight, cut before its end: the
+        figures the provider reported so far, the rest estimated (input from the request
+        sent, output from what was streamed). Nothing if the provider never answered: a
+        request refused or never received is not billed."""
+        request, self.call_request = self.call_request, None
+        reported, self.call_usage = self.call_usage, None
+        if request is None or not self.call_answered:
             return []
-        return [self._usage_event(usage)]
+        if self.call_finished and reported is not None:
+            # Cut after the provider's last word (before it was appended): nothing to estimate.
+            return [self._usage_event(reported)]
+        output = math.ceil(self.call_output / BYTES_PER_TOKEN)
+        if reported is None:
+            usage = Usage(input_tokens=estimate_request_tokens(request), output_tokens=output)
+        else:
+            usage = msgspec.structs.replace(
+                reported, output_tokens=max(reported.output_tokens, output)
+            )
+        return [self._usage_event(usage, estimated=True)]
 
     # -- model calls ------------------------------------------------------------------------
 
@@ -187,16 +213,8 @@ class RunExecutor:
         assert self.state is not None
         unfinished = transcript.unfinished_call()
         self.call_number = transcript.last_call + 1
-        if unfinished is not None:
-            # Output of an interrupted call streamed before a crash: say it is replaced.
-            await self.append(
-                RunRetried(
-                    call=self.call_number,
-                    discarded_call=unfinished.call,
-                    attempt=1,
-                    reason="interrupted by a restart",
-                )
-            )
+        # The request is rebuilt from the log alone, so after a restart it is the very
+        # request the interrupted call sent (its partial output is not part of it).
         request = ModelRequest(
             model=self.route.model,
             system=self.persona.system_prompt,
@@ -205,6 +223,25 @@ class RunExecutor:
             max_tokens=self.persona.max_output_tokens,
             temperature=self.persona.temperature,
         )
+        if unfinished is not None:
+            # Output of an interrupted call streamed before a crash: say it is replaced, and
+            # bill what it probably used (its reported usage was lost with the process).
+            spent: list[DomainEvent] = []
+            if unfinished.call not in self.state.reported_calls | set(self.state.estimates):
+                usage = Usage(
+                    input_tokens=estimate_request_tokens(request),
+                    output_tokens=estimate_tokens(unfinished.text),
+                )
+                spent.append(self._usage_event(usage, call=unfinished.call, estimated=True))
+            await self.append(
+                *spent,
+                RunRetried(
+                    call=self.call_number,
+                    discarded_call=unfinished.call,
+                    attempt=1,
+                    reason="interrupted by a restart",
+                ),
+            )
         attempt = 1
         while True:
             try:
@@ -212,7 +249,7 @@ class RunExecutor:
                 break
             except ProviderError as exc:
                 # Tokens the failed attempt already used are billed, like any call's.
-                spent = self._usage_so_far()
+                spent = self._cut_usage()
                 if not exc.retryable or attempt >= self.route.max_attempts:
                     await self._fail(exc.error_class, exc.message, *spent)
                 delay = self.route.retry_base_delay_s * (2 ** (attempt - 1))
@@ -242,7 +279,7 @@ class RunExecutor:
         # Usage and the tool calls in one append: a crash cannot separate a finished call
         # from the tools it asked for.
         await self.append(self._usage_event(self.call_usage or Usage()), *calls)
-        self.call_usage = None
+        self.call_usage = self.call_request = None
         if stop.reason == "max_tokens":
             log.info("run.max_tokens", run_id=self.run_id)
         limit = self.persona.max_cost_usd
@@ -253,7 +290,9 @@ class RunExecutor:
                 f" max_cost_usd of {limit}",
             )
 
-    def _usage_event(self, usage: Usage) -> RunUsage:
+    def _usage_event(
+        self, usage: Usage, *, call: int | None = None, estimated: bool = False
+    ) -> RunUsage:
         return RunUsage(
             model=self.route.model,
             input_tokens=usage.input_tokens,
@@ -266,13 +305,17 @@ class RunExecutor:
                 usage.cache_write_tokens,
                 usage.cache_read_tokens,
             ),
-            call=max(self.call_number, 1),
+            call=call or max(self.call_number, 1),
+            estimated=estimated,
         )
 
     async def _stream_call(self, request: ModelRequest) -> tuple[list[ToolUse], Stop]:
         """Stream one attempt, appending coalesced deltas. The provider runs in its own task
         feeding a queue, so the coalescing timer never interrupts the provider's stream."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.call_request = request
+        self.call_answered = self.call_finished = False
+        self.call_output = 0
 
         async def produce() -> None:
             try:
@@ -297,10 +340,14 @@ class RunExecutor:
                     item = await asyncio.wait_for(queue.get(), timeout)
                 except TimeoutError:
                     item = None
+                if isinstance(item, (TextDelta, ToolUse, Usage, Stop)):
+                    self.call_answered = True
                 if isinstance(item, TextDelta):
                     buffer.append(item.text)
+                    self.call_output += len(item.text.encode("utf-8", "surrogatepass"))
                 elif isinstance(item, ToolUse):
                     tool_uses.append(item)
+                    self.call_output += len(_json.encode(item.input)) + len(item.name)
                 elif isinstance(item, Usage):
                     self.call_usage = _merge_usage(self.call_usage, item)
                 elif isinstance(item, Stop):
@@ -313,6 +360,7 @@ class RunExecutor:
                     await self._flush(buffer)
                     next_flush = time.monotonic() + self.coalesce_s
                 if item is _END:
+                    self.call_finished = True
                     return tool_uses, stop
         finally:
             if not producer.done():
@@ -391,34 +439,40 @@ class RunExecutor:
                 " taken effect; it was not repeated",
                 is_error=True,
             )
+        # Cleared only when the tool returns: a cancel that cuts it leaves its id here, and
+        # the cancel receipt reports it as interrupted.
+        self.running_tool_call = call.tool_call_id
         try:
             output = await asyncio.wait_for(tool.run(dict(call.arguments)), tool.timeout_s)
         except TimeoutError:
-            return result(f"the tool timed out after {tool.timeout_s:g} s", is_error=True)
+            outcome = result(f"the tool timed out after {tool.timeout_s:g} s", is_error=True)
         except ToolError as exc:
-            return result(str(exc), is_error=True)
+            outcome = result(str(exc), is_error=True)
         except Exception as exc:
             log.warning("tool.crashed", run_id=self.run_id, tool=call.name, error=repr(exc))
-            return result(f"the tool failed: {type(exc).__name__}", is_error=True)
-        return result(output)
+            outcome = result(f"the tool failed: {type(exc).__name__}", is_error=True)
+        else:
+            outcome = result(output)
+        self.running_tool_call = None
+        return outcome
 
     # -- cancellation -----------------------------------------------------------------------
 
     async def record_cancel(self, user_id: str | None) -> None:
-        """Append the cancellation (with the usage known so far) from a fresh read of the log."""
-        usage = self.call_usage
-        spent = (
-            [self._usage_event(usage)]
-            if usage is not None and (usage.input_tokens or usage.output_tokens)
-            else []
-        )
+        """Append the cancellation from a fresh read of the log: the receipt of its tool calls
+        (the one running was interrupted) and, for a model call cut mid-way, its usage."""
+        spent = self._cut_usage()
+        running = [self.running_tool_call] if self.running_tool_call else []
 
         def decide(state: RunState) -> list[DomainEvent]:
-            cancel = decide_cancel(state, user_id)
-            return [*spent, *cancel] if cancel else []
+            cancel = decide_cancel(state, user_id, running)
+            if not cancel:
+                return []
+            # The call may have ended (its reported usage appended) as the cancel arrived.
+            cut = [u for u in spent if getattr(u, "call", None) not in state.reported_calls]
+            return [*cut, *cancel]
 
-        if await append_decided(self.store, self.run_id, decide):
-            self.call_usage = None
+        await append_decided(self.store, self.run_id, decide)
 
 
 def _merge_usage(known: Usage | None, new: Usage) -> Usage:

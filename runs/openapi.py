@@ -18,6 +18,7 @@ from runs.errors import ERROR_FAMILIES, ERROR_STATUS
 from runs.run import RUN_STATUSES
 from runs.schemas import (
     MAX_INPUT_BYTES,
+    CancelReceipt,
     CreateMessage,
     CreateRun,
     CreateThread,
@@ -154,8 +155,18 @@ _SSE_DESCRIPTION = (
     "```\nid: <seq>\ndata: <one line of JSON>\n\n```\n\n"
     "The `data:` JSON is exactly `{seq, type, data, created_at}` (schema `SseFrame`; the"
     " response schema describes one event, as OpenAPI 3.2's `itemSchema` would); `data` is the"
-    " event's payload and `id` equals `seq`. There is no `event:` line. With `follow=1` the"
-    " stream closes right after `run.completed`, `run.failed` or `run.cancelled`."
+    " event's payload and `id` equals `seq`; a `message.delta`'s data carries its text as both"
+    " `content` and `content_delta`. There is no `event:` line. With `follow=1` the stream"
+    " closes right after `run.completed`, `run.failed` or `run.cancelled`; a cursor at the end"
+    " of a finished run gets no frame and the stream closes at once."
+)
+
+_CANCEL_DESCRIPTION = (
+    "Answers when the run is terminal: `status` (how it ended: `cancelled`, or `completed` /"
+    " `failed` if it had already ended), `last_seq` (its last event) and `tool_calls`:"
+    " `completed` (the result is in the log: side effects happened), `interrupted` (cut while"
+    " running: a side effect may have happened), `not_started` (requested, never run). The"
+    " same receipt is recorded in the `run.cancelled` event."
 )
 
 #: One row per route of ``server.add_routes``, in the same order.
@@ -288,11 +299,40 @@ OPERATIONS: tuple[Operation, ...] = (
         "POST",
         "/v1/runs/{run_id}:cancel",
         "cancelRun",
-        "Cancel a run (a finished run is left as it is)",
+        "Cancel a run (a finished run is left as it is); answers the cancel receipt",
         200,
-        Ok,
+        CancelReceipt,
         params=(RUN_ID,),
         errors=(404, 409),
+        description=_CANCEL_DESCRIPTION,
+    ),
+    Operation(
+        "POST",
+        "/v1/runs/{run_id}/cancel",
+        "cancelRunAlias",
+        "Cancel a run: the same as `POST /v1/runs/{run_id}:cancel`",
+        200,
+        CancelReceipt,
+        params=(RUN_ID,),
+        errors=(404, 409),
+        description="An alias of `:cancel` (the path Arkloop's clients call). "
+        + _CANCEL_DESCRIPTION,
+    ),
+    Operation(
+        "POST",
+        "/v1/runs/{run_id}/retry",
+        "retryRun",
+        "Answer a failed or cancelled run's user turn again, in a new run",
+        201,
+        RunCreated,
+        params=(RUN_ID,),
+        errors=(404, 409, 422, 429),
+        description=(
+            "The run must be failed or cancelled and the thread's latest (no later run or"
+            " message), else `409 runs.not_retryable` / `runs.not_latest`. The new run has the"
+            " same thread, route and persona; its `run.started` carries `retry_of`, and the old"
+            " run's partial output is not part of its conversation."
+        ),
     ),
     Operation(
         "POST",

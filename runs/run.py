@@ -29,6 +29,7 @@ from runs.events import (
     RunUsage,
     RunWaitingForInput,
     ToolCalled,
+    ToolCallOutcomes,
     ToolResult,
     decode_event,
 )
@@ -38,11 +39,13 @@ __all__ = [
     "RUN_STATUSES",
     "TERMINAL_STATUSES",
     "RunState",
+    "cancel_receipt",
     "credits_for",
     "decide_cancel",
     "decide_input",
     "evolve",
     "fold_recorded",
+    "tool_call_outcomes",
 ]
 
 RUN_STATUSES = ("running", "waiting_for_input", "completed", "failed", "cancelled")
@@ -106,6 +109,20 @@ class RunState(msgspec.Struct, kw_only=True):
     error_class: str | None = None
     error_message: str | None = None
     waiting: RunWaitingForInput | None = None
+    retry_of: str | None = None
+    #: Tool call id -> whether its result is in the log, in call order.
+    tool_calls: dict[str, bool] = {}
+    #: Estimated usages counted in the totals, by model call (replaced by a reported one).
+    estimates: dict[int, RunUsage] = {}
+    #: Model calls whose provider-reported usage is in the log.
+    reported_calls: frozenset[int] = frozenset()
+    #: The receipt recorded with ``run.cancelled``.
+    cancelled_tool_calls: ToolCallOutcomes | None = None
+
+    @property
+    def usage_estimated(self) -> bool:
+        """Whether the totals include an estimated usage."""
+        return bool(self.estimates)
 
     @property
     def terminal(self) -> bool:
@@ -162,6 +179,7 @@ def evolve(state: RunState | None, event: DomainEvent, seq: int, at: str) -> Run
             credits_multiplier=event.credits_multiplier,
             created_at=at,
             seq=seq,
+            retry_of=event.retry_of,
         )
     if event.TYPE not in _ALLOWED.get(state.status, frozenset()):
         raise InvalidTransition(
@@ -170,12 +188,21 @@ def evolve(state: RunState | None, event: DomainEvent, seq: int, at: str) -> Run
         )
     state = msgspec.structs.replace(state, seq=seq)
     match event:
+        case RunUsage(estimated=True):
+            if event.call not in state.reported_calls and event.call not in state.estimates:
+                _count(state, event, 1)
+                state.estimates = {**state.estimates, event.call: event}
         case RunUsage():
-            state.total_input_tokens += event.input_tokens
-            state.total_output_tokens += event.output_tokens
-            state.cache_read_tokens += event.cache_read_tokens
-            state.cache_write_tokens += event.cache_write_tokens
-            state.total_cost_usd += event.cost_usd
+            estimate = state.estimates.get(event.call)
+            if estimate is not None:
+                _count(state, estimate, -1)
+                state.estimates = {c: u for c, u in state.estimates.items() if c != event.call}
+            _count(state, event, 1)
+            state.reported_calls = state.reported_calls | {event.call}
+        case ToolCalled():
+            state.tool_calls = {**state.tool_calls, event.tool_call_id: False}
+        case ToolResult():
+            state.tool_calls = {**state.tool_calls, event.tool_call_id: True}
         case RunWaitingForInput():
             state.status = "waiting_for_input"
             state.waiting = event
@@ -195,9 +222,23 @@ def evolve(state: RunState | None, event: DomainEvent, seq: int, at: str) -> Run
             state.status = "cancelled"
             state.cancelled_at = state.ended_at = at
             state.waiting = None
+            state.cancelled_tool_calls = event.tool_calls
         case _:
             pass
     return state
+
+
+def _count(state: RunState, usage: RunUsage, sign: int) -> None:
+    """Add (``sign`` 1) or take back (-1) a usage; the runs projection does the same float
+    operations in the same order, so both give identical totals."""
+    state.total_input_tokens += sign * usage.input_tokens
+    state.total_output_tokens += sign * usage.output_tokens
+    state.cache_read_tokens += sign * usage.cache_read_tokens
+    state.cache_write_tokens += sign * usage.cache_write_tokens
+    if sign > 0:
+        state.total_cost_usd += usage.cost_usd
+    else:
+        state.total_cost_usd -= usage.cost_usd
 
 
 def fold_recorded(
@@ -214,11 +255,35 @@ def fold_recorded(
 CONFIRMATION_ANSWERS = frozenset({"approve", "deny"})
 
 
-def decide_cancel(state: RunState, user_id: str | None) -> list[DomainEvent]:
-    """Cancel: a terminal run is left alone (cancelling it is a no-op, not an error)."""
+def tool_call_outcomes(state: RunState, interrupted: Iterable[str] = ()) -> ToolCallOutcomes:
+    """The run's tool calls by outcome; ``interrupted`` names calls that were running."""
+    cut = set(interrupted)
+    done = [call_id for call_id, has_result in state.tool_calls.items() if has_result]
+    open_calls = [call_id for call_id, has_result in state.tool_calls.items() if not has_result]
+    return ToolCallOutcomes(
+        completed=done,
+        interrupted=[c for c in open_calls if c in cut],
+        not_started=[c for c in open_calls if c not in cut],
+    )
+
+
+def cancel_receipt(state: RunState) -> ToolCallOutcomes:
+    """The tool calls' outcomes as the run ended: as recorded with ``run.cancelled``, else
+    (a completed or failed run, or a cancel recorded before receipts) from its tool events."""
+    if state.cancelled_tool_calls is not None:
+        return state.cancelled_tool_calls
+    return tool_call_outcomes(state)
+
+
+def decide_cancel(
+    state: RunState, user_id: str | None, running_tool_calls: Iterable[str] = ()
+) -> list[DomainEvent]:
+    """Cancel: a terminal run is left alone (cancelling it is a no-op, not an error).
+    ``running_tool_calls`` are the calls the cancel cut while they ran."""
     if state.terminal:
         return []
-    return [RunCancelRequested(user_id=user_id), RunCancelled()]
+    outcomes = tool_call_outcomes(state, running_tool_calls)
+    return [RunCancelRequested(user_id=user_id), RunCancelled(tool_calls=outcomes)]
 
 
 def decide_input(state: RunState, content: str, user_id: str | None) -> list[DomainEvent]:

@@ -12,6 +12,7 @@ import msgspec
 
 __all__ = [
     "MAX_INPUT_BYTES",
+    "CancelReceipt",
     "CreateMessage",
     "CreateRun",
     "CreateThread",
@@ -27,6 +28,7 @@ __all__ = [
     "SubmitInput",
     "Thread",
     "ThreadRun",
+    "ToolCallsReceipt",
     "ToolInfo",
 ]
 
@@ -73,6 +75,24 @@ class Error(msgspec.Struct):
 
 class Ok(msgspec.Struct):
     ok: bool = True
+
+
+class ToolCallsReceipt(msgspec.Struct):
+    """A run's tool call ids by outcome, in call order."""
+
+    completed: list[str]  # finished: the result is in the log (side effects happened)
+    interrupted: list[str]  # cut while running: a side effect may have happened
+    not_started: list[str]  # requested, never run
+
+
+class CancelReceipt(msgspec.Struct, kw_only=True):
+    """``POST /v1/runs/{id}:cancel``: the documented ``{ok: true}`` and how the run ended. For a
+    run that had already ended, the same receipt for how it ended."""
+
+    ok: bool = True
+    status: str
+    last_seq: int
+    tool_calls: ToolCallsReceipt
 
 
 class LoginResult(msgspec.Struct):
@@ -144,6 +164,10 @@ class RunDetail(Run):
     error_class: str | None = None
     error_message: str | None = None
     as_of_seq: int | None = None
+    #: The totals include usage estimated for a model call cut before its end.
+    usage_estimated: bool = False
+    #: The run this one retried (``POST /v1/runs/{id}/retry``).
+    retry_of: str | None = None
 
 
 class SseFrame(msgspec.Struct):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from eventstore import AppendRequest, ConcurrencyError, SQLiteEventStore
 from projections.queries import Queries
@@ -27,14 +29,16 @@ from runs.events import (
 )
 from runs.ids import new_id
 from runs.personas import PersonaRegistry
-from runs.repository import append_decided
+from runs.repository import append_decided, load_run
 from runs.routes import RouteTable
-from runs.run import TERMINAL_STATUSES, decide_input
+from runs.run import TERMINAL_STATUSES, RunState, decide_input
 from runs.supervisor import Supervisor
 
 __all__ = ["Accounts", "Principal", "RunService"]
 
 _CONFLICT_RETRIES = 20
+#: A run may be retried when it ended without an answer.
+RETRYABLE_STATUSES = frozenset({"failed", "cancelled"})
 
 
 class Principal:
@@ -167,6 +171,63 @@ class RunService:
     ) -> str:
         if await self.queries.thread(who.org_id, thread_id) is None:
             raise NotFound("thread not found")
+        return await self._start_run(who, thread_id, route_id, persona_id, trace_id)
+
+    async def retry_run(self, who: Principal, run_id: str, trace_id: str) -> str:
+        """A new run on the same thread, route and persona that answers the same user turn
+        as ``run_id``, a failed or cancelled run that is still the thread's last word. Its
+        partial output was never a thread message, so the new run does not see it."""
+        old = await self.queries.run(who.org_id, run_id)
+        if old is None:
+            raise NotFound("run not found")
+        first = await self.store.read_stream(run_stream(run_id), 0, 1)
+        started_at = first[0].position
+
+        async def still_retryable(thread: dict[str, Any]) -> None:
+            run = await self.queries.run(who.org_id, run_id)
+            assert run is not None
+            if run["status"] not in RETRYABLE_STATUSES:
+                raise Conflict(
+                    f"the run is {run['status']}: only a failed or cancelled run can be retried",
+                    code="runs.not_retryable",
+                    status=run["status"],
+                )
+            [latest] = await self.queries.thread_runs(thread["id"], 1)
+            if latest["run_id"] != run_id:
+                raise Conflict(
+                    "the run is not the thread's latest: only the latest run can be retried",
+                    code="runs.not_latest",
+                    latest_run_id=latest["run_id"],
+                )
+            if await self.queries.last_message_position(thread["id"]) > started_at:
+                raise Conflict(
+                    "the thread has messages after this run: it is no longer the latest turn",
+                    code="runs.not_latest",
+                )
+
+        return await self._start_run(
+            who,
+            old["thread_id"],
+            old["route_id"],
+            old["persona_id"],
+            trace_id,
+            retry_of=run_id,
+            check=still_retryable,
+        )
+
+    async def _start_run(
+        self,
+        who: Principal,
+        thread_id: str,
+        route_id: str | None,
+        persona_id: str | None,
+        trace_id: str,
+        *,
+        retry_of: str | None = None,
+        check: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+    ) -> str:
+        """``run.started`` with ``thread.run_started``, guarded by the thread's seq: ``check``
+        (and the limits) are decided again on each attempt, against the thread as it is."""
         route = self.routes.resolve(route_id)
         persona = self.personas.resolve(persona_id)
         run_id = new_id()
@@ -181,11 +242,14 @@ class RunService:
             model=route.model,
             persona_id=persona.persona_id,
             credits_multiplier=route.credits_multiplier,
+            retry_of=retry_of,
         )
         async with self._org_locks[who.org_id]:
             for _ in range(_CONFLICT_RETRIES):
                 thread = await self.queries.thread(who.org_id, thread_id)
                 assert thread is not None
+                if check is not None:
+                    await check(thread)
                 active = thread["active_run_id"]
                 if active is not None:
                     run = await self.queries.run(who.org_id, active)
@@ -221,10 +285,14 @@ class RunService:
         self.supervisor.launch(run_id)
         return run_id
 
-    async def cancel_run(self, who: Principal, run_id: str) -> None:
+    async def cancel_run(self, who: Principal, run_id: str) -> RunState:
+        """Cancel the run (a finished run is left alone); the run as the log then has it."""
         if await self.queries.run(who.org_id, run_id) is None:
             raise NotFound("run not found")
         await self.supervisor.cancel(run_id, who.user_id)
+        state = await load_run(self.store, run_id)
+        assert state is not None
+        return state
 
     async def submit_input(self, who: Principal, run_id: str, content: str) -> None:
         if await self.queries.run(who.org_id, run_id) is None:

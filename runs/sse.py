@@ -11,18 +11,37 @@ import msgspec
 from aiohttp import web
 
 from eventstore import RecordedEvent, SQLiteEventStore
-from runs.events import TERMINAL_RUN_EVENTS
+from runs.events import TERMINAL_RUN_EVENTS, MessageDelta
 from runs.schemas import SseFrame
 
-__all__ = ["sse_frame", "stream_events"]
+__all__ = ["sse_frame", "stream_events", "wire_data"]
 
 _frame = msgspec.json.Encoder()
+
+
+class _DeltaText(msgspec.Struct):
+    content: str
+
+
+_delta_text = msgspec.json.Decoder(_DeltaText)
+
+
+def wire_data(type_: str, data: str) -> bytes:
+    """The ``data`` of a frame: the event's payload as logged, except that a ``message.delta``
+    also carries its text as ``content_delta`` (the field Arkloop's clients read; ``content``
+    is the documented one). Added here rather than logged, so the log holds the text once and
+    runs recorded before the field existed stream it too."""
+    raw = data.encode()
+    if type_ != MessageDelta.TYPE or not raw.endswith(b"}"):
+        return raw
+    text = _frame.encode(_delta_text.decode(raw).content)
+    return raw[:-1] + b',"content_delta":' + text + b"}"
 
 
 def sse_frame(seq: int, type_: str, data: str, created_at: str) -> bytes:
     """``id: <seq>`` and one ``data:`` line of compact JSON (no ``event:`` field, so
     ``EventSource.onmessage`` sees every frame)."""
-    body = _frame.encode(SseFrame(seq, type_, msgspec.Raw(data.encode()), created_at))
+    body = _frame.encode(SseFrame(seq, type_, msgspec.Raw(wire_data(type_, data)), created_at))
     return b"id: %d\ndata: %s\n\n" % (seq, body)
 
 

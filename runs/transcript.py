@@ -119,7 +119,10 @@ def build_transcript(events: Iterable[RecordedEvent]) -> Transcript:
             case ToolCalled():
                 turn(event.call).tool_calls.append(event)
             case RunUsage():
-                turn(event.call).finished = True
+                cut_or_done = turn(event.call)
+                # An estimated usage belongs to a call that was cut: it never completed.
+                if not event.estimated:
+                    cut_or_done.finished = True
             case RunRetried():
                 discarded.add(event.discarded_call)
                 transcript.last_call = max(transcript.last_call, event.call - 1)

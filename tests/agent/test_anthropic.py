@@ -324,6 +324,12 @@ async def test_connection_cut_mid_stream_is_retried_and_partial_output_replaced(
     # The cut attempt's input tokens are billed too (reported by its message_start).
     usages = only(events, "run.usage")
     assert [(u["call"], u["input_tokens"]) for u in usages] == [(1, 30), (2, 30)]
+    # The cut attempt never reported its output: that part is estimated ("Partial answ", 12
+    # bytes: 3 tokens), and the run says its totals include an estimate.
+    assert (usages[0]["estimated"], usages[0]["output_tokens"]) == (True, 3)
+    assert usages[1]["estimated"] is False
+    assert run["usage_estimated"] is True
+    assert run["total_output_tokens"] == 3 + usages[1]["output_tokens"]
     assert kinds.index("run.usage") < kinds.index("run.retried")
     assert run["total_input_tokens"] == 60
 
@@ -374,9 +380,14 @@ async def test_cancel_mid_stream_aborts_the_request_and_records_usage(
     kinds = types_of(events)
     assert kinds[-3:] == ["run.usage", "run.cancel_requested", "run.cancelled"]
     [usage] = only(events, "run.usage")
-    assert usage["input_tokens"] == 120
-    assert usage["cost_usd"] == pytest.approx(cost(120, 1))
-    assert run["total_input_tokens"] == 120
+    # The call was cut before the provider's final usage: input as message_start reported
+    # it, output estimated from the 8 bytes streamed ("thinking": 8 / 4 = 2 tokens, more than
+    # the 1 message_start reported), and the event says so.
+    assert (usage["input_tokens"], usage["output_tokens"]) == (120, 2)
+    assert usage["estimated"] is True
+    assert usage["cost_usd"] == pytest.approx(cost(120, 2))
+    assert (run["total_input_tokens"], run["total_output_tokens"]) == (120, 2)
+    assert run["usage_estimated"] is True
     assert run["cancelled_at"] is not None
     assert run_id not in api.runtime.supervisor.tasks
 

@@ -216,10 +216,14 @@ async def test_racing_submissions_exactly_one_wins(api: Api) -> None:
 
 async def test_cancel_while_waiting(api: Api) -> None:
     _, run_id, _ = await waiting_run(api, "/ask will you cancel?")
-    assert await api.request("POST", f"/v1/runs/{run_id}:cancel", expect=200) == (
-        200,
-        {"ok": True},
-    )
+    _, receipt = await api.request("POST", f"/v1/runs/{run_id}:cancel", expect=200)
+    # The question (an ask_user tool call) was asked and never answered: it never ran.
+    assert receipt == {
+        "ok": True,
+        "status": "cancelled",
+        "last_seq": 6,  # started, usage, tool.call, waiting, cancel_requested, cancelled
+        "tool_calls": {"completed": [], "interrupted": [], "not_started": ["call_1"]},
+    }
     _, run = await api.request("GET", f"/v1/runs/{run_id}", expect=200)
     assert run["status"] == "cancelled"
     assert run["cancelled_at"] is not None

@@ -79,8 +79,10 @@ class World:
         self.thread_ids: list[str] = []
         self.run_ids: list[str] = []  # runs that have ended (safe to follow over SSE)
         self.waiting_run_ids: list[str] = []  # runs waiting for input, for POST …/input
-        self.cancel_run_ids: list[str] = []  # a run waiting for input, for POST …:cancel
+        self.cancel_run_ids: list[str] = []  # a run waiting for input, for POST …:cancel, …/cancel
         self.foreign_thread_ids: list[str] = []
+        # A failed run on a thread no other operation is pointed at, for POST …/retry.
+        self.retry_run_ids: list[str] = []
 
     def post(self, path: str, body: Any = None) -> Any:
         response = self.session.post(self.live.url + path, json=body, timeout=30)
@@ -111,6 +113,11 @@ class World:
             self.events(run_id, lambda t: t == "run.waiting_for_input")
             self.thread_ids.append(thread_id)
             pool.append(run_id)
+        thread_id = self.post("/v1/threads", {})["id"]
+        self.post(f"/v1/threads/{thread_id}/messages", {"content": "/fail"})
+        run_id = self.post(f"/v1/threads/{thread_id}/runs", {})["run_id"]
+        self.events(run_id, lambda t: t in {f"run.{s}" for s in TERMINAL})
+        self.retry_run_ids.append(run_id)
         # A thread of another org: for this key it must look exactly like a missing one.
         runtime = self.live.app[RUNTIME]
         accounts = runtime.accounts
@@ -189,11 +196,13 @@ def _use_real_ids(case: Any, world: World, data: st.DataObject) -> None:
             params["thread_id"] = choice
     if "run_id" in params:
         pool = list(world.run_ids)  # following a live run over SSE would not end
-        if case.path.endswith("/input"):
+        if case.path.endswith("/retry"):
+            pool = list(world.retry_run_ids)  # the others were completed, or moved on
+        elif case.path.endswith("/input"):
             pool += world.waiting_run_ids
-        elif case.path.endswith(":cancel"):
+        elif case.path.endswith((":cancel", "/cancel")):
             pool += world.cancel_run_ids
-        elif not case.path.endswith("/events"):
+        elif not case.path.endswith(("/events", "/retry")):
             pool += world.waiting_run_ids + world.cancel_run_ids
         choice = data.draw(st.sampled_from([None, *pool]), label="run_id")
         if choice is not None:

@@ -35,7 +35,9 @@ RESPONSE_TYPES = {
     ("GET", "/v1/threads/{thread_id}/runs", "200"): list[schemas.ThreadRun],
     ("GET", "/v1/runs", "200"): list[schemas.Run],
     ("GET", "/v1/runs/{run_id}", "200"): schemas.RunDetail,
-    ("POST", "/v1/runs/{run_id}:cancel", "200"): schemas.Ok,
+    ("POST", "/v1/runs/{run_id}:cancel", "200"): schemas.CancelReceipt,
+    ("POST", "/v1/runs/{run_id}/cancel", "200"): schemas.CancelReceipt,
+    ("POST", "/v1/runs/{run_id}/retry", "201"): schemas.RunCreated,
     ("POST", "/v1/runs/{run_id}/input", "200"): schemas.Ok,
     ("GET", "/v1/tools", "200"): list[schemas.ToolInfo],
 }

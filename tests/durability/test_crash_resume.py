@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import sqlite3
 from collections import Counter
@@ -97,7 +98,10 @@ async def test_runs_survive_sigkill_and_resume_from_the_log(tmp_path: Path, seed
         stream = {e[2]: e for e in by_stream[f"run-{run_id}"]}
         for frame in frames:
             assert stream[frame["seq"]][3] == frame["type"]
-            assert json.loads(stream[frame["seq"]][4]) == frame["data"]
+            logged = json.loads(stream[frame["seq"]][4])
+            if frame["type"] == "message.delta":  # the stream adds the text as content_delta
+                logged["content_delta"] = logged["content"]
+            assert logged == frame["data"]
 
     # No tool with a recorded result ran twice (a call cut by the crash is not repeated).
     executions = Counter(Path(server.count_file).read_text().split())
@@ -164,3 +168,17 @@ async def test_a_model_call_cut_by_a_crash_is_issued_again_and_its_output_replac
     kept = "".join(d["content"] for t, d in stream if t == "message.delta" and d["call"] == call)
     assert messages[-1]["content"] == kept == f"echo: {LONG}"
     assert any(t == "message.delta" and d["call"] == discarded for t, d in stream)
+    # The cut call's usage died with the process: it is estimated, announced with the retry,
+    # output from what it had streamed (4 bytes a token, rounded up), and counted once.
+    deltas = [d for t, d in stream if t == "message.delta"]
+    cut = "".join(d["content"] for d in deltas if d["call"] == discarded)
+    usages = [d for t, d in stream if t == "run.usage"]
+    [estimate] = [u for u in usages if u["estimated"]]
+    assert estimate["call"] == discarded
+    assert estimate["output_tokens"] == math.ceil(len(cut.encode()) / 4)
+    assert estimate["input_tokens"] >= math.ceil(len(LONG) / 4)
+    types = [t for t, _ in stream]
+    assert stream[types.index("run.retried") - 1] == ("run.usage", estimate)
+    assert run["usage_estimated"] is True
+    assert run["total_input_tokens"] == sum(u["input_tokens"] for u in usages)
+    assert run["total_output_tokens"] == sum(u["output_tokens"] for u in usages)

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from projections import all_projections, rebuild, table_rows
 from tests.conftest import Api
 
 RELEASE_LOG = Path(__file__).parent.parent / "data" / "release-0.1.0.db"
@@ -44,3 +45,22 @@ async def test_the_0_1_0_log_opens_with_every_run(
     assert (await api.wait_for(waiting))["status"] == "completed"
     report = await api.runtime.store.verify()
     assert report.ok and report.events > events
+    # Its runs table predates estimated usage and retries: it was replayed into the new shape.
+    for run_id in expected:
+        _, run = await api.request("GET", f"/v1/runs/{run_id}", expect=200)
+        assert (run["usage_estimated"], run["retry_of"]) == (False, None)
+    # A run cancelled before receipts were recorded still answers one, from its tool events.
+    cancelled = next(r for r, s in expected.items() if s == "cancelled")
+    _, receipt = await api.request("POST", f"/v1/runs/{cancelled}/cancel", expect=200)
+    assert receipt["status"] == "cancelled"
+    assert set(receipt["tool_calls"]) == {"completed", "interrupted", "not_started"}
+    # And the tables equal a rebuild from the log.
+    source = sqlite3.connect(db_path)
+    scratch = sqlite3.connect(Path(db_path).parent / "scratch.db")
+    try:
+        rebuild(source, scratch, all_projections())
+        for table in (t for p in all_projections() for t in p.tables):
+            assert table_rows(source, table) == table_rows(scratch, table), table
+    finally:
+        source.close()
+        scratch.close()

@@ -8,9 +8,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from eventstore import SQLiteEventStore
 from projections import all_projections, rebuild, table_rows
 from runs.auth import key_sha256
-from runs.events import UserDeleted, encode_event, org_stream
+from runs.events import RunStarted, RunUsage, UserDeleted, encode_event, org_stream, run_stream
 from tests.conftest import ADMIN_KEY, Api
 
 
@@ -38,6 +39,17 @@ async def build_varied_log(api: Api) -> None:
     await api.wait_for(failed)
     _, cancelled = await api.start_run("/slow 200\nnever finished")
     await api.request("POST", f"/v1/runs/{cancelled}:cancel", expect=200)
+    # A model call cut mid-stream (its usage estimated), and the failed run retried.
+    _, cut = await api.start_run("/slow 30\na reply cut in the middle")
+    events = api.runtime.store.subscribe(run_stream(cut), 0)
+    async for event in events:
+        if event.type == "message.delta":
+            break
+    await events.aclose()
+    await api.request("POST", f"/v1/runs/{cut}/cancel", expect=200)
+    assert (await api.wait_for(cut))["usage_estimated"] is True
+    _, retried = await api.request("POST", f"/v1/runs/{failed}/retry", expect=201)
+    assert (await api.wait_for(retried["run_id"]))["retry_of"] == failed
     _, answered = await api.start_run("/ask favourite colour?")
     await api.wait_for(answered, {"waiting_for_input"})
     await api.request("POST", f"/v1/runs/{answered}/input", json={"content": "blue"}, expect=200)
@@ -108,4 +120,56 @@ async def test_the_comparison_sees_a_difference(api: Api, tmp_path: Path) -> Non
         assert table_rows(scratch, "runs") != table_rows(source, "runs")
     finally:
         source.close()
+        scratch.close()
+
+
+async def test_a_runs_table_of_an_older_version_is_rebuilt_on_start(tmp_path: Path) -> None:
+    """A database written before estimated usage and retries (no ``usage_estimated`` or
+    ``retry_of`` column, no per-call usage table) gets the new shape, replayed from its log."""
+    db = str(tmp_path / "older.db")
+    run_id = "01a222e0-5694-70d2-9042-2dade0db901d"
+    started = RunStarted(
+        run_id=run_id,
+        thread_id="01a222e0-5694-70d2-9042-2dade0db9000",
+        org_id="01a222e0-5694-70d2-9042-2dade0db9001",
+        created_by_user_id="01a222e0-5694-70d2-9042-2dade0db9002",
+        trace_id="trace-older-0001",
+        route_id="scripted",
+        provider="scripted",
+        model="scripted-1",
+        retry_of="01a222e0-5694-70d2-9042-2dade0db9003",
+    )
+    usages = [
+        RunUsage(model="scripted-1", input_tokens=10, output_tokens=3, cost_usd=0.5, call=1),
+        RunUsage(model="scripted-1", input_tokens=7, output_tokens=2, call=2, estimated=True),
+    ]
+    store = await SQLiteEventStore.open(db, all_projections())
+    await store.append(run_stream(run_id), [encode_event(e) for e in [started, *usages]], 0)
+    await store.close()
+    conn = sqlite3.connect(db)
+    try:
+        expected = {t: table_rows(conn, t) for t in ("runs", "run_call_usage")}
+        # What the older version had: none of the new columns, no per-call table.
+        conn.execute("ALTER TABLE runs DROP COLUMN usage_estimated")
+        conn.execute("ALTER TABLE runs DROP COLUMN retry_of")
+        conn.execute("DROP TABLE run_call_usage")
+        conn.commit()
+    finally:
+        conn.close()
+
+    store = await SQLiteEventStore.open(db, all_projections())
+    await store.close()
+    conn = sqlite3.connect(db)
+    scratch = sqlite3.connect(tmp_path / "scratch.db")
+    try:
+        rebuild(conn, scratch, all_projections())
+        for table, rows in expected.items():
+            assert table_rows(conn, table) == rows == table_rows(scratch, table), table
+        row = conn.execute(
+            "SELECT total_input_tokens, usage_estimated, retry_of FROM runs WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
+        assert row == (17, 1, started.retry_of)
+    finally:
+        conn.close()
         scratch.close()

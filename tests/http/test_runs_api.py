@@ -47,8 +47,11 @@ SPEC_DETAIL_KEYS = {
     "trace_id",
 }
 DETAIL_KEYS = (
-    RUN_KEYS | SPEC_DETAIL_KEYS | {"route_id", "error_class", "error_message", "as_of_seq"}
+    RUN_KEYS
+    | SPEC_DETAIL_KEYS
+    | {"route_id", "error_class", "error_message", "as_of_seq", "usage_estimated", "retry_of"}
 )
+NO_TOOL_CALLS = {"completed": [], "interrupted": [], "not_started": []}
 
 
 async def admin_ids(api: Api) -> tuple[str, str]:
@@ -277,7 +280,13 @@ async def test_cancel_a_slow_run(api: Api) -> None:
     _, user_id = await admin_ids(api)
     thread_id, run_id = await api.start_run("/slow 200\nhello there")
     _, body = await api.request("POST", f"/v1/runs/{run_id}:cancel", expect=200)
-    assert body == {"ok": True}
+    last_seq = await api.runtime.store.last_seq(run_stream(run_id))
+    assert body == {
+        "ok": True,
+        "status": "cancelled",
+        "last_seq": last_seq,
+        "tool_calls": NO_TOOL_CALLS,
+    }
     # Cancelled as soon as the call returned: no waiting.
     _, run = await api.request("GET", f"/v1/runs/{run_id}", expect=200)
     assert run["status"] == "cancelled"
@@ -323,7 +332,8 @@ async def test_cancelling_a_terminal_run_changes_nothing(api: Api) -> None:
         last = await store.last_seq(run_stream(run_id))
         head = await store.head()
         _, body = await api.request("POST", f"/v1/runs/{run_id}:cancel", expect=200)
-        assert body == {"ok": True}
+        # The receipt of how it ended.
+        assert body == {"ok": True, "status": status, "last_seq": last, "tool_calls": NO_TOOL_CALLS}
         assert await store.last_seq(run_stream(run_id)) == last
         assert await store.head() == head
         assert await run_events(api, run_id) == before
@@ -494,7 +504,9 @@ async def test_cancel_racing_the_end_of_a_run_leaves_one_terminal_event(
         for _ in range(yields):  # land the cancel at different points of the run
             await asyncio.sleep(0)
         _, body = await api.request("POST", f"/v1/runs/{run_id}:cancel", expect=200)
-        assert body == {"ok": True}
+        assert body["ok"] is True
+        assert body["status"] in {"completed", "cancelled"}
+        assert body["last_seq"] == await api.runtime.store.last_seq(run_stream(run_id))
         return run_id
 
     run_ids = await asyncio.gather(*(start_and_cancel(i * 25) for i in range(24)))
@@ -507,6 +519,12 @@ async def test_cancel_racing_the_end_of_a_run_leaves_one_terminal_event(
         ends = [t for t in types if t in {"run.completed", "run.failed", "run.cancelled"}]
         assert ends == [types[-1]], types
         assert types[-1] == f"run.{run['status']}"
+        # Whether the call was cut (estimated) or ended (reported), it is counted once.
+        usages = [d for _, t, d in await run_events(api, run_id) if t == "run.usage"]
+        assert len({u["call"] for u in usages}) == len(usages) <= 1
+        assert run["total_input_tokens"] == sum(u["input_tokens"] for u in usages)
+        assert run["total_output_tokens"] == sum(u["output_tokens"] for u in usages)
+        assert run["usage_estimated"] == any(u["estimated"] for u in usages)
         _, thread = await api.request("GET", f"/v1/threads/{run['thread_id']}", expect=200)
         assert thread["active_run_id"] is None
     assert "cancelled" in statuses

@@ -148,9 +148,20 @@ async def read_events(api: Api, run_id: str, **params: str) -> EventStream:
 # -- the log, the run ---------------------------------------------------------------------------
 
 
+def on_the_wire(type_: str, data: dict[str, Any]) -> dict[str, Any]:
+    """An event's data as SSE sends it: as logged, and a ``message.delta`` also carries its
+    text as ``content_delta`` (what Arkloop's clients read), after the logged keys."""
+    if type_ == "message.delta":
+        return {**data, "content_delta": data["content"]}
+    return data
+
+
 async def log_frames(api: Api, run_id: str) -> list[Frame]:
+    """The frames SSE must send for the run: its log, event by event."""
     events = await api.runtime.store.read_stream(run_stream(run_id), 0, 100_000)
-    return [Frame(e.seq, e.type, json.loads(e.data), e.created_at) for e in events]
+    return [
+        Frame(e.seq, e.type, on_the_wire(e.type, json.loads(e.data)), e.created_at) for e in events
+    ]
 
 
 async def wait_for_seq(api: Api, run_id: str, seq: int) -> None:

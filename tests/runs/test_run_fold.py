@@ -36,12 +36,14 @@ from runs.events import (
     RunUsage,
     RunWaitingForInput,
     ToolCalled,
+    ToolCallOutcomes,
     ToolResult,
     decode_event,
     encode_event,
 )
 from runs.run import (
     RunState,
+    cancel_receipt,
     credits_for,
     decide_cancel,
     decide_input,
@@ -68,7 +70,12 @@ costs = st.floats(min_value=0, max_value=50, allow_nan=False, allow_infinity=Fal
 short_text = st.text(max_size=20)
 
 working = st.one_of(
-    st.tuples(st.just("usage"), tokens, tokens, tokens, tokens, costs),
+    # The last flags: an estimated usage (a cut call), and one for the previous call again
+    # (a reported usage arriving after an estimate, or an estimate after a reported one).
+    st.tuples(
+        st.just("usage"), tokens, tokens, tokens, tokens, costs, st.booleans(), st.booleans()
+    ),
+    st.tuples(st.just("pending_tool"), st.booleans()),
     st.tuples(st.just("delta"), short_text),
     st.tuples(st.just("tool"), st.sampled_from(["calculator", "current_time"]), st.booleans()),
     st.tuples(st.just("retry")),
@@ -95,6 +102,7 @@ started = st.builds(
     model=st.sampled_from(["scripted-1", "claude-sonnet-4-5"]),
     persona_id=st.sampled_from([None, "default@1", "helper@3"]),
     credits_multiplier=st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0, 3.7]),
+    retry_of=st.sampled_from([None, "01a222e0-5694-70d2-9042-2dade0db9003"]),
 )
 
 
@@ -108,6 +116,7 @@ class Script:
         self.calls = 0
         self.tool_calls = 0
         self.requests = 0
+        self.running: list[str] = []  # a tool call whose tool runs now (cut by a cancel)
 
     def append(self, *events: DomainEvent, at: str) -> None:
         for event in events:
@@ -118,7 +127,7 @@ class Script:
         state = self.state
         kind = command[0]
         if kind == "cancel":
-            decided = decide_cancel(state, "user-1")
+            decided = decide_cancel(state, "user-1", self.running)
             if state.terminal:
                 assert decided == []
             self.append(*decided, at=at)
@@ -147,8 +156,9 @@ class Script:
         elif waiting:
             return  # the executor has no task while the run waits
         elif kind == "usage":
-            _, inputs, outputs, reads, writes, cost = command
-            self.calls += 1
+            _, inputs, outputs, reads, writes, cost, estimated, again = command
+            if not (again and self.calls):
+                self.calls += 1
             usage = RunUsage(
                 model=state.model,
                 input_tokens=inputs,
@@ -157,8 +167,15 @@ class Script:
                 cache_write_tokens=writes,
                 cost_usd=cost,
                 call=self.calls,
+                estimated=estimated,
             )
             self.append(usage, at=at)
+        elif kind == "pending_tool":
+            # A tool call without its result yet; with the flag, its tool is running.
+            self.tool_calls += 1
+            call_id = f"call_{self.tool_calls}"
+            self.append(ToolCalled(tool_call_id=call_id, name="calculator"), at=at)
+            self.running = [call_id] if command[1] else []
         elif kind == "delta":
             self.append(MessageDelta(content=command[1], call=self.calls + 1), at=at)
         elif kind == "tool":
@@ -169,6 +186,7 @@ class Script:
                 ToolResult(tool_call_id=call_id, name=command[1], output="42", is_error=command[2]),
                 at=at,
             )
+            self.running = []
         elif kind == "retry":
             self.calls += 1
             self.append(
@@ -226,7 +244,7 @@ def recorded(triples: list[tuple[DomainEvent, int, str]]) -> list[RecordedEvent]
 @settings(max_examples=200, deadline=None)
 @given(scripted_runs())
 def test_valid_sequences_fold_and_account(run: tuple[list[Any], Script]) -> None:
-    triples, _ = run
+    triples, script = run
     state = fold(triples)
     assert state is not None
     # The typed events and the same events as the log holds them (encoded, then decoded)
@@ -252,12 +270,13 @@ def test_valid_sequences_fold_and_account(run: tuple[list[Any], Script]) -> None
     assert ends in ([], [len(events) - 1])
     assert state.terminal == bool(ends)
 
-    usage = [e for e in events if isinstance(e, RunUsage)]
+    usage = counted_usage([e for e in events if isinstance(e, RunUsage)])
     assert state.total_input_tokens == sum(u.input_tokens for u in usage)
     assert state.total_output_tokens == sum(u.output_tokens for u in usage)
     assert state.cache_read_tokens == sum(u.cache_read_tokens for u in usage)
     assert state.cache_write_tokens == sum(u.cache_write_tokens for u in usage)
-    assert state.total_cost_usd == pytest.approx(sum(u.cost_usd for u in usage))
+    assert state.total_cost_usd == pytest.approx(sum(u.cost_usd for u in usage), abs=1e-9)
+    assert state.usage_estimated == any(u.estimated for u in usage)
     assert state.credits_used == credits_for(state.total_cost_usd, state.credits_multiplier)
     denominator = state.total_input_tokens + state.cache_read_tokens + state.cache_write_tokens
     if denominator == 0:
@@ -287,6 +306,27 @@ def test_valid_sequences_fold_and_account(run: tuple[list[Any], Script]) -> None
     assert state.cancelled_at == (triples[-1][2] if expected_status == "cancelled" else None)
     if expected_status == "cancelled":
         assert types[-2:] == [RunCancelRequested.TYPE, RunCancelled.TYPE]
+        # The receipt: every tool call once, by what became of it.
+        receipt = events[-1]
+        assert isinstance(receipt, RunCancelled) and receipt.tool_calls is not None
+        called = [e.tool_call_id for e in events if isinstance(e, ToolCalled)]
+        answered = {e.tool_call_id for e in events if isinstance(e, ToolResult)}
+        assert receipt.tool_calls.completed == [c for c in called if c in answered]
+        unanswered = [c for c in called if c not in answered]
+        assert receipt.tool_calls.interrupted == [c for c in unanswered if c in script.running]
+        assert receipt.tool_calls.not_started == [c for c in unanswered if c not in script.running]
+        assert cancel_receipt(state) == receipt.tool_calls
+
+
+def counted_usage(usages: list[RunUsage]) -> list[RunUsage]:
+    """What a run's totals count: per model call its reported usages, or else its first
+    estimate (a second computation, not the fold's)."""
+    counted: list[RunUsage] = []
+    for call in dict.fromkeys(u.call for u in usages):
+        of_call = [u for u in usages if u.call == call]
+        reported = [u for u in of_call if not u.estimated]
+        counted += reported or of_call[:1]
+    return counted
 
 
 def any_run_event() -> st.SearchStrategy[DomainEvent]:
@@ -367,6 +407,12 @@ def _for_type(info: Any) -> st.SearchStrategy[Any]:
         return st.dictionaries(st.text(), _json, max_size=4)
     if isinstance(info, t.UnionType):
         return st.one_of(*(_for_type(member) for member in info.types))
+    if isinstance(info, t.ListType):
+        return st.lists(_for_type(info.item_type), max_size=4)
+    if isinstance(info, t.StructType):
+        return st.fixed_dictionaries({f.name: _for_type(f.type) for f in info.fields}).map(
+            lambda kwargs: info.cls(**kwargs)
+        )
     raise AssertionError(f"no strategy for {info}")
 
 
@@ -435,15 +481,8 @@ def test_the_specified_event_types_exist() -> None:
 # -- the SQL projection agrees with the fold --------------------------------------------------
 
 
-@settings(
-    max_examples=80,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-@given(scripted_runs())
-def test_runs_projection_matches_the_fold(run: tuple[list[Any], Script]) -> None:
-    triples, script = run
-    state = script.state
+def project(triples: list[tuple[DomainEvent, int, str]]) -> dict[str, Any]:
+    """The run's row of the SQL runs projection after applying the run's events."""
     with tempfile.TemporaryDirectory() as tmp:
         conn = sqlite3.connect(Path(tmp) / "runs.db")
         try:
@@ -460,7 +499,19 @@ def test_runs_projection_matches_the_fold(run: tuple[list[Any], Script]) -> None
         finally:
             conn.close()
     assert len(rows) == 1
-    row = dict(zip(RUN_COLUMNS, rows[0], strict=True))
+    return dict(zip(RUN_COLUMNS, rows[0], strict=True))
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(scripted_runs())
+def test_runs_projection_matches_the_fold(run: tuple[list[Any], Script]) -> None:
+    triples, script = run
+    state = script.state
+    row = project(triples)
     expected = {
         "run_id": state.run_id,
         "org_id": state.org_id,
@@ -486,5 +537,123 @@ def test_runs_projection_matches_the_fold(run: tuple[list[Any], Script]) -> None
         "credits_used": state.credits_used,
         "error_class": state.error_class,
         "error_message": state.error_message,
+        "usage_estimated": int(state.usage_estimated),
+        "retry_of": state.retry_of,
     }
     assert row == expected
+
+
+# -- estimated usage is never counted twice, whatever the order -------------------------------
+
+
+def _usage(call: int, figures: tuple[int, int, int, int, float], estimated: bool) -> RunUsage:
+    inputs, outputs, reads, writes, cost = figures
+    return RunUsage(
+        model="m",
+        input_tokens=inputs,
+        output_tokens=outputs,
+        cache_read_tokens=reads,
+        cache_write_tokens=writes,
+        cost_usd=cost,
+        call=call,
+        estimated=estimated,
+    )
+
+
+figures = st.tuples(tokens, tokens, tokens, tokens, costs)
+# Per model call: what was logged for it — an estimate (the call was cut), the provider's
+# report, or both (the report arriving after all, before or after the estimate).
+call_usage = st.one_of(
+    st.tuples(figures).map(lambda f: [(f[0], True)]),
+    st.tuples(figures).map(lambda f: [(f[0], False)]),
+    st.tuples(figures, figures).map(lambda f: [(f[0], True), (f[1], False)]),
+    st.tuples(figures, figures, figures).map(lambda f: [(f[0], True), (f[1], False), (f[2], True)]),
+)
+
+
+@st.composite
+def usage_orders(draw: st.DrawFn) -> tuple[list[RunUsage], dict[int, list[RunUsage]]]:
+    """Usage events of several model calls, interleaved in any order."""
+    per_call = draw(st.lists(call_usage, min_size=1, max_size=5))
+    events = [
+        _usage(call, f, estimated)
+        for call, logged in enumerate(per_call, start=1)
+        for f, estimated in logged
+    ]
+    order = draw(st.permutations(events))
+    by_call = {c: [e for e in events if e.call == c] for c in range(1, len(per_call) + 1)}
+    return list(order), by_call
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(started, usage_orders())
+def test_each_model_call_is_counted_once_whatever_the_order(
+    first: RunStarted, drawn: tuple[list[RunUsage], dict[int, list[RunUsage]]]
+) -> None:
+    order, by_call = drawn
+    triples: list[tuple[DomainEvent, int, str]] = [(first, 1, stamp(0))]
+    triples += [(e, seq, stamp(seq)) for seq, e in enumerate(order, start=2)]
+    state = fold(triples)
+    assert state is not None
+    # A call's reported usage wins over its estimate; an estimate alone counts once.
+    counted = []
+    estimated_calls = set()
+    for call, logged in by_call.items():
+        reported = [u for u in logged if not u.estimated]
+        if reported:
+            counted += reported
+        else:
+            counted.append(next(u for u in order if u.call == call))
+            estimated_calls.add(call)
+    assert state.total_input_tokens == sum(u.input_tokens for u in counted)
+    assert state.total_output_tokens == sum(u.output_tokens for u in counted)
+    assert state.cache_read_tokens == sum(u.cache_read_tokens for u in counted)
+    assert state.cache_write_tokens == sum(u.cache_write_tokens for u in counted)
+    assert state.total_cost_usd == pytest.approx(sum(u.cost_usd for u in counted), abs=1e-9)
+    assert state.usage_estimated == bool(estimated_calls)
+    assert set(state.estimates) == estimated_calls
+    # The SQL projection counts exactly the same, to the last bit of the float.
+    row = project(triples)
+    assert (
+        row["total_input_tokens"],
+        row["total_output_tokens"],
+        row["cache_read_tokens"],
+        row["cache_write_tokens"],
+        row["total_cost_usd"],
+        row["credits_used"],
+        row["usage_estimated"],
+    ) == (
+        state.total_input_tokens,
+        state.total_output_tokens,
+        state.cache_read_tokens,
+        state.cache_write_tokens,
+        state.total_cost_usd,
+        state.credits_used,
+        int(state.usage_estimated),
+    )
+
+
+def test_a_cancel_recorded_before_receipts_answers_one_from_the_tool_events() -> None:
+    """``run.cancelled`` without ``tool_calls`` (an older log): the receipt is read from the tool
+    events, and a call without a result counts as never started (nothing says it ran)."""
+    first = RunStarted(
+        run_id=RUN_ID,
+        thread_id="t",
+        org_id="o",
+        created_by_user_id="u",
+        trace_id="trace",
+        route_id="scripted",
+        provider="scripted",
+        model="m",
+    )
+    events: list[DomainEvent] = [
+        first,
+        ToolCalled(tool_call_id="a", name="calculator"),
+        ToolCalled(tool_call_id="b", name="calculator"),
+        ToolResult(tool_call_id="a", name="calculator", output="1"),
+        RunCancelRequested(),
+        RunCancelled(),
+    ]
+    state = fold([(e, seq, stamp(seq)) for seq, e in enumerate(events, start=1)])
+    assert state is not None
+    assert cancel_receipt(state) == ToolCallOutcomes(completed=["a"], not_started=["b"])
