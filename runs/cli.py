@@ -13,18 +13,16 @@ import signal
 import sqlite3
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
-from eventstore import SQLiteEventStore
-from projections import all_projections
-from runs.audit import export_events, run_rebuild, run_verify
 from runs.config import Config, load_config
 from runs.errors import RunsError
-from runs.logs import configure_logging
-from runs.service import Accounts
-from runs.tail import tail
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+# Each command imports what it uses when it runs: `runlog verify` never loads the HTTP stack,
+# and `--version` loads nothing (README.md, "Deploy": start-up time).
 
 __all__ = ["build_parser", "main"]
 
@@ -141,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not token:
                 print("error: give --token or set RUNLOG_TOKEN", file=sys.stderr)
                 return 2
+            from runs.tail import tail
+
             return _run(tail(args.url, token, args.run_id))
     except RunsError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -160,11 +160,15 @@ def serve(args: argparse.Namespace) -> int:
     config = load_config(
         args.config, overrides={"host": args.host, "port": args.port, "db": args.db}
     )
+    from runs.logs import configure_logging
+
     configure_logging()
     return _run(_serve(config))
 
 
 async def _serve(config: Config, ready: Callable[[web.AppRunner], None] | None = None) -> int:
+    from aiohttp import web
+
     from server import RUNTIME, create_app
 
     app = create_app(config)
@@ -231,6 +235,10 @@ def existing_log(args: argparse.Namespace) -> str:
 
 
 async def admin(args: argparse.Namespace) -> int:
+    from eventstore import SQLiteEventStore
+    from projections import all_projections
+    from runs.service import Accounts
+
     store = await SQLiteEventStore.open(existing_log(args), all_projections())
     try:
         accounts = Accounts(store)
@@ -265,6 +273,8 @@ async def admin(args: argparse.Namespace) -> int:
 
 
 def audit(args: argparse.Namespace) -> int:
+    from runs.audit import export_events, run_rebuild, run_verify
+
     path = existing_log(args)
     try:
         if args.command == "verify":
