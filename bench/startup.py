@@ -5,9 +5,11 @@
 COMMAND is how to start runlog (default ``dist/runlog``; ``.venv/bin/python -m runs`` for a
 source install). Each repetition starts it with ``env -i PATH=/usr/bin:/bin`` (what a systemd
 unit gives it) on 127.0.0.1 and a free port, polls ``/readyz`` every 2 ms, then stops it with
-SIGTERM. ``empty``: a new log each time (the first start, with its bootstrap); ``--log``: an
-existing log (``bench/make_log.py`` writes one), after one start that is not counted (it
-records the personas). Prints the median, min and max of each in seconds.
+SIGTERM. On a shared machine wall-clock time includes waiting for a CPU, so the CPU time the
+process used (user + system, its children included, from start to exit after SIGTERM) is
+printed beside it. ``empty``: a new log each time (the first start, with its bootstrap);
+``--log``: an existing log (``bench/make_log.py`` writes one), after one start that is not
+counted (it records the personas). Prints the median, min and max of each in seconds.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def ready(port: int) -> bool:
         return False
 
 
-def start_once(command: list[str], db: Path, cwd: Path) -> float:
+def start_once(command: list[str], db: Path, cwd: Path) -> tuple[float, float]:
     port = free_port()
     serve_args = ["--db", str(db), "--port", str(port)]
     started = time.perf_counter()
@@ -57,16 +59,21 @@ def start_once(command: list[str], db: Path, cwd: Path) -> float:
             if process.poll() is not None:
                 raise SystemExit(f"runlog exited with {process.returncode}")
             time.sleep(0.002)
-        return time.perf_counter() - started
+        elapsed = time.perf_counter() - started
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(30)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return elapsed, usage.ru_utime + usage.ru_stime
 
 
-def summary(name: str, times: list[float]) -> str:
+def summary(name: str, results: list[tuple[float, float]]) -> str:
+    times = [wall for wall, _ in results]
+    cpu = statistics.median(c for _, c in results)
     return (
-        f"{name:<28} median {statistics.median(times):6.3f} s"
-        f"   min {min(times):6.3f}   max {max(times):6.3f}   (n={len(times)})"
+        f"{name:<26} ready: median {statistics.median(times):6.3f} s"
+        f"  min {min(times):6.3f}  max {max(times):6.3f}   CPU median {cpu:6.3f} s"
+        f"  (n={len(times)})"
     )
 
 
