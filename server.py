@@ -32,6 +32,7 @@ from runs.auth import (
     verify_password,
 )
 from runs.config import Config, Route
+from runs.console import console_asset, console_index
 from runs.errors import (
     NotFound,
     RateLimited,
@@ -639,6 +640,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"/v1/runs/{run}/input", submit_input)
     app.router.add_get(f"/v1/runs/{run}/events", run_events)
     app.router.add_get("/v1/tools", list_tools)
+    app.router.add_get("/", console_index)
+    app.router.add_get("/console/{name}", console_asset)
 
 
 def create_app(

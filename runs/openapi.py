@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from runs.console import ASSET_NAMES
 from runs.errors import ERROR_FAMILIES, ERROR_STATUS
 from runs.run import RUN_STATUSES
 from runs.schemas import (
@@ -370,6 +371,31 @@ OPERATIONS: tuple[Operation, ...] = (
         errors=(400, 422),
         description="An MCP server that has not listed its tools yet (it is down or still"
         " starting) contributes none; its tools appear once it answers.",
+    ),
+    Operation(
+        "GET",
+        "/",
+        "console",
+        "The browser console (README.md, Console)",
+        200,
+        {"type": "string"},
+        auth=False,
+        media_type="text/html",
+        description="A page that signs in with a token and calls this API; no auth to load.",
+    ),
+    Operation(
+        "GET",
+        "/console/{name}",
+        "consoleFile",
+        "A file of the browser console (module, stylesheet)",
+        200,
+        {"type": "string"},
+        params=(
+            Param("name", "path", {"type": "string", "enum": list(ASSET_NAMES)}, "The file.", True),
+        ),
+        errors=(404,),
+        auth=False,
+        media_type="text/*",
     ),
 )
 

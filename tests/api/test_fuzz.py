@@ -15,6 +15,7 @@ Default run: ``EXAMPLES`` examples per operation and mode (>= 1,000 requests in 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -246,10 +247,18 @@ def test_operation(world: World, label: str, mode: GenerationMode) -> None:
 
 def _minimum_requests(operation: Any) -> int:
     """Hypothesis stops early only when it has tried every distinct input, which happens for
-    operations with nothing to vary; any operation with parameters or a body gets them all."""
+    operations with nothing to vary, or whose only parameters are enums (then it can stop
+    after every combination); any other operation with parameters or a body gets them all."""
     definition = operation.definition.raw
-    varies = definition.get("parameters") or definition.get("requestBody")
-    return EXAMPLES if varies else 1
+    parameters = definition.get("parameters") or []
+    if definition.get("requestBody"):
+        return EXAMPLES
+    if not parameters:
+        return 1
+    choices = [len(p["schema"]["enum"]) for p in parameters if "enum" in p.get("schema", {})]
+    if len(choices) == len(parameters):
+        return min(EXAMPLES, math.prod(choices))
+    return EXAMPLES
 
 
 def test_the_fuzz_run_sends_at_least_a_thousand_requests() -> None:

@@ -100,12 +100,16 @@ async def test_every_route_is_documented_and_every_documented_route_exists(api: 
     ]
     # And each documented route answers something other than 404/405 when called.
     for method, path in sorted(documented):
-        concrete = path.replace("{thread_id}", "x").replace("{run_id}", "x")
+        concrete = path.replace("{thread_id}", "x").replace("{run_id}", "x").replace("{name}", "x")
         async with api.client.request(method, concrete, headers=api.headers()) as response:
             if "{" in path:
                 # A malformed id is the handler's 404, not the router's "no such resource".
                 assert response.status == 404
-                assert (await response.json())["message"] in {"thread not found", "run not found"}
+                assert (await response.json())["message"] in {
+                    "thread not found",
+                    "run not found",
+                    "no such console file",
+                }
             else:
                 assert response.status not in (404, 405), (method, path)
 

@@ -191,6 +191,13 @@ async def test_served_by_the_binary_in_an_empty_environment(
         assert listed[0]["run_id"] == run
         await call("GET", "/v1/runs/{run_id}", f"/v1/runs/{run}", 200)
         await call("POST", "/v1/runs/{run_id}:cancel", f"/v1/runs/{run}:cancel", 200)
+        await call("POST", "/v1/runs/{run_id}/cancel", f"/v1/runs/{run}/cancel", 200)
+        await call("POST", "/v1/runs/{run_id}/retry", f"/v1/runs/{run}/retry", 409)
+        # The console's files are package data, served from inside the binary.
+        page = await call("GET", "/", "/", 200)
+        assert "<html" in page.lower()
+        script = await call("GET", "/console/{name}", "/console/app.js", 200)
+        assert script == (ROOT / "runs" / "console" / "app.js").read_text(encoding="utf-8")
         await call(
             "POST", "/v1/runs/{run_id}/input", f"/v1/runs/{run}/input", 409, {"content": "x"}
         )
