@@ -21,7 +21,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from eventstore import EventStoreError, SQLiteEventStore, StoreClosedError
+from eventstore import EventStore, EventStoreError, StoreClosedError, open_event_store
 from projections import all_projections
 from projections.queries import Queries
 from runs.auth import (
@@ -77,6 +77,10 @@ from runs.sse import stream_events
 from runs.startup import bootstrap, load_secret, record_personas
 from runs.supervisor import Supervisor
 from runs.tools import Tool, ToolRegistry, load_tool_modules, persona_allows
+from runs.webhooks.handlers import WebhookHandlers
+from runs.webhooks.sender import Retry
+from runs.webhooks.service import WebhookService
+from runs.webhooks.worker import DeliveryWorker
 
 __all__ = ["RUNTIME", "Runtime", "create_app"]
 
@@ -110,11 +114,13 @@ class Runtime:
         )
         self._providers: dict[str, Provider] = {}
         self.provider_for = provider_for or self.default_provider
-        self.store: SQLiteEventStore
+        self.store: EventStore
         self.queries: Queries
         self.accounts: Accounts
         self.supervisor: Supervisor
         self.service: RunService
+        self.webhooks: WebhookService
+        self.deliveries: DeliveryWorker | None = None
         self.secret = b""
         self.streams: set[asyncio.Task[Any]] = set()
         self.bootstrap_key: str | None = None
@@ -136,7 +142,7 @@ class Runtime:
         return provider
 
     async def start(self) -> None:
-        self.store = await SQLiteEventStore.open(self.config.db, all_projections())
+        self.store = await open_event_store(self.config.db, all_projections())
         try:
             self.queries = Queries(self.store)
             self.accounts = Accounts(self.store)
@@ -160,12 +166,36 @@ class Runtime:
                 personas=self.personas,
                 max_live_runs_per_org=self.config.max_live_runs_per_org,
             )
+            self.webhooks = WebhookService(
+                self.store,
+                self.secret,
+                allow_private=self.config.webhooks_allow_private,
+                max_per_org=self.config.webhooks_max_endpoints_per_org,
+            )
             self.mcp_servers.start(self.personas.by_id.values())
             await self.supervisor.resume_all()
+            self.deliveries = self.start_deliveries()
         except BaseException:
             await self.mcp_servers.close()
             await self.store.close()
             raise
+
+    def start_deliveries(self) -> DeliveryWorker:
+        """The webhook outbox worker (docs/architecture.md, "Webhooks")."""
+        config = self.config
+        worker = DeliveryWorker(
+            self.store,
+            self.secret,
+            timeout_s=config.webhooks_timeout_seconds,
+            retry=Retry(
+                base_s=config.webhooks_retry_base_seconds,
+                max_delay_s=config.webhooks_retry_max_delay_seconds,
+                give_up_after_s=config.webhooks_retry_for_seconds,
+            ),
+            allow_private=config.webhooks_allow_private,
+        )
+        worker.start()
+        return worker
 
     async def stop_intake(self) -> None:
         """First step of a graceful shutdown: no new runs, SSE streams end cleanly."""
@@ -179,6 +209,8 @@ class Runtime:
         """Stop run tasks (their appends commit; the runs stay resumable), close the log."""
         await self.stop_intake()
         await self.supervisor.shutdown(self.config.shutdown_timeout_seconds)
+        if self.deliveries is not None:
+            await self.deliveries.stop(self.config.shutdown_timeout_seconds)
         await self.mcp_servers.close()
         for provider in self._providers.values():
             aclose = getattr(provider, "aclose", None)
@@ -616,6 +648,11 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _webhook_context(request: web.Request) -> tuple[WebhookService, Principal, float]:
+    runtime = request.app[RUNTIME]
+    return runtime.webhooks, principal(request), runtime.config.request_read_timeout_seconds
+
+
 # -- the application --------------------------------------------------------------------------
 
 
@@ -642,6 +679,12 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/tools", list_tools)
     app.router.add_get("/", console_index)
     app.router.add_get("/console/{name}", console_asset)
+    hooks, endpoint = WebhookHandlers(_webhook_context), "/v1/webhook-endpoints/{endpoint_id}"
+    app.router.add_post("/v1/webhook-endpoints", hooks.create)
+    app.router.add_get("/v1/webhook-endpoints", hooks.list)
+    app.router.add_get(endpoint, hooks.get)
+    app.router.add_delete(endpoint, hooks.delete)
+    app.router.add_get(f"{endpoint}/deliveries", hooks.deliveries)
 
 
 def create_app(

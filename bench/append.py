@@ -1,6 +1,12 @@
 """Event store benchmark: group-commit appends and catch-up reads. A script.
 
     /tmp/venv/bin/python bench/append.py [--events N] [--append-events N] [--reps N]
+    /tmp/venv/bin/python bench/append.py --backend postgres [--pg-url URL] ...
+
+With ``--backend postgres`` the same table is printed for ``PostgresEventStore`` (in a fresh
+database made for the run and dropped after it), the reference being raw asyncpg
+``executemany`` of the same rows, 100 per transaction, and the catch-up reference a raw asyncpg
+``fetch`` (see ``bench/pg.py``).
 
 group commit
     ``SQLiteEventStore`` with ``synchronous=FULL`` on a fresh file; 50 asyncio tasks each
@@ -41,6 +47,7 @@ from pathlib import Path
 import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from eventstore import NewEvent, SQLiteEventStore
 from eventstore.model import GENESIS_HASH, canonical_bytes, chain_hash, utc_now
@@ -239,7 +246,49 @@ def catchup_raw(path: Path, calls: int) -> float:
 # -- main ----------------------------------------------------------------------------------
 
 
+async def main_postgres(args: argparse.Namespace) -> None:
+    import pg
+
+    async with pg.bench_database(args.pg_url) as url:
+        print(
+            f"# python {platform.python_version()}, PostgreSQL at {args.pg_url.split('@')[-1]},"
+            f" {os.cpu_count()} CPUs; appends: {args.append_events:,} events,"
+            f" {PRODUCERS} producers, {len(payload('p0', 0))}-byte payloads,"
+            f" median of {args.reps} runs"
+        )
+        group: list[tuple[float, float, float]] = []
+        ref: list[float] = []
+        for rep in range(args.reps):
+            eps, latencies = await pg.group_commit(url, args.append_events, PRODUCERS, payload)
+            ms = [latency * 1000 for latency in latencies]
+            group.append((eps, percentile(ms, 0.50), percentile(ms, 0.99)))
+            ref.append(
+                await pg.reference(url, args.append_events, PRODUCERS, REFERENCE_BATCH, payload)
+            )
+            print(
+                f"  run {rep + 1}: group {group[-1][0]:,.0f} ev/s p99 {group[-1][2]:.2f} ms,"
+                f" reference {ref[-1]:,.0f} ev/s",
+                file=sys.stderr,
+            )
+        store_eps, raw_eps = await pg.catchup(
+            url, args.events, TARGET_STREAM, TARGET_EVENTS, CATCHUP_CALLS, payload
+        )
+    report(
+        args,
+        group,
+        ref,
+        store_eps,
+        raw_eps,
+        "PostgresEventStore.append, 50 tasks, 1 ev/append",
+        "raw asyncpg executemany, 100 rows/txn, same rows",
+        "raw asyncpg fetch",
+    )
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.backend == "postgres":
+        await main_postgres(args)
+        return
     CACHE.mkdir(exist_ok=True)
     print(
         f"# python {platform.python_version()}, sqlite {sqlite3.sqlite_version},"
@@ -260,26 +309,48 @@ async def main(args: argparse.Namespace) -> None:
             f" reference {ref[-1]:,.0f} ev/s",
             file=sys.stderr,
         )
+    log = cached_log(args.events)
+    raw_eps = catchup_raw(log, CATCHUP_CALLS)
+    store_eps = await catchup_store(log, CATCHUP_CALLS)
+    report(
+        args,
+        group,
+        ref,
+        store_eps,
+        raw_eps,
+        "SQLiteEventStore.append, 50 tasks, 1 ev/append, FULL",
+        "raw sqlite3 executemany, 100 rows/txn, FULL, same rows",
+        "raw sqlite3 SELECT ... + fetchall",
+    )
+
+
+def report(
+    args: argparse.Namespace,
+    group: list[tuple[float, float, float]],
+    ref: list[float],
+    store_eps: float,
+    raw_eps: float,
+    store_label: str,
+    reference_label: str,
+    raw_label: str,
+) -> None:
     append_eps = statistics.median(g[0] for g in group)
     append_p50 = statistics.median(g[1] for g in group)
     append_p99 = statistics.median(g[2] for g in group)
     ref_eps = statistics.median(ref)
     append_ratio = append_eps / ref_eps
 
-    log = cached_log(args.events)
-    raw_eps = catchup_raw(log, CATCHUP_CALLS)
-    store_eps = await catchup_store(log, CATCHUP_CALLS)
     catchup_ratio = store_eps / raw_eps
 
     rows = [
-        ("group commit: SQLiteEventStore.append, 50 tasks, 1 ev/append, FULL",
+        (f"group commit: {store_label}",
          f"{append_eps:,.0f}", f"{append_p50:.2f}", f"{append_p99:.2f}"),
-        ("reference: raw sqlite3 executemany, 100 rows/txn, FULL, same rows",
+        (f"reference: {reference_label}",
          f"{ref_eps:,.0f}", "-", "-"),
         ("  ratio group commit / reference", f"{append_ratio:.2f}", "", ""),
         (f"catch-up: store.read_stream(target, 0, 50), {args.events:,}-event log",
          f"{store_eps:,.0f}", "", ""),
-        ("catch-up: raw sqlite3 SELECT ... + fetchall, same rows",
+        (f"catch-up: {raw_label}, same rows",
          f"{raw_eps:,.0f}", "", ""),
         ("  ratio store / raw", f"{catchup_ratio:.2f}", "", ""),
     ]  # fmt: skip
@@ -307,6 +378,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=1_000_000, help="catch-up log size")
     parser.add_argument("--append-events", type=int, default=20_000)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get(
+            "RUNLOG_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="a server where the user may create (and drop) a database for the run",
+    )
     return parser.parse_args()
 
 

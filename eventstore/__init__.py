@@ -1,11 +1,22 @@
-"""The append-only, hash-chained event log: the only source of truth.
+"""The append-only, hash-chained event log: the only source of truth (README.md, "For auditors").
 
-See docs/architecture.md, "The log".
-"""
+The rest of runlog types against :class:`EventStore` and opens a store with
+:func:`open_event_store` (a SQLite path or a ``postgresql://`` URL)."""
 
+from eventstore.backends import (
+    connect_database,
+    describe,
+    is_postgres_url,
+    log_exists,
+    open_event_store,
+    scratch_database,
+)
+from eventstore.copy import copy_log
 from eventstore.errors import (
     ConcurrencyError,
+    CopyError,
     EventStoreError,
+    SchemaVersionError,
     StorageError,
     StoreClosedError,
 )
@@ -19,26 +30,45 @@ from eventstore.model import (
     chain_hash,
     utc_now,
 )
+from eventstore.postgres import PostgresEventStore
 from eventstore.projection import Projection
+from eventstore.protocol import EventStore
+from eventstore.schema import SCHEMA_VERSION
+from eventstore.sql import Database, SqlConnection
 from eventstore.sqlite import SQLiteEventStore, open_store
-from eventstore.verify import VerifyReport, verify_events
+from eventstore.verify import VerifyReport, verify_database, verify_events
 
 __all__ = [
     "ANY",
     "GENESIS_HASH",
+    "SCHEMA_VERSION",
     "AppendRequest",
     "ConcurrencyError",
+    "CopyError",
+    "Database",
+    "EventStore",
     "EventStoreError",
     "NewEvent",
+    "PostgresEventStore",
     "Projection",
     "RecordedEvent",
     "SQLiteEventStore",
+    "SchemaVersionError",
+    "SqlConnection",
     "StorageError",
     "StoreClosedError",
     "VerifyReport",
     "canonical_bytes",
     "chain_hash",
+    "connect_database",
+    "copy_log",
+    "describe",
+    "is_postgres_url",
+    "log_exists",
+    "open_event_store",
     "open_store",
+    "scratch_database",
     "utc_now",
+    "verify_database",
     "verify_events",
 ]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 __all__ = [
     "ConcurrencyError",
+    "CopyError",
     "EventStoreError",
+    "SchemaVersionError",
     "StorageError",
     "StoreClosedError",
 ]
@@ -34,3 +36,19 @@ class StoreClosedError(EventStoreError):
 
 class StorageError(EventStoreError):
     """The database failed underneath the store (I/O error, corrupt file, projection failure)."""
+
+
+class SchemaVersionError(EventStoreError):
+    """The database was created or upgraded by a newer runlog than this one."""
+
+    def __init__(self, found: int, supported: int) -> None:
+        super().__init__(
+            f"the database has schema version {found}, but this runlog supports up to"
+            f" {supported}: it was written by a newer runlog; upgrade runlog to use it"
+        )
+        self.found = found
+        self.supported = supported
+
+
+class CopyError(EventStoreError):
+    """``copy_log`` refused: the target is not empty, or the source fails verification."""

@@ -10,13 +10,16 @@ behind the bounded window it reads the log again; no per-connection buffer grows
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 
 from eventstore.model import RecordedEvent
 
 __all__ = ["LiveHub", "StreamTail"]
+
+_log = logging.getLogger("runlog.eventstore")
 
 #: How many recent events of a followed stream are kept in memory for live subscribers.
 TAIL_WINDOW = 512
@@ -61,6 +64,14 @@ class LiveHub:
 
     def __init__(self) -> None:
         self._tails: dict[str, StreamTail] = {}
+        self._watchers: list[Callable[[Sequence[RecordedEvent]], None]] = []
+
+    def watch(self, callback: Callable[[Sequence[RecordedEvent]], None]) -> Callable[[], None]:
+        """Call ``callback`` with every committed batch (on the event loop, after the commit);
+        returns the function that stops it. For in-process workers that wake on commits
+        instead of polling; a callback must be quick and must not raise."""
+        self._watchers.append(callback)
+        return lambda: self._watchers.remove(callback)
 
     def acquire(self, stream: str) -> StreamTail:
         tail = self._tails.get(stream)
@@ -75,6 +86,13 @@ class LiveHub:
             del self._tails[stream]
 
     def publish(self, events: Iterable[RecordedEvent]) -> None:
+        if self._watchers:
+            events = list(events)
+            for callback in list(self._watchers):
+                try:
+                    callback(events)
+                except Exception:  # a watcher must never stop the writer
+                    _log.exception("live.watcher_failed")
         by_stream: dict[str, list[RecordedEvent]] = {}
         tails = self._tails
         for event in events:

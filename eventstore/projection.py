@@ -7,17 +7,21 @@ transaction, so a projection can never be ahead of or behind the log it was buil
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Protocol, runtime_checkable
 
 from eventstore.model import RecordedEvent
+from eventstore.sql import SqlConnection
 
 __all__ = ["Projection"]
 
 
 @runtime_checkable
 class Projection(Protocol):
-    """A read model maintained from the log.
+    """A read model maintained from the log, on any backend.
+
+    It sees the database only through :class:`eventstore.sql.SqlConnection` (``?``
+    placeholders, portable SQL, portable DDL types), so one definition runs on SQLite and on
+    PostgreSQL.
 
     ``apply`` must be deterministic: it may only use the event (never the clock, random numbers
     or other processes' state), so that rebuilding from the log gives the same rows.
@@ -28,10 +32,10 @@ class Projection(Protocol):
     #: The tables the projection owns, in creation order (used by rebuild and comparison).
     tables: tuple[str, ...]
 
-    def create(self, conn: sqlite3.Connection) -> None:
+    def create(self, conn: SqlConnection) -> None:
         """Create the projection's tables and indexes if they do not exist."""
         ...
 
-    def apply(self, conn: sqlite3.Connection, event: RecordedEvent) -> None:
+    def apply(self, conn: SqlConnection, event: RecordedEvent) -> None:
         """Apply one event; called for every event in log order."""
         ...

@@ -1,19 +1,38 @@
-"""SQLite schema of the log and the connection settings every connection uses."""
+"""SQLite schema of the log, the connection settings, and the schema version both backends keep."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
+from eventstore.errors import SchemaVersionError
 from eventstore.model import RecordedEvent
 
-__all__ = ["EVENT_COLUMNS", "SCHEMA", "configure", "connect", "iter_events"]
+if TYPE_CHECKING:
+    from eventstore.sql import Database, SqlConnection
+
+__all__ = [
+    "EVENT_COLUMNS",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "configure",
+    "connect",
+    "ensure_schema",
+    "iter_events",
+    "schema_version",
+    "split_script",
+]
 
 EVENT_COLUMNS = "position, stream, seq, type, data, created_at, hash"
 
+#: The layout of the log and checkpoint tables this runlog writes. Recorded in the database
+#: (table ``runlog_schema``); a runlog refuses a database recorded with a newer version, and
+#: upgrades an older one in :func:`ensure_schema` (none so far: 1 is the first version).
+SCHEMA_VERSION = 1
+
 # The log is one plain table so an auditor can read it with the sqlite3 shell. Append-only is
-# enforced by the database itself (docs/architecture.md, "Invariants"): the triggers abort any
-# UPDATE or DELETE, whoever issues it.
+# enforced by the database itself: the triggers abort any UPDATE or DELETE, whoever issues it.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     position   INTEGER PRIMARY KEY,
@@ -50,6 +69,32 @@ CREATE TABLE IF NOT EXISTS projection_checkpoints (
 );
 """
 
+_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS runlog_schema ("
+    " id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)"
+)
+
+
+def schema_version(db: SqlConnection) -> int | None:
+    """The version recorded in the database (None: not recorded)."""
+    row = db.fetch_one("SELECT version FROM runlog_schema WHERE id = 1")
+    return None if row is None else int(row[0])
+
+
+def ensure_schema(db: Database) -> None:
+    """Inside a write transaction: refuse a newer schema, then create or upgrade to ours."""
+    db.execute_ddl(_VERSION_TABLE)
+    recorded = schema_version(db)
+    if recorded is not None and recorded > SCHEMA_VERSION:
+        raise SchemaVersionError(recorded, SCHEMA_VERSION)
+    db.create_log_schema()
+    # A log made before versions were recorded has exactly the layout of version 1.
+    db.execute(
+        "INSERT INTO runlog_schema (id, version) VALUES (1, ?)"
+        " ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+        (SCHEMA_VERSION,),
+    )
+
 
 def configure(conn: sqlite3.Connection, synchronous: str = "FULL") -> None:
     """WAL for concurrent readers, a busy timeout for other processes' write locks."""
@@ -67,17 +112,29 @@ def connect(path: str, synchronous: str = "FULL") -> sqlite3.Connection:
 
 
 def iter_events(
-    conn: sqlite3.Connection, after_position: int = 0, batch: int = 5000
+    db: SqlConnection, after_position: int = 0, batch: int = 5000
 ) -> Iterator[RecordedEvent]:
     """Every event after ``after_position`` in position order, fetched in batches (so the
     caller may write on the same connection between them)."""
     while True:
-        rows = conn.execute(
+        rows = db.fetch_all(
             f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
             (after_position, batch),
-        ).fetchall()
+        )
         if not rows:
             return
         for row in rows:
             yield RecordedEvent(*row)
         after_position = rows[-1][0]
+
+
+def split_script(script: str) -> list[str]:
+    """Split our own DDL into statements (``executescript`` would commit our transaction)."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    return [s for s in statements if s]

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterable
 
 import msgspec
 
 from eventstore.model import GENESIS_HASH, RecordedEvent, canonical_bytes, chain_hash
 from eventstore.schema import iter_events
+from eventstore.sql import Database
 
-__all__ = ["VerifyReport", "verify_connection", "verify_events"]
+__all__ = ["VerifyReport", "verify_database", "verify_events"]
 
 _BATCH = 5000
 
@@ -93,12 +93,10 @@ def verify_events(
     )
 
 
-def verify_connection(
-    conn: sqlite3.Connection, progress: Callable[[int], None] | None = None
-) -> VerifyReport:
-    """Verify the log behind a stdlib connection, read in one snapshot."""
-    conn.execute("BEGIN")
+def verify_database(db: Database, progress: Callable[[int], None] | None = None) -> VerifyReport:
+    """Verify the log behind a connection of any backend, read in one snapshot."""
+    db.begin_snapshot()
     try:
-        return verify_events(iter_events(conn), progress)
+        return verify_events(iter_events(db), progress)
     finally:
-        conn.execute("COMMIT")
+        db.rollback()

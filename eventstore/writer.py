@@ -1,30 +1,29 @@
 """The synchronous half of the group-commit writer.
 
 Everything here runs on the store's single writer thread, which owns the one write connection
-(docs/architecture.md, "The log"). A batch — the head
+(one write connection; all writes are functions handed to it). It is the same code on every
+backend: the engine's differences are behind :class:`eventstore.sql.Database`. A batch — the head
 read, every append's concurrency check, the inserts, the projections and their checkpoint, and
 the commit — is a single call on that thread, so a batch costs one thread hop and one fsync.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 
 from eventstore.errors import ConcurrencyError, EventStoreError, StorageError
 from eventstore.model import (
-    GENESIS_HASH,
     AppendRequest,
     RecordedEvent,
     canonical_bytes,
     chain_hash,
 )
 from eventstore.projection import Projection
-from eventstore.schema import EVENT_COLUMNS, SCHEMA, iter_events
+from eventstore.schema import ensure_schema, iter_events
+from eventstore.sql import Database
 
 __all__ = ["BatchWriter"]
 
-_INSERT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _SEQ_CACHE_LIMIT = 200_000
 
 Outcome = list[RecordedEvent] | EventStoreError
@@ -38,11 +37,7 @@ class _IsolateItems(Exception):
 def _store_error(exc: Exception) -> EventStoreError:
     if isinstance(exc, EventStoreError):
         return exc
-    if isinstance(exc, sqlite3.IntegrityError):
-        message = f"append rejected by the database: {exc}"
-    else:
-        message = f"append failed (a projection, or the database): {exc!r}"
-    error = StorageError(message)
+    error = StorageError(f"append failed (a projection, or the database): {exc!r}")
     error.__cause__ = exc
     return error
 
@@ -50,8 +45,8 @@ def _store_error(exc: Exception) -> EventStoreError:
 class BatchWriter:
     """Appends batches of requests in one transaction each, keeping the hash chain."""
 
-    def __init__(self, conn: sqlite3.Connection, projections: Sequence[Projection]) -> None:
-        self._conn = conn
+    def __init__(self, db: Database, projections: Sequence[Projection]) -> None:
+        self._db = db
         self._projections = tuple(projections)
         # Last seq of recently written streams. Valid only while no other process has
         # written: every batch compares the head it reads with the head we last committed.
@@ -61,21 +56,21 @@ class BatchWriter:
     # -- set-up ---------------------------------------------------------------------------
 
     def create_schema(self) -> None:
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+        db = self._db
+        db.begin_schema()
         try:
-            for statement in _split_script(SCHEMA):
-                conn.execute(statement)
+            ensure_schema(db)
             for projection in self._projections:
-                projection.create(conn)
-                conn.execute(
-                    "INSERT OR IGNORE INTO projection_checkpoints (name, position) VALUES (?, 0)",
+                projection.create(db)
+                db.execute(
+                    "INSERT INTO projection_checkpoints (name, position) VALUES (?, 0)"
+                    " ON CONFLICT (name) DO NOTHING",
                     (projection.name,),
                 )
-            self._catch_up_projections(self._head()[0])
-            conn.execute("COMMIT")
+            self._catch_up_projections(db.head()[0])
+            db.commit()
         except BaseException:
-            conn.execute("ROLLBACK")
+            db.rollback()
             raise
 
     # -- the batch --------------------------------------------------------------------------
@@ -100,14 +95,15 @@ class BatchWriter:
     def _commit(
         self, batch: Sequence[Sequence[AppendRequest]], created_at: str, *, isolate: bool
     ) -> list[Outcome]:
-        conn = self._conn
+        db = self._db
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
+            db.begin_write()
+            head_position, head_hash = db.head()
+        except db.errors as exc:
+            db.rollback()
             raise StorageError(f"cannot start a write transaction: {exc}") from exc
         batch_seqs: dict[str, int] = {}  # last seq of each stream written by this batch
         try:
-            head_position, head_hash = self._head()
             if head_position != self._cached_head:
                 # Another process wrote since our last commit: our seq cache is stale and our
                 # projections may have missed its events.
@@ -126,15 +122,15 @@ class BatchWriter:
                     outcomes.append(exc)
                     continue
                 if isolate:
-                    conn.execute("SAVEPOINT item")
+                    db.savepoint("item")
                     try:
                         self._write(item_rows, recorded)
                     except Exception as exc:
-                        conn.execute("ROLLBACK TO item")
-                        conn.execute("RELEASE item")
+                        db.rollback_to("item")
+                        db.release("item")
                         outcomes.append(_store_error(exc))
                         continue
-                    conn.execute("RELEASE item")
+                    db.release("item")
                 else:
                     rows.extend(item_rows)
                     events.extend(recorded)
@@ -149,19 +145,21 @@ class BatchWriter:
                     self._write(rows, events)
                 except Exception as exc:
                     raise _IsolateItems from exc
+            if head_position >= first_position:
+                db.set_head(head_position, head_hash)
             if self._projections and head_position >= first_position:
-                conn.execute(
+                db.execute(
                     "UPDATE projection_checkpoints SET position = ? WHERE name IN"
                     f" ({','.join('?' * len(self._projections))})",
                     (head_position, *(p.name for p in self._projections)),
                 )
-            conn.execute("COMMIT")
+            db.commit()
         except BaseException as exc:
             self._seq_cache.clear()
             self._cached_head = -1
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
+            if db.in_transaction:
+                db.rollback()
+            if isinstance(exc, db.errors):
                 raise StorageError(f"append failed: {exc}") from exc
             raise
         self._seq_cache.update(batch_seqs)
@@ -207,54 +205,36 @@ class BatchWriter:
         return rows, [RecordedEvent(*row) for row in rows]
 
     def _write(self, rows: list[_Row], events: list[RecordedEvent]) -> None:
-        conn = self._conn
-        conn.executemany(_INSERT, rows)
+        db = self._db
+        db.insert_events(rows)
         for event in events:
             for projection in self._projections:
-                projection.apply(conn, event)
+                projection.apply(db, event)
 
     # -- helpers --------------------------------------------------------------------------
-
-    def _head(self) -> tuple[int, str]:
-        row = self._conn.execute(
-            "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
-        ).fetchone()
-        return (row[0], row[1]) if row else (0, GENESIS_HASH)
 
     def _last_seq(self, stream: str) -> int:
         cached = self._seq_cache.get(stream)
         if cached is not None:
             return cached
-        row = self._conn.execute(
+        row = self._db.fetch_one(
             "SELECT seq FROM events WHERE stream = ? ORDER BY seq DESC LIMIT 1", (stream,)
-        ).fetchone()
-        return row[0] if row else 0
+        )
+        return int(row[0]) if row else 0
 
     def _catch_up_projections(self, head_position: int) -> None:
         """Apply events a projection has not seen yet (written by a process without it)."""
         if not self._projections:
             return
-        conn = self._conn
-        checkpoints = dict(conn.execute("SELECT name, position FROM projection_checkpoints"))
+        db = self._db
+        checkpoints = dict(db.fetch_all("SELECT name, position FROM projection_checkpoints"))
         for projection in self._projections:
             done = checkpoints.get(projection.name, 0)
             if done >= head_position:
                 continue
-            for event in iter_events(conn, done):
-                projection.apply(conn, event)
-            conn.execute(
+            for event in iter_events(db, done):
+                projection.apply(db, event)
+            db.execute(
                 "UPDATE projection_checkpoints SET position = ? WHERE name = ?",
                 (head_position, projection.name),
             )
-
-
-def _split_script(script: str) -> list[str]:
-    """Split our own DDL into statements (``executescript`` would commit our transaction)."""
-    statements: list[str] = []
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            statements.append(buffer.strip())
-            buffer = ""
-    return [s for s in statements if s]

@@ -9,6 +9,7 @@ from projections.personas import PersonasProjection
 from projections.rebuild import diff_tables, rebuild, rebuild_in_place, table_rows
 from projections.runs import RUN_COLUMNS, RunsProjection
 from projections.threads import ThreadsProjection
+from projections.webhooks import WebhooksProjection
 
 __all__ = [
     "RUN_COLUMNS",
@@ -16,6 +17,7 @@ __all__ = [
     "PersonasProjection",
     "RunsProjection",
     "ThreadsProjection",
+    "WebhooksProjection",
     "all_projections",
     "diff_tables",
     "rebuild",
@@ -25,5 +27,12 @@ __all__ = [
 
 
 def all_projections() -> list[Projection]:
-    """Every read model of the service, in the order they are applied."""
-    return [AccountsProjection(), PersonasProjection(), ThreadsProjection(), RunsProjection()]
+    """Every read model of the service, in the order they are applied (webhooks reads the
+    runs table, so it comes after runs)."""
+    return [
+        AccountsProjection(),
+        PersonasProjection(),
+        ThreadsProjection(),
+        RunsProjection(),
+        WebhooksProjection(),
+    ]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
-
-from eventstore import RecordedEvent
+from eventstore import RecordedEvent, SqlConnection
 from projections.base import Handler, TableProjection
 from runs.events import (
     ApiKeyCreated,
@@ -58,29 +56,29 @@ class AccountsProjection(TableProjection):
         }
 
     @staticmethod
-    def _org_created(conn: sqlite3.Connection, e: OrgCreated, r: RecordedEvent) -> None:
+    def _org_created(conn: SqlConnection, e: OrgCreated, r: RecordedEvent) -> None:
         conn.execute("INSERT INTO orgs VALUES (?, ?, ?)", (e.org_id, e.name, r.created_at))
 
     @staticmethod
-    def _user_created(conn: sqlite3.Connection, e: UserCreated, r: RecordedEvent) -> None:
+    def _user_created(conn: SqlConnection, e: UserCreated, r: RecordedEvent) -> None:
         conn.execute(
             "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, NULL)",
             (e.user_id, e.org_id, e.name, e.email, e.password_hash, r.created_at),
         )
 
     @staticmethod
-    def _user_deleted(conn: sqlite3.Connection, e: UserDeleted, r: RecordedEvent) -> None:
+    def _user_deleted(conn: SqlConnection, e: UserDeleted, r: RecordedEvent) -> None:
         conn.execute("UPDATE users SET deleted_at = ? WHERE user_id = ?", (r.created_at, e.user_id))
 
     @staticmethod
-    def _key_created(conn: sqlite3.Connection, e: ApiKeyCreated, r: RecordedEvent) -> None:
+    def _key_created(conn: SqlConnection, e: ApiKeyCreated, r: RecordedEvent) -> None:
         conn.execute(
             "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
             (e.key_id, e.org_id, e.user_id, e.key_sha256, r.created_at),
         )
 
     @staticmethod
-    def _key_revoked(conn: sqlite3.Connection, e: ApiKeyRevoked, r: RecordedEvent) -> None:
+    def _key_revoked(conn: SqlConnection, e: ApiKeyRevoked, r: RecordedEvent) -> None:
         conn.execute(
             "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
             (r.created_at, e.key_id),

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from eventstore import RecordedEvent
+from eventstore import RecordedEvent, SqlConnection
 from runs.events import DomainEvent, decode_event
 
 __all__ = ["TableProjection"]
 
-Handler = Callable[[sqlite3.Connection, Any, RecordedEvent], None]
+Handler = Callable[[SqlConnection, Any, RecordedEvent], None]
 
 
 class TableProjection:
@@ -33,12 +32,14 @@ class TableProjection:
     def handlers(self) -> dict[type[DomainEvent], Handler]:
         raise NotImplementedError
 
-    def create(self, conn: sqlite3.Connection) -> None:
+    def create(self, conn: SqlConnection) -> None:
+        # ``ddl`` is written once in SQLite's words; the PostgreSQL adapter maps its column
+        # types (eventstore.postgres.portable_ddl), the one place where they differ.
         for statement in self.ddl.split(";"):
             if statement.strip():
-                conn.execute(statement)
+                conn.execute_ddl(statement)
 
-    def apply(self, conn: sqlite3.Connection, event: RecordedEvent) -> None:
+    def apply(self, conn: SqlConnection, event: RecordedEvent) -> None:
         handler = self._handlers.get(event.type)
         if handler is not None:
             handler(conn, decode_event(event), event)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import msgspec
 
-from eventstore import RecordedEvent
+from eventstore import RecordedEvent, SqlConnection
 from projections.base import Handler, TableProjection
 from runs.events import DomainEvent, PersonaRecorded
 
@@ -31,7 +29,7 @@ class PersonasProjection(TableProjection):
         return {PersonaRecorded: self._recorded}
 
     @staticmethod
-    def _recorded(conn: sqlite3.Connection, e: PersonaRecorded, r: RecordedEvent) -> None:
+    def _recorded(conn: SqlConnection, e: PersonaRecorded, r: RecordedEvent) -> None:
         conn.execute(
             "INSERT INTO personas VALUES (?, ?, ?, ?, ?, ?)",
             (

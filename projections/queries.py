@@ -1,5 +1,8 @@
 """Read queries over the projections. Every REST read goes through here.
 
+One definition for every backend: portable SQL with ``?`` placeholders, sent through the
+store's ``fetch_all``/``fetch_one``; text compares bytewise on both engines.
+
 Every query that returns an org's resource takes the caller's ``org_id``: a resource of another
 org is simply not found.
 """
@@ -8,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from eventstore import SQLiteEventStore
+from eventstore import SCHEMA_VERSION, EventStore
 from projections.runs import RUN_COLUMNS
 from runs.run import LIVE_STATUSES
 
@@ -47,7 +50,7 @@ def _row(keys: tuple[str, ...], row: tuple[Any, ...] | None) -> dict[str, Any] |
 
 
 class Queries:
-    def __init__(self, store: SQLiteEventStore) -> None:
+    def __init__(self, store: EventStore) -> None:
         self.store = store
 
     # -- accounts ---------------------------------------------------------------------------
@@ -202,9 +205,11 @@ class Queries:
         return {r[0]: r[1] for r in rows}
 
     async def ready(self) -> bool:
-        """Whether every projection has applied the whole log."""
+        """Whether the database has this runlog's schema version and every projection has
+        applied the whole log."""
         row = await self.store.fetch_one(
             "SELECT (SELECT coalesce(max(position), 0) FROM events),"
-            " (SELECT coalesce(min(position), 0) FROM projection_checkpoints)"
+            " (SELECT coalesce(min(position), 0) FROM projection_checkpoints),"
+            " (SELECT version FROM runlog_schema WHERE id = 1)"
         )
-        return row is not None and row[0] == row[1]
+        return row is not None and row[0] == row[1] and row[2] == SCHEMA_VERSION

@@ -1,12 +1,16 @@
-"""Rebuild read models from the log, in place or into a scratch database, and compare tables."""
+"""Rebuild read models from the log, in place or into a scratch database, and compare tables.
+
+Everything goes through :class:`eventstore.Database`, so it works the same on SQLite and on
+PostgreSQL (the scratch database of ``rebuild --check`` is ``eventstore.scratch_database``), and
+rows are compared as Python values in an engine-independent order.
+"""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from eventstore import Projection
+from eventstore import Database, Projection
 from eventstore.schema import iter_events
 
 __all__ = ["diff_tables", "rebuild", "rebuild_in_place", "table_rows"]
@@ -16,8 +20,8 @@ Progress = Callable[[int], None]
 
 
 def _replay(
-    source: sqlite3.Connection,
-    target: sqlite3.Connection,
+    source: Database,
+    target: Database,
     projections: Sequence[Projection],
     progress: Progress | None,
 ) -> int:
@@ -35,59 +39,63 @@ def _replay(
 
 
 def rebuild(
-    source: sqlite3.Connection,
-    target: sqlite3.Connection,
+    source: Database,
+    target: Database,
     projections: Sequence[Projection],
     progress: Progress | None = None,
 ) -> int:
     """Replay every event of ``source``'s log through ``projections`` into ``target``, a
     database without the projections' tables (a scratch one). Returns the events replayed."""
-    target.execute("BEGIN")
+    target.begin_schema()
     try:
         count = _replay(source, target, projections, progress)
-        target.execute("COMMIT")
+        target.commit()
     except BaseException:
-        target.execute("ROLLBACK")
+        target.rollback()
         raise
     return count
 
 
 def rebuild_in_place(
-    conn: sqlite3.Connection,
+    db: Database,
     projections: Sequence[Projection],
     progress: Progress | None = None,
 ) -> int:
-    """Drop and rebuild the projections of ``conn``'s own log in one write transaction (writers
-    of other processes wait for it), checkpoints included."""
-    conn.execute("BEGIN IMMEDIATE")
+    """Drop and rebuild the projections of ``db``'s own log in one write transaction that holds
+    the head (writers of other processes wait for it), checkpoints included."""
+    db.begin_write()
     try:
+        head, _ = db.head()
         for projection in projections:
             for table in projection.tables:
-                conn.execute(f'DROP TABLE IF EXISTS "{table}"')
-        count = _replay(conn, conn, projections, progress)
-        head = conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
+                db.execute(f'DROP TABLE IF EXISTS "{table}"')
+        count = _replay(db, db, projections, progress)
         for projection in projections:
-            conn.execute(
+            db.execute(
                 "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET position = excluded.position",
                 (projection.name, head),
             )
-        conn.execute("COMMIT")
+        db.commit()
     except BaseException:
-        conn.execute("ROLLBACK")
+        db.rollback()
         raise
     return count
 
 
-def table_rows(conn: sqlite3.Connection, table: str) -> list[tuple[Any, ...]]:
+def _order(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    # NULLs first, as SQLite orders them (PostgreSQL puts them last).
+    return tuple((value is not None, value if value is not None else 0) for value in row)
+
+
+def table_rows(db: Database, table: str) -> list[tuple[Any, ...]]:
     """Every row of ``table`` in a stable order (by every column), for comparisons."""
-    columns = [row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')]
-    order = ", ".join(f'"{c}"' for c in columns)
-    return [tuple(r) for r in conn.execute(f'SELECT * FROM "{table}" ORDER BY {order}')]
+    columns = ", ".join(f'"{c}"' for c in db.table_columns(table))
+    return sorted(db.fetch_all(f'SELECT {columns} FROM "{table}"'), key=_order)
 
 
 def diff_tables(
-    live: sqlite3.Connection, rebuilt: sqlite3.Connection, projections: Sequence[Projection]
+    live: Database, rebuilt: Database, projections: Sequence[Projection]
 ) -> dict[str, tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
     """Per table, the rows only in ``live`` and the rows only in ``rebuilt`` (empty: equal)."""
     differences = {}

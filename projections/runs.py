@@ -6,9 +6,7 @@ Written with plain SQL per event type; a test checks it against the pure fold in
 
 from __future__ import annotations
 
-import sqlite3
-
-from eventstore import RecordedEvent
+from eventstore import RecordedEvent, SqlConnection
 from projections.base import Handler, TableProjection
 from runs.events import (
     DomainEvent,
@@ -105,8 +103,8 @@ class RunsProjection(TableProjection):
     CREATE INDEX IF NOT EXISTS runs_by_thread ON runs (thread_id, run_id)
     """
 
-    def create(self, conn: sqlite3.Connection) -> None:
-        present = {row[1] for row in conn.execute('PRAGMA table_info("runs")')}
+    def create(self, conn: SqlConnection) -> None:
+        present = set(conn.table_columns("runs"))
         if present and not present >= set(RUN_COLUMNS):
             # The table of an older version (before estimated usage and retries): drop it and
             # let the store replay the whole log into the new shape on this start, as
@@ -130,7 +128,7 @@ class RunsProjection(TableProjection):
         }
 
     @staticmethod
-    def _started(conn: sqlite3.Connection, e: RunStarted, r: RecordedEvent) -> None:
+    def _started(conn: SqlConnection, e: RunStarted, r: RecordedEvent) -> None:
         conn.execute(
             "INSERT INTO runs (run_id, org_id, thread_id, status, route_id, model, persona_id,"
             " trace_id, created_by_user_id, created_at, credits_multiplier, retry_of)"
@@ -151,20 +149,21 @@ class RunsProjection(TableProjection):
         )
 
     @staticmethod
-    def _usage(conn: sqlite3.Connection, e: RunUsage, r: RecordedEvent) -> None:
+    def _usage(conn: SqlConnection, e: RunUsage, r: RecordedEvent) -> None:
         # The same accounting as ``runs.run.evolve``: each model call is counted once, its
         # reported usage replacing an estimate of it.
         run_id = run_id_of(r.stream)
-        known = conn.execute(
+        known = conn.fetch_one(
             "SELECT estimated, input_tokens, output_tokens, cache_read_tokens,"
             " cache_write_tokens, cost_usd FROM run_call_usage WHERE run_id = ? AND call = ?",
             (run_id, e.call),
-        ).fetchone()
-        row = conn.execute(
+        )
+        row = conn.fetch_one(
             "SELECT total_input_tokens, total_output_tokens, cache_read_tokens,"
             " cache_write_tokens, total_cost_usd, credits_multiplier FROM runs WHERE run_id = ?",
             (run_id,),
-        ).fetchone()
+        )
+        assert row is not None, f"run.usage before run.started in {r.stream}"
         inputs, outputs, reads, writes, cost, multiplier = row
         if e.estimated:
             if known is not None:
@@ -202,10 +201,12 @@ class RunsProjection(TableProjection):
         reads += e.cache_read_tokens
         writes += e.cache_write_tokens
         cost += e.cost_usd
-        estimated = conn.execute(
+        # EXISTS is an integer on SQLite and a boolean on PostgreSQL: stored as 0 or 1.
+        still_estimated = conn.fetch_one(
             "SELECT EXISTS (SELECT 1 FROM run_call_usage WHERE run_id = ? AND estimated = 1)",
             (run_id,),
-        ).fetchone()[0]
+        )
+        estimated = int(bool(still_estimated and still_estimated[0]))
         denominator = inputs + reads + writes
         conn.execute(
             "UPDATE runs SET total_input_tokens = ?, total_output_tokens = ?,"
@@ -226,7 +227,7 @@ class RunsProjection(TableProjection):
 
     @staticmethod
     def _status(status: str) -> Handler:
-        def apply(conn: sqlite3.Connection, e: DomainEvent, r: RecordedEvent) -> None:
+        def apply(conn: SqlConnection, e: DomainEvent, r: RecordedEvent) -> None:
             conn.execute(
                 "UPDATE runs SET status = ? WHERE run_id = ?",
                 (status, run_id_of(r.stream)),
@@ -238,9 +239,10 @@ class RunsProjection(TableProjection):
     def _ended(status: str) -> Handler:
         column = {"completed": "completed_at", "failed": "failed_at"}.get(status, "cancelled_at")
 
-        def apply(conn: sqlite3.Connection, e: DomainEvent, r: RecordedEvent) -> None:
+        def apply(conn: SqlConnection, e: DomainEvent, r: RecordedEvent) -> None:
             run_id = run_id_of(r.stream)
-            row = conn.execute("SELECT created_at FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            row = conn.fetch_one("SELECT created_at FROM runs WHERE run_id = ?", (run_id,))
+            assert row is not None, f"{r.type} before run.started in {r.stream}"
             error_class, message = (
                 (e.error_class, e.message) if isinstance(e, RunFailed) else (None, None)
             )

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
-
-from eventstore import RecordedEvent
+from eventstore import RecordedEvent, SqlConnection
 from projections.base import Handler, TableProjection
 from runs.events import (
     DomainEvent,
@@ -62,14 +60,14 @@ class ThreadsProjection(TableProjection):
         }
 
     @staticmethod
-    def _thread_created(conn: sqlite3.Connection, e: ThreadCreated, r: RecordedEvent) -> None:
+    def _thread_created(conn: SqlConnection, e: ThreadCreated, r: RecordedEvent) -> None:
         conn.execute(
             "INSERT INTO threads VALUES (?, ?, ?, ?, ?, NULL, ?)",
             (e.thread_id, e.org_id, e.created_by_user_id, e.title, r.created_at, r.seq),
         )
 
     @staticmethod
-    def _message_added(conn: sqlite3.Connection, e: MessageAdded, r: RecordedEvent) -> None:
+    def _message_added(conn: SqlConnection, e: MessageAdded, r: RecordedEvent) -> None:
         conn.execute(
             "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -87,14 +85,14 @@ class ThreadsProjection(TableProjection):
         conn.execute("UPDATE threads SET version = ? WHERE thread_id = ?", (r.seq, e.thread_id))
 
     @staticmethod
-    def _run_started(conn: sqlite3.Connection, e: ThreadRunStarted, r: RecordedEvent) -> None:
+    def _run_started(conn: SqlConnection, e: ThreadRunStarted, r: RecordedEvent) -> None:
         conn.execute(
             "UPDATE threads SET active_run_id = ?, version = ? WHERE thread_id = ?",
             (e.run_id, r.seq, r.stream.removeprefix("thread-")),
         )
 
     @staticmethod
-    def _run_ended(conn: sqlite3.Connection, e: DomainEvent, r: RecordedEvent) -> None:
+    def _run_ended(conn: SqlConnection, e: DomainEvent, r: RecordedEvent) -> None:
         # The thread is free again the moment its run is terminal.
         conn.execute(
             "UPDATE threads SET active_run_id = NULL WHERE active_run_id = ?",

@@ -1,22 +1,29 @@
-"""The auditor's commands: verify, rebuild, export. Each works on the log file directly, with or
-without the server running (reads use one snapshot; rebuild takes the write lock)."""
+"""The auditor's commands: verify, rebuild, export. Each works on the log directly (a SQLite file
+or a PostgreSQL URL), with or without the server running (reads use one snapshot; rebuild holds
+the head of the log)."""
 
 from __future__ import annotations
 
-import sqlite3
+import heapq
 import sys
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
 import msgspec
 
-from eventstore import GENESIS_HASH
-from eventstore.schema import connect
-from eventstore.verify import verify_connection
+from eventstore import (
+    GENESIS_HASH,
+    Database,
+    connect_database,
+    copy_log,
+    describe,
+    scratch_database,
+    verify_database,
+)
 from projections import all_projections, diff_tables, rebuild, rebuild_in_place
-from runs.events import org_stream, run_stream, thread_stream
+from runs.events import delivery_stream, org_stream, run_stream, thread_stream, webhook_stream
 
-__all__ = ["export_events", "progress_printer", "run_rebuild", "run_verify"]
+__all__ = ["export_events", "progress_printer", "run_copy", "run_rebuild", "run_verify"]
 
 
 def progress_printer(
@@ -41,16 +48,17 @@ def progress_printer(
     return show
 
 
-def _event_count(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0])
+def event_count(db: Database) -> int:
+    row = db.fetch_one("SELECT coalesce(max(position), 0) FROM events")
+    return int(row[0]) if row else 0
 
 
-def run_verify(path: str, out: TextIO) -> int:
-    conn = connect(path)
+def run_verify(location: str, out: TextIO) -> int:
+    db = connect_database(location)
     try:
-        report = verify_connection(conn, progress_printer("verifying", _event_count(conn)))
+        report = verify_database(db, progress_printer("verifying", event_count(db)))
     finally:
-        conn.close()
+        db.close()
     if sys.stderr.isatty():
         print(file=sys.stderr)
     if report.ok:
@@ -69,27 +77,27 @@ def run_verify(path: str, out: TextIO) -> int:
     return 1
 
 
-def run_rebuild(path: str, check: bool, out: TextIO) -> int:
+def run_rebuild(location: str, check: bool, out: TextIO) -> int:
     projections = all_projections()
-    conn = connect(path)
+    db = connect_database(location)
     try:
         if not check:
             count = rebuild_in_place(
-                conn, projections, progress_printer("rebuilding", _event_count(conn))
+                db, projections, progress_printer("rebuilding", event_count(db))
             )
             print(f"rebuilt {len(projections)} projections from {count} events", file=out)
             return 0
-        scratch = sqlite3.connect(":memory:", isolation_level=None)
-        conn.execute("BEGIN")  # one snapshot for the replay and the live tables alike
-        try:
-            count = rebuild(
-                conn, scratch, projections, progress_printer("rebuilding", _event_count(conn))
-            )
-            differences = diff_tables(conn, scratch, projections)
-        finally:
-            conn.execute("COMMIT")
+        with scratch_database(location) as scratch:
+            db.begin_snapshot()  # one snapshot for the replay and the live tables alike
+            try:
+                count = rebuild(
+                    db, scratch, projections, progress_printer("rebuilding", event_count(db))
+                )
+                differences = diff_tables(db, scratch, projections)
+            finally:
+                db.rollback()
     finally:
-        conn.close()
+        db.close()
     if not differences:
         print(f"ok: every projection rebuilt from {count} events equals the live one", file=out)
         return 0
@@ -120,51 +128,97 @@ class ExportedEvent(msgspec.Struct):
     prev_hash: str
 
 
-def _streams(
-    conn: sqlite3.Connection, run: str | None, thread: str | None, org: str | None
-) -> list[str]:
+def _streams(db: Database, run: str | None, thread: str | None, org: str | None) -> list[str]:
     if run:
         return [run_stream(run)]
     if thread:
-        runs = conn.execute("SELECT run_id FROM runs WHERE thread_id = ?", (thread,)).fetchall()
+        runs = db.fetch_all("SELECT run_id FROM runs WHERE thread_id = ?", (thread,))
         return [thread_stream(thread), *(run_stream(r[0]) for r in runs)]
     assert org is not None
-    threads = conn.execute("SELECT thread_id FROM threads WHERE org_id = ?", (org,)).fetchall()
-    runs = conn.execute("SELECT run_id FROM runs WHERE org_id = ?", (org,)).fetchall()
+    threads = db.fetch_all("SELECT thread_id FROM threads WHERE org_id = ?", (org,))
+    runs = db.fetch_all("SELECT run_id FROM runs WHERE org_id = ?", (org,))
     return [
         org_stream(org),
         *(thread_stream(t[0]) for t in threads),
         *(run_stream(r[0]) for r in runs),
+        *_webhook_streams(db, org),
     ]
 
 
+def _webhook_streams(db: Database, org: str) -> list[str]:
+    """The org's webhook endpoints and deliveries (none in a log no server of this version
+    has opened yet: their tables are made on start-up)."""
+    if not db.table_exists("webhook_deliveries"):
+        return []
+    endpoints = db.fetch_all("SELECT endpoint_id FROM webhook_endpoints WHERE org_id = ?", (org,))
+    deliveries = db.fetch_all("SELECT delivery_id FROM webhook_deliveries WHERE org_id = ?", (org,))
+    return [
+        *(webhook_stream(e[0]) for e in endpoints),
+        *(delivery_stream(d[0]) for d in deliveries),
+    ]
+
+
+_STREAM_EVENTS = (
+    "SELECT e.position, e.stream, e.seq, e.type, e.data, e.created_at, e.hash, p.hash"
+    " FROM events e LEFT JOIN events p ON p.position = e.position - 1"
+    " WHERE e.stream = ? ORDER BY e.seq"
+)
+
+
 def export_events(
-    path: str, *, run: str | None = None, thread: str | None = None, org: str | None = None
+    location: str, *, run: str | None = None, thread: str | None = None, org: str | None = None
 ) -> Iterator[bytes]:
     """JSON lines of the selected streams' events, in position order."""
-    conn = connect(path)
+    db = connect_database(location)
     encoder = msgspec.json.Encoder()
     try:
-        conn.execute("BEGIN")
-        streams = _streams(conn, run, thread, org)
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS export_streams (stream TEXT PRIMARY KEY)")
-        conn.execute("DELETE FROM export_streams")
-        conn.executemany("INSERT OR IGNORE INTO export_streams VALUES (?)", [(s,) for s in streams])
-        cursor = conn.execute(
-            "SELECT e.position, e.stream, e.seq, e.type, e.data, e.created_at, e.hash,"
-            " coalesce((SELECT p.hash FROM events p WHERE p.position = e.position - 1),"
-            " ?) FROM events e JOIN export_streams s ON s.stream = e.stream ORDER BY e.position",
-            (GENESIS_HASH,),
-        )
-        for row in cursor:
+        db.begin_snapshot()
+        per_stream = [
+            db.fetch_all(_STREAM_EVENTS, (stream,))
+            for stream in dict.fromkeys(_streams(db, run, thread, org))
+        ]
+        db.rollback()
+        for row in heapq.merge(*per_stream, key=lambda r: int(r[0])):
             yield (
                 encoder.encode(
                     ExportedEvent(
-                        row[0], row[1], row[2], row[3], msgspec.Raw(row[4].encode()), *row[5:]
+                        row[0],
+                        row[1],
+                        row[2],
+                        row[3],
+                        msgspec.Raw(row[4].encode()),
+                        row[5],
+                        row[6],
+                        row[7] or GENESIS_HASH,
                     )
                 )
                 + b"\n"
             )
-        conn.execute("COMMIT")
     finally:
-        conn.close()
+        db.close()
+
+
+def run_copy(source: str, target: str, out: TextIO) -> int:
+    """``runlog copy``: the whole log of ``source`` into the empty ``target``."""
+    source_db = connect_database(source)
+    try:
+        target_db = connect_database(target)
+        try:
+            report = copy_log(
+                source_db,
+                target_db,
+                all_projections(),
+                progress_printer("copying", event_count(source_db)),
+            )
+        finally:
+            target_db.close()
+    finally:
+        source_db.close()
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(
+        f"copied {report.events:,} events in {report.streams:,} streams to {describe(target)};"
+        f" head position {report.head_position} hash {report.head_hash}",
+        file=out,
+    )
+    return 0

@@ -15,14 +15,16 @@ import sqlite3
 from pathlib import Path
 from typing import TextIO
 
+from eventstore.postgres import is_postgres_url
 from eventstore.schema import connect
-from eventstore.verify import verify_connection
+from eventstore.sql import SqliteDatabase
+from eventstore.verify import verify_database
 
 __all__ = ["is_database_url", "run_backup"]
 
 
 def is_database_url(location: str) -> bool:
-    return location.startswith(("postgresql://", "postgres://"))
+    return is_postgres_url(location)
 
 
 def run_backup(source: str, target: str, out: TextIO, err: TextIO) -> int:
@@ -42,11 +44,11 @@ def run_backup(source: str, target: str, out: TextIO, err: TextIO) -> int:
     partial = destination.with_name(f".{destination.name}.{os.getpid()}.partial")
     try:
         _copy(source, partial)
-        conn = connect(str(partial))
+        db = SqliteDatabase(connect(str(partial)))
         try:
-            report = verify_connection(conn)
+            report = verify_database(db)
         finally:
-            conn.close()
+            db.close()
         if not report.ok:
             print(
                 f"error: the copy does not verify at position {report.first_bad_position}:"

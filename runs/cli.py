@@ -1,4 +1,5 @@
-"""The ``runlog`` command line: serve (the default), admin, verify, rebuild, export, tail, backup.
+"""The ``runlog`` command line: serve (the default), admin, verify, rebuild, export, tail, copy,
+backup.
 
 Every command that changes something appends events through the event store, so it is safe
 to run while the server runs on the same file.
@@ -10,11 +11,11 @@ import argparse
 import asyncio
 import os
 import signal
-import sqlite3
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
+from eventstore import EventStoreError, describe, log_exists
 from runs.config import Config, load_config
 from runs.errors import RunsError
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = ("serve", "admin", "verify", "rebuild", "export", "tail", "backup")
+COMMANDS = ("serve", "admin", "verify", "rebuild", "export", "tail", "copy", "backup")
 ADMIN_COMMANDS = (
     "create-org",
     "create-user",
@@ -37,7 +38,10 @@ ADMIN_COMMANDS = (
 )
 
 
-_DB_HELP = "the log: a SQLite file (default: RUNLOG_DB, the config's db, or ./runlog.db)"
+_DB_HELP = (
+    "the log: a SQLite file or a postgresql:// URL (default: RUNLOG_DB, the config's db,"
+    " or ./runlog.db)"
+)
 _CONFIG_HELP = "TOML config file (or RUNLOG_CONFIG); its db is used when --db is not given"
 
 
@@ -114,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tail_cmd.add_argument("--token", help="API key or access token (or RUNLOG_TOKEN)")
 
+    copy = sub.add_parser("copy", help="copy a whole log to an empty database (any backend)")
+    copy.add_argument("--from", dest="source", required=True, help="source path or URL")
+    copy.add_argument("--to", dest="target", required=True, help="empty target path or URL")
+
     backup = sub.add_parser("backup", help="a consistent, verified copy of a live SQLite log")
     _log_options(backup)
     backup.add_argument("--to", required=True, help="the copy's path (must not exist)")
@@ -132,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(admin(args))
         if args.command in ("verify", "rebuild", "export"):
             return audit(args)
+        if args.command == "copy":
+            return copy(args)
         if args.command == "backup":
             return backup(args)
         if args.command == "tail":
@@ -144,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(tail(args.url, token, args.run_id))
     except RunsError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except EventStoreError as exc:
+        # The log cannot be opened: unreachable server, or a schema from a newer runlog.
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     build_parser().print_help()
     return 2
@@ -190,7 +204,7 @@ async def _serve(config: Config, ready: Callable[[web.AppRunner], None] | None =
     from runs.version import version_line
 
     print(version_line(), flush=True)
-    print(f"runlog listening on {url} (log: {config.db})", flush=True)
+    print(f"runlog listening on {url} (log: {describe(config.db)})", flush=True)
     if runtime.bootstrap_key:
         print(
             "First start: created org 'default' and user 'admin'.\n"
@@ -226,20 +240,20 @@ def existing_log(args: argparse.Namespace) -> str:
     log: any other command refuses a missing one, so a key is never created in a new, empty
     file that the server does not read."""
     location = load_config(args.config, overrides={"db": args.db}).db
-    if not os.path.exists(location):
+    if not log_exists(location):
         raise MissingLog(
-            f"no log at {location} (runlog serve creates it; give --db or --config to"
+            f"no log at {describe(location)} (runlog serve creates it; give --db or --config to"
             " name an existing one)"
         )
     return location
 
 
 async def admin(args: argparse.Namespace) -> int:
-    from eventstore import SQLiteEventStore
+    from eventstore import open_event_store
     from projections import all_projections
     from runs.service import Accounts
 
-    store = await SQLiteEventStore.open(existing_log(args), all_projections())
+    store = await open_event_store(existing_log(args), all_projections())
     try:
         accounts = Accounts(store)
         command = args.admin_command
@@ -285,9 +299,26 @@ def audit(args: argparse.Namespace) -> int:
             sys.stdout.buffer.write(line)
         sys.stdout.flush()
         return 0
-    except sqlite3.Error as exc:
-        print(f"error: cannot read {path}: {exc}", file=sys.stderr)
+    except EventStoreError as exc:
+        print(f"error: {describe(path)}: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # A driver error (sqlite3, psycopg) from a damaged or unreachable database.
+        print(f"error: cannot read {describe(path)}: {exc}", file=sys.stderr)
+        return 2
+
+
+def copy(args: argparse.Namespace) -> int:
+    from runs.audit import run_copy
+
+    try:
+        if not log_exists(args.source):
+            print(f"error: no log at {describe(args.source)}", file=sys.stderr)
+            return 2
+        return run_copy(args.source, args.target, sys.stdout)
+    except EventStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 # -- backup -----------------------------------------------------------------------------------

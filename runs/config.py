@@ -85,6 +85,18 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Modules whose ``TOOLS`` list adds tools (self-hosters' own; tests register one too).
     tool_modules: list[str] = []
     mcp_servers: list[McpServer] = []
+    #: Webhook targets in loopback and private ranges are refused unless this is true (it is
+    #: what lets a receiver on this machine, as in local tests, get deliveries).
+    webhooks_allow_private: bool = False
+    #: Each endpoint adds a row to every matching run event's append: the count is bounded.
+    webhooks_max_endpoints_per_org: int = 20
+    #: An attempt succeeds if the endpoint answers 2xx within this time.
+    webhooks_timeout_seconds: float = 10.0
+    #: Retries wait base * 2**(attempt - 1) seconds, at most the max delay, and stop this long
+    #: after the run event (the delivery then fails).
+    webhooks_retry_base_seconds: float = 10.0
+    webhooks_retry_max_delay_seconds: float = 3600.0
+    webhooks_retry_for_seconds: float = 86400.0
 
 
 _ENV: dict[str, tuple[str, type]] = {
@@ -130,4 +142,6 @@ def load_config(
         raise ConfigError(f"invalid configuration: {exc}") from exc
     if config.sse_batch_limit < 1 or config.sse_heartbeat_seconds <= 0:
         raise ConfigError("sse_batch_limit must be >= 1 and sse_heartbeat_seconds > 0")
+    if min(config.webhooks_timeout_seconds, config.webhooks_retry_base_seconds) <= 0:
+        raise ConfigError("webhooks_timeout_seconds and webhooks_retry_base_seconds must be > 0")
     return config

@@ -50,6 +50,14 @@ ERROR_STATUS: dict[str, tuple[int, str]] = {
     "policy.error": (422, "the request is refused by policy"),
     "policy.route_not_found": (422, "no such route"),
     "policy.route_unavailable": (422, "the route's API key variable is not set"),
+    "policy.webhook_endpoint_limit": (
+        422,
+        "the org has `webhooks_max_endpoints_per_org` webhook endpoints",
+    ),
+    "policy.webhook_private_target": (
+        422,
+        "the webhook URL's host is a loopback or private address (`webhooks_allow_private`)",
+    ),
     "internal.error": (500, "an unexpected error (logged with the trace id)"),
     "internal.config": (500, "the configuration is invalid"),
     "internal.unavailable": (503, "the service is stopping or cannot write to its log"),

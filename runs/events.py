@@ -5,7 +5,8 @@ struct encoded as compact JSON. New fields get defaults; a changed meaning is a 
 never a changed field.
 
 Streams: ``org-<id>`` (org, users, API keys), ``thread-<id>`` (thread, messages, the runs it
-started), ``run-<id>`` (one run).
+started), ``run-<id>`` (one run), ``webhook-<id>`` (one webhook endpoint), ``delivery-<id>`` (the
+attempts of one webhook delivery).
 """
 
 from __future__ import annotations
@@ -44,13 +45,21 @@ __all__ = [
     "ToolResult",
     "UserCreated",
     "UserDeleted",
+    "WebhookDeliveryAttemptFailed",
+    "WebhookDeliveryClaimed",
+    "WebhookDeliverySucceeded",
+    "WebhookEndpointCreated",
+    "WebhookEndpointDeleted",
+    "WebhookEndpointDisabled",
     "decode_event",
+    "delivery_stream",
     "encode_event",
     "org_stream",
     "persona_stream",
     "run_id_of",
     "run_stream",
     "thread_stream",
+    "webhook_stream",
 ]
 
 
@@ -279,6 +288,86 @@ class RunFailed(DomainEvent, frozen=True, kw_only=True):
     message: str
 
 
+# -- webhook-<endpoint id> --------------------------------------------------------------------
+
+
+class WebhookEndpointCreated(DomainEvent, frozen=True, kw_only=True):
+    """A webhook endpoint. Its signing secret is not recorded: ``secret_scheme`` names how it
+    is derived from the service's secret key and the endpoint id (README, "Webhooks")."""
+
+    TYPE: ClassVar[str] = "webhook.endpoint_created"
+    endpoint_id: str
+    org_id: str
+    url: str
+    events: list[str]
+    created_by_user_id: str
+    description: str | None = None
+    secret_scheme: str = "hmac-sha256-v1"  # noqa: S105 - names the derivation
+
+
+class WebhookEndpointDeleted(DomainEvent, frozen=True, kw_only=True):
+    TYPE: ClassVar[str] = "webhook.endpoint_deleted"
+    endpoint_id: str
+    user_id: str | None = None
+
+
+class WebhookEndpointDisabled(DomainEvent, frozen=True, kw_only=True):
+    """The endpoint answered 410 Gone: nothing more is sent to it."""
+
+    TYPE: ClassVar[str] = "webhook.endpoint_disabled"
+    endpoint_id: str
+    reason: str
+    delivery_id: str | None = None
+    status_code: int | None = None
+
+
+# -- delivery-<delivery id> -------------------------------------------------------------------
+
+
+class WebhookDeliveryClaimed(DomainEvent, frozen=True, kw_only=True):
+    """A worker starts attempt ``attempt``; nobody else tries before ``claimed_until``.
+
+    Appended guarded by the delivery stream's seq, so of several processes only one claims
+    each attempt; a worker that outlives its claim cannot record a result (its append fails).
+    """
+
+    TYPE: ClassVar[str] = "webhook.delivery_claimed"
+    delivery_id: str
+    endpoint_id: str
+    attempt: int
+    worker: str
+    claimed_until: str
+
+
+class WebhookDeliverySucceeded(DomainEvent, frozen=True, kw_only=True):
+    """The endpoint answered 2xx in time. ``signed_at`` is the ``t`` of the signature and
+    ``body_sha256`` the digest of the exact bytes sent."""
+
+    TYPE: ClassVar[str] = "webhook.delivery_succeeded"
+    delivery_id: str
+    attempt: int
+    status_code: int
+    signed_at: int
+    duration_ms: int
+    body_sha256: str
+
+
+class WebhookDeliveryAttemptFailed(DomainEvent, frozen=True, kw_only=True):
+    """An attempt that did not succeed: the next one is due at ``retry_at``, or none is
+    (``gave_up``: retried for too long, or the endpoint is gone)."""
+
+    TYPE: ClassVar[str] = "webhook.delivery_attempt_failed"
+    delivery_id: str
+    attempt: int
+    signed_at: int
+    duration_ms: int
+    body_sha256: str
+    status_code: int | None = None
+    error: str | None = None
+    retry_at: str | None = None
+    gave_up: bool = False
+
+
 _ALL: tuple[type[DomainEvent], ...] = (
     OrgCreated,
     UserCreated,
@@ -302,6 +391,12 @@ _ALL: tuple[type[DomainEvent], ...] = (
     RunCancelled,
     RunCompleted,
     RunFailed,
+    WebhookEndpointCreated,
+    WebhookEndpointDeleted,
+    WebhookEndpointDisabled,
+    WebhookDeliveryClaimed,
+    WebhookDeliverySucceeded,
+    WebhookDeliveryAttemptFailed,
 )
 
 #: ``type`` string → struct class.
@@ -345,3 +440,11 @@ def run_id_of(stream: str) -> str:
 
 def persona_stream(persona_key: str) -> str:
     return f"persona-{persona_key}"
+
+
+def webhook_stream(endpoint_id: str) -> str:
+    return f"webhook-{endpoint_id}"
+
+
+def delivery_stream(delivery_id: str) -> str:
+    return f"delivery-{delivery_id}"

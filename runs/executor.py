@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from eventstore import AppendRequest, SQLiteEventStore
+from eventstore import AppendRequest, EventStore
 from runs.config import Route
 from runs.estimate import BYTES_PER_TOKEN, estimate_request_tokens, estimate_tokens
 from runs.events import (
@@ -71,7 +71,7 @@ class RunExecutor:
     def __init__(
         self,
         *,
-        store: SQLiteEventStore,
+        store: EventStore,
         run_id: str,
         route: Route,
         persona: Persona,

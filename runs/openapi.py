@@ -23,10 +23,12 @@ from runs.schemas import (
     CreateMessage,
     CreateRun,
     CreateThread,
+    CreateWebhookEndpoint,
     Error,
     Login,
     LoginResult,
     Message,
+    NewWebhookEndpoint,
     Ok,
     Run,
     RunCreated,
@@ -36,6 +38,8 @@ from runs.schemas import (
     Thread,
     ThreadRun,
     ToolInfo,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
 
 __all__ = ["OPERATIONS", "Operation", "Param", "document", "document_bytes"]
@@ -148,6 +152,7 @@ PERSONA_ID = Param(
     " when absent or empty.",
 )
 THREAD_ID = _id("thread_id", "thread")
+ENDPOINT_ID = _id("endpoint_id", "webhook endpoint")
 RUN_ID = _id("run_id", "run")
 
 _SSE_DESCRIPTION = (
@@ -168,6 +173,17 @@ _CANCEL_DESCRIPTION = (
     " `completed` (the result is in the log: side effects happened), `interrupted` (cut while"
     " running: a side effect may have happened), `not_started` (requested, never run). The"
     " same receipt is recorded in the `run.cancelled` event."
+)
+
+_WEBHOOK_DESCRIPTION = (
+    "Each event of `events` (default: `run.completed`, `run.failed`, `run.cancelled`,"
+    " `run.waiting_for_input`) of the org's runs is POSTed to `url` as"
+    " `{id, type, run_id, thread_id, org_id, seq, created_at, data}` with the headers"
+    ' `Runlog-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>" with the secret>` and'
+    " `Runlog-Delivery: <id>`, at least once, in order per run, retried with exponential"
+    " backoff; 2xx within `webhooks_timeout_seconds` is success and 410 disables the endpoint."
+    " A loopback or private target is `422 policy.webhook_private_target` unless"
+    " `webhooks_allow_private = true`."
 )
 
 #: One row per route of ``server.add_routes``, in the same order.
@@ -396,6 +412,58 @@ OPERATIONS: tuple[Operation, ...] = (
         errors=(404,),
         auth=False,
         media_type="text/*",
+    ),
+    Operation(
+        "POST",
+        "/v1/webhook-endpoints",
+        "createWebhookEndpoint",
+        "Register a webhook endpoint; the answer shows its signing secret, once",
+        201,
+        NewWebhookEndpoint,
+        body=CreateWebhookEndpoint,
+        body_required=True,
+        errors=(400, 413, 415, 422),
+        description=_WEBHOOK_DESCRIPTION,
+    ),
+    Operation(
+        "GET",
+        "/v1/webhook-endpoints",
+        "listWebhookEndpoints",
+        "The org's webhook endpoints, newest first",
+        200,
+        list[WebhookEndpoint],
+        params=(LIMIT, BEFORE),
+        errors=(400,),
+    ),
+    Operation(
+        "GET",
+        "/v1/webhook-endpoints/{endpoint_id}",
+        "getWebhookEndpoint",
+        "One webhook endpoint (never its secret)",
+        200,
+        WebhookEndpoint,
+        params=(ENDPOINT_ID,),
+        errors=(404,),
+    ),
+    Operation(
+        "DELETE",
+        "/v1/webhook-endpoints/{endpoint_id}",
+        "deleteWebhookEndpoint",
+        "Delete a webhook endpoint; what it still had pending is not sent",
+        200,
+        Ok,
+        params=(ENDPOINT_ID,),
+        errors=(404, 409),
+    ),
+    Operation(
+        "GET",
+        "/v1/webhook-endpoints/{endpoint_id}/deliveries",
+        "listWebhookDeliveries",
+        "An endpoint's deliveries, newest first: status, attempts, last response, next attempt",
+        200,
+        list[WebhookDelivery],
+        params=(ENDPOINT_ID, LIMIT, BEFORE),
+        errors=(400, 404),
     ),
 )
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from eventstore import ConcurrencyError, RecordedEvent, SQLiteEventStore
+from eventstore import ConcurrencyError, EventStore, RecordedEvent
 from runs.events import DomainEvent, encode_event, run_stream
 from runs.run import RunState, fold_recorded
 
@@ -25,7 +25,7 @@ CONFLICT_ATTEMPTS = 10
 _PAGE = 1000
 
 
-async def read_run(store: SQLiteEventStore, run_id: str) -> list[RecordedEvent]:
+async def read_run(store: EventStore, run_id: str) -> list[RecordedEvent]:
     """Every recorded event of a run, in seq order."""
     events: list[RecordedEvent] = []
     while True:
@@ -35,13 +35,13 @@ async def read_run(store: SQLiteEventStore, run_id: str) -> list[RecordedEvent]:
             return events
 
 
-async def load_run(store: SQLiteEventStore, run_id: str) -> RunState | None:
+async def load_run(store: EventStore, run_id: str) -> RunState | None:
     """The run's current state (``None`` when the run does not exist)."""
     return fold_recorded(await read_run(store, run_id))
 
 
 async def append_decided(
-    store: SQLiteEventStore,
+    store: EventStore,
     run_id: str,
     decide: Callable[[RunState], Sequence[DomainEvent]],
     attempts: int = CONFLICT_ATTEMPTS,

@@ -16,10 +16,12 @@ __all__ = [
     "CreateMessage",
     "CreateRun",
     "CreateThread",
+    "CreateWebhookEndpoint",
     "Error",
     "Login",
     "LoginResult",
     "Message",
+    "NewWebhookEndpoint",
     "Ok",
     "Run",
     "RunCreated",
@@ -30,6 +32,8 @@ __all__ = [
     "ThreadRun",
     "ToolCallsReceipt",
     "ToolInfo",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]
 
 #: ``POST /v1/runs/{id}/input`` accepts at most 32 KB of UTF-8 (the Runs API: "maximum 32KB").
@@ -191,3 +195,53 @@ class ToolInfo(msgspec.Struct):
     mcp_server: str | None
     requires_confirmation: bool
     safe_to_repeat: bool
+
+
+# -- webhooks ---------------------------------------------------------------------------------
+
+
+class CreateWebhookEndpoint(Request):
+    """``events`` defaults to every run outcome; ``url`` is http(s), to a public host unless
+    ``webhooks_allow_private``."""
+
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+    events: Annotated[list[str], msgspec.Meta(min_length=1, max_length=10)] | None = None
+    description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+class WebhookEndpoint(msgspec.Struct):
+    id: str
+    url: str
+    events: list[str]
+    description: str | None
+    #: "active", or "disabled" once it answered 410 Gone.
+    status: str
+    created_at: str
+    disabled_at: str | None
+    disabled_reason: str | None
+
+
+class NewWebhookEndpoint(WebhookEndpoint):
+    """The created endpoint with its signing secret: the only response that shows it."""
+
+    secret: str
+
+
+class WebhookDelivery(msgspec.Struct):
+    """One run event sent (or to be sent) to one endpoint; ``id`` is its ``Runlog-Delivery``."""
+
+    id: str
+    endpoint_id: str
+    type: str
+    run_id: str
+    thread_id: str
+    seq: int
+    #: "pending", "succeeded", "failed" (gave up) or "cancelled" (the endpoint went away).
+    status: str
+    attempts: int
+    last_response_code: int | None
+    last_error: str | None
+    last_attempt_at: str | None
+    #: When the next attempt is due (while pending).
+    next_attempt_at: str | None
+    created_at: str

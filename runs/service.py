@@ -8,7 +8,7 @@ import collections
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from eventstore import AppendRequest, ConcurrencyError, SQLiteEventStore
+from eventstore import AppendRequest, ConcurrencyError, EventStore
 from projections.queries import Queries
 from runs.auth import hash_password, key_sha256, new_api_key
 from runs.errors import Conflict, NotFound, RateLimited
@@ -54,7 +54,7 @@ class Principal:
 class Accounts:
     """Orgs, users and keys: used by the admin CLI and the first-start bootstrap."""
 
-    def __init__(self, store: SQLiteEventStore) -> None:
+    def __init__(self, store: EventStore) -> None:
         self.store = store
         self.queries = Queries(store)
 
@@ -119,7 +119,7 @@ class RunService:
     def __init__(
         self,
         *,
-        store: SQLiteEventStore,
+        store: EventStore,
         queries: Queries,
         supervisor: Supervisor,
         routes: RouteTable,

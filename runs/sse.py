@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from eventstore import RecordedEvent, SQLiteEventStore
+from eventstore import EventStore, RecordedEvent
 from runs.events import TERMINAL_RUN_EVENTS, MessageDelta
 from runs.schemas import SseFrame
 
@@ -46,7 +46,7 @@ def sse_frame(seq: int, type_: str, data: str, created_at: str) -> bytes:
 
 
 async def stream_events(
-    store: SQLiteEventStore,
+    store: EventStore,
     response: web.StreamResponse,
     stream: str,
     *,

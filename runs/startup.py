@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from eventstore import SQLiteEventStore
+from eventstore import EventStore, is_postgres_url
 from projections.queries import Queries
 from runs.config import Config, ConfigError
 from runs.events import PersonaRecorded, encode_event, persona_stream
@@ -17,9 +17,7 @@ from runs.service import Accounts
 __all__ = ["bootstrap", "load_secret", "record_personas"]
 
 
-async def record_personas(
-    store: SQLiteEventStore, queries: Queries, personas: PersonaRegistry
-) -> None:
+async def record_personas(store: EventStore, queries: Queries, personas: PersonaRegistry) -> None:
     """Record each persona version once; refuse a file that changed a recorded version."""
     recorded = await queries.persona_hashes()
     for persona in personas.by_id.values():
@@ -57,6 +55,13 @@ def load_secret(config: Config) -> bytes:
     """The key that signs access tokens: configured, or a file beside the log made once."""
     if config.secret_key:
         return config.secret_key.encode()
+    if is_postgres_url(config.db):
+        # Several processes, maybe on several machines, serve one PostgreSQL log: a file
+        # beside one of them would give each its own key and break their access tokens.
+        raise ConfigError(
+            "with a PostgreSQL log, set RUNLOG_SECRET_KEY (or secret_key in the config file):"
+            " every process serving the database signs access tokens with it"
+        )
     path = Path(f"{config.db}.secret")
     try:
         if not path.exists():

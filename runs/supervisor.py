@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from eventstore import ConcurrencyError, RecordedEvent, SQLiteEventStore
+from eventstore import ConcurrencyError, EventStore, RecordedEvent
 from projections.queries import Queries
 from runs.config import Route
 from runs.events import RunFailed, RunStarted, decode_event, run_stream
@@ -40,7 +40,7 @@ class Supervisor:
     def __init__(
         self,
         *,
-        store: SQLiteEventStore,
+        store: EventStore,
         queries: Queries,
         routes: RouteTable,
         personas: PersonaRegistry,

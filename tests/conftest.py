@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from runs.config import load_config
 from server import RUNTIME, Runtime, create_app
+from tests.postgres import fresh_schema, session_database
 
 ADMIN_KEY = "rl_test_admin_key_0123456789abcdefghijklmnop"
 
@@ -126,10 +127,11 @@ def db_path(tmp_path: Path) -> str:
     return str(tmp_path / "runlog.db")
 
 
-@pytest.fixture
-def make_app(db_path: str) -> Callable[..., web.Application]:
+def app_factory(db: str) -> Callable[..., web.Application]:
+    """``make(env=None, **config overrides)``: the real app on the log at ``db``."""
+
     def make(env: dict[str, str] | None = None, **overrides: Any) -> web.Application:
-        settings = {"db": db_path, "delta_coalesce_ms": 0, "secret_key": "test-secret"}
+        settings = {"db": db, "delta_coalesce_ms": 0, "secret_key": "test-secret"}
         settings.update(overrides)
         tools = settings.pop("tools", ())
         provider_for = settings.pop("provider_for", None)
@@ -141,6 +143,33 @@ def make_app(db_path: str) -> Callable[..., web.Application]:
 
 
 @pytest.fixture
+def make_app(db_path: str) -> Callable[..., web.Application]:
+    return app_factory(db_path)
+
+
+@pytest.fixture
 async def api(aiohttp_client: Any, make_app: Callable[..., web.Application]) -> Api:
     client = await aiohttp_client(make_app())
+    return Api(client, ADMIN_KEY)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Any:
+    """A fresh PostgreSQL database for this test session (dropped at its end)."""
+    yield from session_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh log on each backend in turn: a SQLite file, or a PostgreSQL schema of its own in
+    the session's database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "runlog.db")
+    return fresh_schema(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+async def api_on_both(aiohttp_client: Any, db_location: str) -> Api:
+    """:class:`Api` on the real app, once per backend."""
+    client = await aiohttp_client(app_factory(db_location)())
     return Api(client, ADMIN_KEY)

@@ -10,13 +10,12 @@ from typing import Any
 import pytest
 
 from tests.agent.conftest import MakeApi, events_of, only, types_of, write_persona
-from tests.conftest import Api
+from tests.conftest import ADMIN_KEY, Api, app_factory
 
 MAX_BYTES = 32 * 1024
 
 
-@pytest.fixture
-async def api(make_api: MakeApi, personas_dir: Path) -> Api:
+def careful_persona(personas_dir: Path) -> None:
     write_persona(
         personas_dir,
         "careful",
@@ -24,8 +23,21 @@ async def api(make_api: MakeApi, personas_dir: Path) -> Api:
         tools=["calculator", "current_time", "ask_user"],
         confirm_tools=["calculator"],
     )
+
+
+@pytest.fixture
+async def api(make_api: MakeApi, personas_dir: Path) -> Api:
+    careful_persona(personas_dir)
     # Coalesce deltas: the scripted echo of a 32 KB answer is thousands of 4-character chunks.
     return await make_api(personas_dir=str(personas_dir), delta_coalesce_ms=20)
+
+
+@pytest.fixture
+async def api_on_both(aiohttp_client: Any, db_location: str, personas_dir: Path) -> Api:
+    """``api`` once per backend."""
+    careful_persona(personas_dir)
+    app = app_factory(db_location)(personas_dir=str(personas_dir), delta_coalesce_ms=20)
+    return Api(await aiohttp_client(app), ADMIN_KEY)
 
 
 async def waiting_run(api: Api, content: str, **body: Any) -> tuple[str, str, dict[str, Any]]:
@@ -47,7 +59,10 @@ async def answer(api: Api, thread_id: str) -> str:
     return str(messages[-1]["content"])
 
 
-async def test_question_waits_without_a_task_then_continues_with_the_answer(api: Api) -> None:
+async def test_question_waits_without_a_task_then_continues_with_the_answer(
+    api_on_both: Api,
+) -> None:
+    api = api_on_both
     thread_id, run_id, waiting = await waiting_run(api, "/ask what colour?")
     assert waiting["kind"] == "question"
     assert waiting["prompt"] == "what colour?"
@@ -88,7 +103,8 @@ async def test_question_waits_without_a_task_then_continues_with_the_answer(api:
     )
 
 
-async def test_confirmation_approved_runs_the_tool(api: Api) -> None:
+async def test_confirmation_approved_runs_the_tool(api_on_both: Api) -> None:
+    api = api_on_both
     thread_id, run_id, waiting = await waiting_run(
         api, '/tool calculator {"expression": "2+3"}', persona_id="careful"
     )
@@ -196,7 +212,8 @@ async def test_content_limit_is_32768_bytes_of_utf8(api: Api) -> None:
     assert (await api.wait_for(other))["status"] == "completed"
 
 
-async def test_racing_submissions_exactly_one_wins(api: Api) -> None:
+async def test_racing_submissions_exactly_one_wins(api_on_both: Api) -> None:
+    api = api_on_both
     for round_ in range(3):
         thread_id, run_id, _ = await waiting_run(api, f"/ask race {round_}?")
         results = await asyncio.gather(
@@ -214,7 +231,8 @@ async def test_racing_submissions_exactly_one_wins(api: Api) -> None:
         assert await answer(api, thread_id) == f"you answered: {winner}"
 
 
-async def test_cancel_while_waiting(api: Api) -> None:
+async def test_cancel_while_waiting(api_on_both: Api) -> None:
+    api = api_on_both
     _, run_id, _ = await waiting_run(api, "/ask will you cancel?")
     _, receipt = await api.request("POST", f"/v1/runs/{run_id}:cancel", expect=200)
     # The question (an ask_user tool call) was asked and never answered: it never ran.

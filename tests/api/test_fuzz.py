@@ -84,6 +84,8 @@ class World:
         self.foreign_thread_ids: list[str] = []
         # A failed run on a thread no other operation is pointed at, for POST …/retry.
         self.retry_run_ids: list[str] = []
+        self.endpoint_ids: list[str] = []
+        self.deletable_endpoint_ids: list[str] = []
 
     def post(self, path: str, body: Any = None) -> Any:
         response = self.session.post(self.live.url + path, json=body, timeout=30)
@@ -129,6 +131,11 @@ class World:
             return await runtime.service.create_thread(Principal(user_id, org_id), "theirs")
 
         self.foreign_thread_ids.append(self.live.run(foreign()))
+        # Webhook endpoints (to a closed local port: deliveries fail fast and harmlessly);
+        # DELETE gets its own, so the other operations keep finding theirs.
+        for pool in (self.endpoint_ids, self.endpoint_ids, self.deletable_endpoint_ids):
+            hook = {"url": "http://127.0.0.1:9/hook", "events": ["run.completed"]}
+            pool.append(self.post("/v1/webhook-endpoints", hook)["id"])
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +144,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     config = load_config(
         None,
         env={},
-        overrides={"db": str(db), "delta_coalesce_ms": 0, "secret_key": "fuzz-secret"},
+        overrides={
+            "db": str(db),
+            "delta_coalesce_ms": 0,
+            "secret_key": "fuzz-secret",
+            "webhooks_allow_private": True,
+        },
     )
     app = create_app(config, env={"RUNLOG_BOOTSTRAP_API_KEY": ADMIN_KEY})
     with LiveServer(app) as live:
@@ -195,6 +207,13 @@ def _use_real_ids(case: Any, world: World, data: st.DataObject) -> None:
         choice = data.draw(st.sampled_from([None, *pool]), label="thread_id")
         if choice is not None:
             params["thread_id"] = choice
+    if "endpoint_id" in params:
+        pool = world.endpoint_ids
+        if case.method.upper() == "DELETE":
+            pool = world.deletable_endpoint_ids
+        choice = data.draw(st.sampled_from([None, *pool]), label="endpoint_id")
+        if choice is not None:
+            params["endpoint_id"] = choice
     if "run_id" in params:
         pool = list(world.run_ids)  # following a live run over SSE would not end
         if case.path.endswith("/retry"):

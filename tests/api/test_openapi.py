@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import jsonschema_rs
@@ -23,6 +24,7 @@ REQUEST_TYPES = {
     ("POST", "/v1/threads/{thread_id}/messages"): schemas.CreateMessage,
     ("POST", "/v1/threads/{thread_id}/runs"): schemas.CreateRun,
     ("POST", "/v1/runs/{run_id}/input"): schemas.SubmitInput,
+    ("POST", "/v1/webhook-endpoints"): schemas.CreateWebhookEndpoint,
 }
 RESPONSE_TYPES = {
     ("POST", "/v1/auth/login", "200"): schemas.LoginResult,
@@ -40,6 +42,11 @@ RESPONSE_TYPES = {
     ("POST", "/v1/runs/{run_id}/retry", "201"): schemas.RunCreated,
     ("POST", "/v1/runs/{run_id}/input", "200"): schemas.Ok,
     ("GET", "/v1/tools", "200"): list[schemas.ToolInfo],
+    ("POST", "/v1/webhook-endpoints", "201"): schemas.NewWebhookEndpoint,
+    ("GET", "/v1/webhook-endpoints", "200"): list[schemas.WebhookEndpoint],
+    ("GET", "/v1/webhook-endpoints/{endpoint_id}", "200"): schemas.WebhookEndpoint,
+    ("DELETE", "/v1/webhook-endpoints/{endpoint_id}", "200"): schemas.Ok,
+    ("GET", "/v1/webhook-endpoints/{endpoint_id}/deliveries", "200"): list[schemas.WebhookDelivery],
 }
 
 
@@ -100,7 +107,7 @@ async def test_every_route_is_documented_and_every_documented_route_exists(api: 
     ]
     # And each documented route answers something other than 404/405 when called.
     for method, path in sorted(documented):
-        concrete = path.replace("{thread_id}", "x").replace("{run_id}", "x").replace("{name}", "x")
+        concrete = re.sub(r"\{[a-z_]+\}", "x", path)
         async with api.client.request(method, concrete, headers=api.headers()) as response:
             if "{" in path:
                 # A malformed id is the handler's 404, not the router's "no such resource".
@@ -109,6 +116,7 @@ async def test_every_route_is_documented_and_every_documented_route_exists(api: 
                     "thread not found",
                     "run not found",
                     "no such console file",
+                    "endpoint not found",
                 }
             else:
                 assert response.status not in (404, 405), (method, path)

@@ -1,18 +1,17 @@
-"""The auditor's tools on a real log: verify (and tampering), rebuild --check, export,
-point-in-time state."""
+"""The auditor's tools on a real log, on both backends (a SQLite file, a PostgreSQL URL): verify
+(and tampering), rebuild --check, export, point-in-time state."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from eventstore import canonical_bytes
+from eventstore import canonical_bytes, connect_database
 from runs.run import fold_recorded
 from tests.conftest import Api
 
@@ -39,16 +38,24 @@ async def _varied_log(api: Api) -> tuple[str, str]:
 
 
 def _tamper(db: str, *statements: str) -> None:
-    conn = sqlite3.connect(db)
-    conn.execute("DROP TRIGGER events_append_only_update")
-    conn.execute("DROP TRIGGER events_append_only_delete")
-    for statement in statements:
-        conn.execute(statement)
-    conn.commit()
-    conn.close()
+    """What an attacker with the database owner's rights could do: lift the guards, edit."""
+    conn = connect_database(db)
+    try:
+        if conn.dialect == "sqlite":
+            conn.execute("DROP TRIGGER events_append_only_update")
+            conn.execute("DROP TRIGGER events_append_only_delete")
+        else:
+            conn.execute("ALTER TABLE events DISABLE TRIGGER USER")
+        for statement in statements:
+            conn.execute(statement)
+    finally:
+        conn.close()
 
 
-async def test_as_of_seq_at_every_seq_equals_the_fold_of_the_first_n_events(api: Api) -> None:
+async def test_as_of_seq_at_every_seq_equals_the_fold_of_the_first_n_events(
+    api_on_both: Api,
+) -> None:
+    api = api_on_both
     _, run_id = await _varied_log(api)
     events = await api.runtime.store.read_stream(f"run-{run_id}", 0, 1000)
     assert len(events) > 5
@@ -73,7 +80,9 @@ async def test_as_of_seq_at_every_seq_equals_the_fold_of_the_first_n_events(api:
         assert body["code"] == "validation.as_of_seq"
 
 
-async def test_export_lines_reverify_offline(api: Api, db_path: str) -> None:
+async def test_export_lines_reverify_offline(api_on_both: Api) -> None:
+    api = api_on_both
+    db_path = api.runtime.config.db
     thread_id, run_id = await _varied_log(api)
     for selector in (["--run", run_id], ["--thread", thread_id]):
         result = runlog("export", "--db", db_path, *selector)
@@ -98,7 +107,9 @@ async def test_export_lines_reverify_offline(api: Api, db_path: str) -> None:
     assert org.stdout == ""  # no such org: nothing, not an error
 
 
-async def test_verify_and_rebuild_check_pass_on_an_intact_log(api: Api, db_path: str) -> None:
+async def test_verify_and_rebuild_check_pass_on_an_intact_log(api_on_both: Api) -> None:
+    api = api_on_both
+    db_path = api.runtime.config.db
     await _varied_log(api)
     verify = runlog("verify", "--db", db_path)
     assert verify.returncode == 0
@@ -124,29 +135,42 @@ async def test_verify_and_rebuild_check_pass_on_an_intact_log(api: Api, db_path:
     ids=["flipped-byte", "deleted-row", "reordered-pair"],
 )
 async def test_verify_names_the_first_tampered_position(
-    api: Api, db_path: str, tamper: str, position: str
+    api_on_both: Api, tamper: str, position: str
 ) -> None:
+    api = api_on_both
+    db_path = api.runtime.config.db
     _, run_id = await _varied_log(api)
-    conn = sqlite3.connect(db_path)
-    target = conn.execute(
+    conn = connect_database(db_path)
+    row = conn.fetch_one(
         "SELECT position FROM events WHERE stream = ? AND type = 'tool.result'",
         (f"run-{run_id}",),
-    ).fetchone()[0]
+    )
     conn.close()
+    assert row is not None
+    target = row[0]
     _tamper(db_path, tamper.format(p=target))
     result = runlog("verify", "--db", db_path)
     assert result.returncode == 1, result.stdout
     assert f"FAILED at position {target}:" in result.stdout
 
 
-async def test_rebuild_check_reports_a_projection_that_drifted(api: Api, db_path: str) -> None:
+async def test_rebuild_check_reports_a_projection_that_drifted(api_on_both: Api) -> None:
+    api = api_on_both
+    db_path = api.runtime.config.db
     await _varied_log(api)
-    conn = sqlite3.connect(db_path)
+    conn = connect_database(db_path)
     conn.execute("UPDATE runs SET total_output_tokens = total_output_tokens + 1")
-    conn.commit()
     conn.close()
     result = runlog("rebuild", "--db", db_path, "--check")
     assert result.returncode == 1
     assert "DIFFERS runs" in result.stdout
     assert runlog("rebuild", "--db", db_path).returncode == 0
     assert runlog("rebuild", "--db", db_path, "--check").returncode == 0
+    if db_path.startswith("postgresql://"):
+        # The check's scratch schema is gone again.
+        conn = connect_database(db_path)
+        try:
+            scratch = "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'runlog_scratch_%'"
+            assert conn.fetch_all(scratch) == []
+        finally:
+            conn.close()

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from eventstore import connect_database
 from projections import all_projections, rebuild, table_rows
 from tests.conftest import Api
 
@@ -55,8 +56,8 @@ async def test_the_0_1_0_log_opens_with_every_run(
     assert receipt["status"] == "cancelled"
     assert set(receipt["tool_calls"]) == {"completed", "interrupted", "not_started"}
     # And the tables equal a rebuild from the log.
-    source = sqlite3.connect(db_path)
-    scratch = sqlite3.connect(Path(db_path).parent / "scratch.db")
+    source = connect_database(db_path)
+    scratch = connect_database(str(Path(db_path).parent / "scratch.db"))
     try:
         rebuild(source, scratch, all_projections())
         for table in (t for p in all_projections() for t in p.tables):

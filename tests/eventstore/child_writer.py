@@ -14,10 +14,10 @@ import sys
 
 import msgspec
 
-from eventstore import NewEvent, SQLiteEventStore
+from eventstore import EventStore, NewEvent, open_event_store
 
 
-async def _worker(store: SQLiteEventStore, args: argparse.Namespace, worker: int) -> None:
+async def _worker(store: EventStore, args: argparse.Namespace, worker: int) -> None:
     own = f"{args.stream}-{worker}" if args.tasks > 1 else args.stream
     own_seq = await store.last_seq(own)
     i = 0
@@ -42,7 +42,7 @@ async def _worker(store: SQLiteEventStore, args: argparse.Namespace, worker: int
 
 
 async def _main(args: argparse.Namespace) -> None:
-    store = await SQLiteEventStore.open(args.db)
+    store = await open_event_store(args.db)
     try:
         print("ready", flush=True)
         if args.wait_go:
@@ -55,7 +55,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("db")
+    parser.add_argument("db", help="a SQLite path or a postgresql:// URL")
     parser.add_argument("--stream", default="child")
     parser.add_argument("--count", type=int, default=100, help="appends per task; 0: forever")
     parser.add_argument("--batch", type=int, default=1, help="events per append")

@@ -1,4 +1,5 @@
-"""Other processes: a writer killed mid-append, and several writers on one file."""
+"""Other processes: a writer killed mid-append, and several writers on one log (a SQLite file, a
+PostgreSQL database)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from eventstore import NewEvent, RecordedEvent, SQLiteEventStore, open_store
+from eventstore import NewEvent, RecordedEvent, SQLiteEventStore, open_event_store
 
 
 class Child:
@@ -23,7 +24,9 @@ class Child:
         self.positions: list[tuple[int, str, int]] = []
 
     @classmethod
-    async def start(cls, cmd: list[str], env: dict[str, str], db_path: Path, args: str) -> Child:
+    async def start(
+        cls, cmd: list[str], env: dict[str, str], db_path: Path | str, args: str
+    ) -> Child:
         """Start ``child_writer.py db_path *args.split()`` and wait until its store is open."""
         process = await asyncio.create_subprocess_exec(
             *cmd,
@@ -72,13 +75,16 @@ class Child:
         assert await self.process.wait() == 0, await self.stderr()
 
 
-async def read_log(db_path: Path) -> list[RecordedEvent]:
-    async with open_store(str(db_path)) as store:
+async def read_log(location: Path | str) -> list[RecordedEvent]:
+    store = await open_event_store(str(location))
+    try:
         report = await store.verify()
         assert report.ok, report
         log = await store.read_all(0, 1_000_000)
         assert report.events == len(log)
         return log
+    finally:
+        await store.close()
 
 
 def assert_gapless(log: list[RecordedEvent]) -> dict[str, list[int]]:
@@ -100,8 +106,9 @@ def assert_present(log: list[RecordedEvent], positions: list[tuple[int, str, int
 
 @pytest.mark.parametrize("acknowledged", [1, 200, 1500])
 async def test_killed_writer_loses_no_acknowledged_event(
-    db_path: Path, child_writer_cmd: list[str], child_env: dict[str, str], acknowledged: int
+    log_location: str, child_writer_cmd: list[str], child_env: dict[str, str], acknowledged: int
 ) -> None:
+    db_path = log_location
     # Several tasks with multi-event appends, so that batches are in flight at the kill.
     child = await Child.start(
         child_writer_cmd,
@@ -126,15 +133,19 @@ async def test_killed_writer_loses_no_acknowledged_event(
     assert_present(log, child.positions)
     assert len(log) >= len(child.positions) >= acknowledged
     # The store opens and appends at the end of the surviving chain.
-    async with open_store(str(db_path)) as store:
+    store = await open_event_store(db_path)
+    try:
         [event] = await store.append("after-crash", [NewEvent("T", b"{}")], 0)
         assert event.position == len(log) + 1
         assert (await store.verify()).ok
+    finally:
+        await store.close()
 
 
-async def test_two_processes_append_to_one_file(
-    db_path: Path, child_writer_cmd: list[str], child_env: dict[str, str]
+async def test_two_processes_append_to_one_log(
+    log_location: str, child_writer_cmd: list[str], child_env: dict[str, str]
 ) -> None:
+    db_path = log_location
     count = 300
     children = [
         await Child.start(
@@ -165,11 +176,12 @@ async def test_two_processes_append_to_one_file(
 
 
 async def test_open_store_and_another_process_append_together(
-    db_path: Path, child_writer_cmd: list[str], child_env: dict[str, str]
+    log_location: str, child_writer_cmd: list[str], child_env: dict[str, str]
 ) -> None:
     """The server (this process) keeps appending while the admin CLI (a child) writes."""
     count = 300
-    store = await SQLiteEventStore.open(str(db_path))
+    db_path = log_location
+    store = await open_event_store(db_path)
     try:
         await store.append("shared", [NewEvent("Server", b"{}")], 0)  # warm the seq cache
         child = await Child.start(

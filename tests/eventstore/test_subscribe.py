@@ -162,3 +162,20 @@ async def test_subscriber_ends_when_the_store_closes(store: Any) -> None:
             await waiting
 
     assert store.live.followed_streams == 0
+
+
+async def test_watchers_see_every_committed_batch_and_cannot_stop_the_writer(store: Any) -> None:
+    seen: list[tuple[str, int]] = []
+
+    def broken(events: Any) -> None:
+        raise RuntimeError("a bug in a watcher")
+
+    unwatch_broken = store.live.watch(broken)
+    unwatch = store.live.watch(lambda events: seen.extend((e.stream, e.seq) for e in events))
+    await store.append("a", [ev(1), ev(2)])
+    await asyncio.gather(store.append("b", [ev(3)]), store.append("c", [ev(4)]))
+    unwatch()
+    unwatch_broken()
+    await store.append("a", [ev(5)])  # no longer watched; the writer still works
+    assert sorted(seen) == [("a", 1), ("a", 2), ("b", 1), ("c", 1)]
+    assert await store.last_seq("a") == 3

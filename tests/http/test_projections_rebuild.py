@@ -1,6 +1,8 @@
-"""Every read model rebuilt from the log equals the live one, row for row.
+"""Every read model rebuilt from the log equals the live one, row for row, on both backends.
 
 The log is built through the HTTP API, so the live tables are exactly what the service wrote.
+The scratch database is SQLite on either backend (as in ``runlog rebuild --check``), so on
+PostgreSQL this also shows that one projection definition gives the same rows on both engines.
 """
 
 from __future__ import annotations
@@ -8,10 +10,23 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from eventstore import SQLiteEventStore
+from eventstore import SQLiteEventStore, connect_database
+from eventstore.sql import SqliteDatabase
 from projections import all_projections, rebuild, table_rows
 from runs.auth import key_sha256
-from runs.events import RunStarted, RunUsage, UserDeleted, encode_event, org_stream, run_stream
+from runs.events import (
+    RunStarted,
+    RunUsage,
+    UserDeleted,
+    WebhookEndpointCreated,
+    delivery_stream,
+    encode_event,
+    org_stream,
+    run_stream,
+    webhook_stream,
+)
+from runs.ids import new_id
+from runs.webhooks import delivery_id_for
 from tests.conftest import ADMIN_KEY, Api
 
 
@@ -59,6 +74,32 @@ async def build_varied_log(api: Api) -> None:
     await api.create_thread(None)
     await api.create_thread("bob's", key=spare_key)
 
+    # A webhook endpoint (recorded directly: this app refuses loopback targets, on creation and
+    # on delivery), a delivery whose attempt failed, then the endpoint deleted (cancelling it).
+    endpoint_id = new_id()
+    hook = WebhookEndpointCreated(
+        endpoint_id=endpoint_id,
+        org_id=org_id,
+        url="http://127.0.0.1:9/hook",
+        events=["run.completed"],
+        created_by_user_id=bob,
+    )
+    await api.runtime.store.append(webhook_stream(endpoint_id), [encode_event(hook)], 0)
+    _, hooked = await api.start_run("tell the webhook")
+    await api.wait_for(hooked)
+    (completed,) = [
+        e
+        for e in await api.runtime.store.read_stream(run_stream(hooked))
+        if e.type == "run.completed"
+    ]
+    delivery = delivery_id_for(endpoint_id, completed.position, completed.created_at)
+    attempts = api.runtime.store.subscribe(delivery_stream(delivery), 0)
+    async for event in attempts:
+        if event.type == "webhook.delivery_attempt_failed":
+            break
+    await attempts.aclose()
+    await api.runtime.webhooks.delete(org_id, bob, endpoint_id)
+
     # A second org with its own thread and run.
     other = await api.new_org_key("second")
     other_thread = await api.create_thread("other org", key=other)
@@ -68,28 +109,29 @@ async def build_varied_log(api: Api) -> None:
     assert bob_key
 
 
-async def test_rebuilt_projections_equal_the_live_ones(api: Api, tmp_path: Path) -> None:
-    await build_varied_log(api)
-    db = api.runtime.config.db
-    source = sqlite3.connect(db)
-    scratch = sqlite3.connect(tmp_path / "scratch.db")
-    try:
-        head = source.execute("SELECT max(position) FROM events").fetchone()[0]
-        replayed = rebuild(source, scratch, all_projections())
-        assert replayed == head
+def scratch_db(tmp_path: Path) -> SqliteDatabase:
+    return SqliteDatabase(sqlite3.connect(tmp_path / "scratch.db", isolation_level=None))
 
-        statuses = {r[0] for r in source.execute("SELECT status FROM runs")}
+
+async def test_rebuilt_projections_equal_the_live_ones(api_on_both: Api, tmp_path: Path) -> None:
+    api = api_on_both
+    await build_varied_log(api)
+    source = connect_database(api.runtime.config.db)
+    scratch = scratch_db(tmp_path)
+    try:
+        head = source.fetch_one("SELECT max(position) FROM events")
+        replayed = rebuild(source, scratch, all_projections())
+        assert head is not None
+        assert replayed == head[0]
+
+        statuses = {r[0] for r in source.fetch_all("SELECT status FROM runs")}
         assert statuses == {"completed", "failed", "cancelled", "waiting_for_input"}
-        assert source.execute("SELECT count(*) FROM orgs").fetchone()[0] == 2
-        assert source.execute(
-            "SELECT count(*) FROM api_keys WHERE revoked_at IS NOT NULL"
-        ).fetchone() == (1,)
-        assert source.execute(
-            "SELECT count(*) FROM users WHERE deleted_at IS NOT NULL"
-        ).fetchone() == (1,)
-        assert source.execute("SELECT count(*) FROM runs WHERE cache_hit_rate > 0").fetchone() == (
+        assert source.fetch_one("SELECT count(*) FROM orgs") == (2,)
+        assert source.fetch_one("SELECT count(*) FROM api_keys WHERE revoked_at IS NOT NULL") == (
             1,
         )
+        assert source.fetch_one("SELECT count(*) FROM users WHERE deleted_at IS NOT NULL") == (1,)
+        assert source.fetch_one("SELECT count(*) FROM runs WHERE cache_hit_rate > 0") == (1,)
 
         tables = [t for p in all_projections() for t in p.tables]
         assert set(tables) >= {"orgs", "users", "api_keys", "personas", "threads", "messages"}
@@ -99,20 +141,19 @@ async def test_rebuilt_projections_equal_the_live_ones(api: Api, tmp_path: Path)
             rebuilt = table_rows(scratch, table)
             assert live, f"{table} is empty: the log is not varied enough"
             assert rebuilt == live, table
-            live_columns = [r[1] for r in source.execute(f"PRAGMA table_info({table})")]
-            rebuilt_columns = [r[1] for r in scratch.execute(f"PRAGMA table_info({table})")]
-            assert rebuilt_columns == live_columns, table
+            assert scratch.table_columns(table) == source.table_columns(table), table
     finally:
         source.close()
         scratch.close()
 
 
-async def test_the_comparison_sees_a_difference(api: Api, tmp_path: Path) -> None:
+async def test_the_comparison_sees_a_difference(api_on_both: Api, tmp_path: Path) -> None:
     """The row-for-row check can fail: a run changed only in the rebuilt copy is noticed."""
+    api = api_on_both
     _, run_id = await api.start_run("x")
     await api.wait_for(run_id)
-    source = sqlite3.connect(api.runtime.config.db)
-    scratch = sqlite3.connect(tmp_path / "scratch.db")
+    source = connect_database(api.runtime.config.db)
+    scratch = scratch_db(tmp_path)
     try:
         rebuild(source, scratch, all_projections())
         assert table_rows(scratch, "runs") == table_rows(source, "runs")
@@ -146,29 +187,28 @@ async def test_a_runs_table_of_an_older_version_is_rebuilt_on_start(tmp_path: Pa
     store = await SQLiteEventStore.open(db, all_projections())
     await store.append(run_stream(run_id), [encode_event(e) for e in [started, *usages]], 0)
     await store.close()
-    conn = sqlite3.connect(db)
+    conn = connect_database(db)
     try:
         expected = {t: table_rows(conn, t) for t in ("runs", "run_call_usage")}
         # What the older version had: none of the new columns, no per-call table.
         conn.execute("ALTER TABLE runs DROP COLUMN usage_estimated")
         conn.execute("ALTER TABLE runs DROP COLUMN retry_of")
         conn.execute("DROP TABLE run_call_usage")
-        conn.commit()
     finally:
         conn.close()
 
     store = await SQLiteEventStore.open(db, all_projections())
     await store.close()
-    conn = sqlite3.connect(db)
-    scratch = sqlite3.connect(tmp_path / "scratch.db")
+    conn = connect_database(db)
+    scratch = scratch_db(tmp_path)
     try:
         rebuild(conn, scratch, all_projections())
         for table, rows in expected.items():
             assert table_rows(conn, table) == rows == table_rows(scratch, table), table
-        row = conn.execute(
+        row = conn.fetch_one(
             "SELECT total_input_tokens, usage_estimated, retry_of FROM runs WHERE run_id = ?",
             (run_id,),
-        ).fetchone()
+        )
         assert row == (17, 1, started.retry_of)
     finally:
         conn.close()

@@ -74,7 +74,8 @@ async def listed_run(api: Api, run_id: str) -> dict[str, Any]:
 # -- create -----------------------------------------------------------------------------------
 
 
-async def test_create_run_returns_run_id_and_trace_id_matching_the_header(api: Api) -> None:
+async def test_create_run_returns_run_id_and_trace_id_matching_the_header(api_on_both: Api) -> None:
+    api = api_on_both
     thread_id = await api.create_thread()
     await api.add_message(thread_id, "hello")
     async with api.client.post(
@@ -143,7 +144,8 @@ async def test_explicit_route_and_persona_are_recorded(api: Api) -> None:
 # -- reads ------------------------------------------------------------------------------------
 
 
-async def test_list_runs_has_every_field_of_the_spec_example(api: Api) -> None:
+async def test_list_runs_has_every_field_of_the_spec_example(api_on_both: Api) -> None:
+    api = api_on_both
     org_id, user_id = await admin_ids(api)
     thread_id, run_id = await api.start_run("one two three four")
     await api.wait_for(run_id)
@@ -214,7 +216,8 @@ async def test_accounting_of_a_priced_route(
     assert await listed_run(api, run_id) == {k: run[k] for k in RUN_KEYS}
 
 
-async def test_run_detail_has_the_spec_shape_plus_the_list_fields(api: Api) -> None:
+async def test_run_detail_has_the_spec_shape_plus_the_list_fields(api_on_both: Api) -> None:
+    api = api_on_both
     _, run_id = await api.start_run("detail please")
     await api.wait_for(run_id)
     _, detail = await api.request("GET", f"/v1/runs/{run_id}", expect=200)
@@ -230,7 +233,8 @@ async def test_run_detail_has_the_spec_shape_plus_the_list_fields(api: Api) -> N
     assert detail["trace_id"] == json.loads(first.data)["trace_id"]
 
 
-async def test_thread_runs_are_listed_newest_first(api: Api) -> None:
+async def test_thread_runs_are_listed_newest_first(api_on_both: Api) -> None:
+    api = api_on_both
     thread_id, first = await api.start_run("one")
     await api.wait_for(first)
     second = await api.create_run(thread_id)
@@ -246,7 +250,8 @@ async def test_thread_runs_are_listed_newest_first(api: Api) -> None:
     assert [r["run_id"] for r in newest] == [second]
 
 
-async def test_list_runs_is_newest_first_and_filters_by_status(api: Api) -> None:
+async def test_list_runs_is_newest_first_and_filters_by_status(api_on_both: Api) -> None:
+    api = api_on_both
     _, done = await api.start_run("fine")
     await api.wait_for(done)
     _, failed = await api.start_run("/fail")
@@ -276,7 +281,8 @@ async def test_list_runs_is_newest_first_and_filters_by_status(api: Api) -> None
 # -- cancel and failure -------------------------------------------------------------------------
 
 
-async def test_cancel_a_slow_run(api: Api) -> None:
+async def test_cancel_a_slow_run(api_on_both: Api) -> None:
+    api = api_on_both
     _, user_id = await admin_ids(api)
     thread_id, run_id = await api.start_run("/slow 200\nhello there")
     _, body = await api.request("POST", f"/v1/runs/{run_id}:cancel", expect=200)
@@ -309,7 +315,8 @@ async def test_cancel_a_slow_run(api: Api) -> None:
     assert await run_events(api, run_id) == events
 
 
-async def test_cancel_a_run_waiting_for_input(api: Api) -> None:
+async def test_cancel_a_run_waiting_for_input(api_on_both: Api) -> None:
+    api = api_on_both
     _, run_id = await api.start_run("/ask are you there?")
     await api.wait_for(run_id, {"waiting_for_input"})
     await api.request("POST", f"/v1/runs/{run_id}:cancel", expect=200)
@@ -366,7 +373,8 @@ async def test_fail_directive_ends_the_run_with_provider_error(api: Api) -> None
 # -- concurrency ------------------------------------------------------------------------------
 
 
-async def test_concurrent_creates_on_one_thread_give_exactly_one_run(api: Api) -> None:
+async def test_concurrent_creates_on_one_thread_give_exactly_one_run(api_on_both: Api) -> None:
+    api = api_on_both
     thread_id = await api.create_thread()
     await api.add_message(thread_id, "/slow 100\nkeep busy")
     results = await asyncio.gather(

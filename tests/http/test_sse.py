@@ -24,7 +24,7 @@ from httpx_sse import aconnect_sse
 from runs.auth import key_sha256
 from runs.events import TERMINAL_RUN_EVENTS, run_stream
 from runs.providers.base import ModelRequest, ProviderEvent, Stop, TextDelta, Usage
-from tests.conftest import ADMIN_KEY, Api
+from tests.conftest import ADMIN_KEY, Api, app_factory
 
 PING = b": ping"
 KEYS = ["seq", "type", "data", "created_at"]
@@ -204,6 +204,16 @@ async def make_api(aiohttp_client: Any, make_app: AppFactory) -> Callable[..., A
     return make
 
 
+@pytest.fixture
+async def make_api_on_both(aiohttp_client: Any, db_location: str) -> Callable[..., Any]:
+    """``make_api`` once per backend."""
+
+    async def make(**config: Any) -> Api:
+        return Api(await aiohttp_client(app_factory(db_location)(**config)), ADMIN_KEY)
+
+    return make
+
+
 # -- format ---------------------------------------------------------------------------------------
 
 
@@ -243,9 +253,9 @@ async def test_frames_are_id_and_compact_data_with_the_four_keys(api: Api) -> No
 
 @pytest.mark.parametrize("batch_limit", [3, 500])
 async def test_replay_from_every_cursor_is_exactly_the_rest_of_the_log(
-    make_api: Callable[..., Any], batch_limit: int
+    make_api_on_both: Callable[..., Any], batch_limit: int
 ) -> None:
-    api = await make_api(sse_batch_limit=batch_limit)
+    api = await make_api_on_both(sse_batch_limit=batch_limit)
     _, run_id = await api.start_run("replay " + TEXT[:40])
     await api.wait_for(run_id)
     log = await log_frames(api, run_id)
@@ -276,7 +286,8 @@ async def test_a_cursor_past_the_end_of_a_finished_run_closes_at_once(api: Api) 
 # -- live ---------------------------------------------------------------------------------------
 
 
-async def test_a_subscriber_attached_mid_run_gets_every_later_event_once(api: Api) -> None:
+async def test_a_subscriber_attached_mid_run_gets_every_later_event_once(api_on_both: Api) -> None:
+    api = api_on_both
     thread_id, run_id = await api.start_run("/slow 30\n" + TEXT)
     await wait_for_seq(api, run_id, 4)
     async with (
@@ -377,7 +388,10 @@ async def test_heartbeat_comments_fill_the_silences_between_frames(
 
 
 @pytest.mark.parametrize("how", ["last_event_id", "after_seq"])
-async def test_reconnecting_mid_run_loses_nothing_and_repeats_nothing(api: Api, how: str) -> None:
+async def test_reconnecting_mid_run_loses_nothing_and_repeats_nothing(
+    api_on_both: Api, how: str
+) -> None:
+    api = api_on_both
     thread_id, run_id = await api.start_run("/slow 30\n" + TEXT)
     async with connect(api, run_id) as first:
         while len(first.frames) < 6:

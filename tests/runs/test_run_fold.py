@@ -7,10 +7,7 @@ round-trip through encode/decode, and the SQL runs projection must agree with th
 
 from __future__ import annotations
 
-import sqlite3
-import tempfile
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -18,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventstore import RecordedEvent
+from eventstore import RecordedEvent, connect_database
 from projections import RUN_COLUMNS, RunsProjection, ThreadsProjection
 from runs.errors import InvalidTransition, ValidationFailed
 from runs.events import (
@@ -51,6 +48,7 @@ from runs.run import (
     fold_recorded,
     ms_between,
 )
+from tests.postgres import fresh_schema
 
 RUN_ID = "01a222e0-5694-70d2-9042-2dade0db901d"
 STREAM = f"run-{RUN_ID}"
@@ -481,23 +479,32 @@ def test_the_specified_event_types_exist() -> None:
 # -- the SQL projection agrees with the fold --------------------------------------------------
 
 
-def project(triples: list[tuple[DomainEvent, int, str]]) -> dict[str, Any]:
-    """The run's row of the SQL runs projection after applying the run's events."""
-    with tempfile.TemporaryDirectory() as tmp:
-        conn = sqlite3.connect(Path(tmp) / "runs.db")
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=OFF")  # a scratch file: speed over durability
-            projections = [ThreadsProjection(), RunsProjection()]
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def scratch_location(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """A database of each backend; every projection works in a transaction it rolls back."""
+    if request.param == "sqlite":
+        return str(tmp_path_factory.mktemp("fold") / "runs.db")
+    return fresh_schema(request.getfixturevalue("pg_url"))
+
+
+def project(triples: list[tuple[DomainEvent, int, str]], location: str) -> dict[str, Any]:
+    """The run's row of the SQL runs projection after applying the run's events (in a
+    transaction rolled back afterwards, so the database stays empty)."""
+    db = connect_database(location)
+    try:
+        db.begin_schema()
+        projections = [ThreadsProjection(), RunsProjection()]
+        for projection in projections:
+            projection.create(db)
+        for record in recorded(triples):
             for projection in projections:
-                projection.create(conn)
-            for record in recorded(triples):
-                for projection in projections:
-                    projection.apply(conn, record)
-            conn.commit()
-            rows = conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs").fetchall()
-        finally:
-            conn.close()
+                projection.apply(db, record)
+        rows = db.fetch_all(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs")
+    finally:
+        db.rollback()
+        db.close()
     assert len(rows) == 1
     return dict(zip(RUN_COLUMNS, rows[0], strict=True))
 
@@ -508,10 +515,12 @@ def project(triples: list[tuple[DomainEvent, int, str]]) -> dict[str, Any]:
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(scripted_runs())
-def test_runs_projection_matches_the_fold(run: tuple[list[Any], Script]) -> None:
+def test_runs_projection_matches_the_fold(
+    scratch_location: str, run: tuple[list[Any], Script]
+) -> None:
     triples, script = run
     state = script.state
-    row = project(triples)
+    row = project(triples, scratch_location)
     expected = {
         "run_id": state.run_id,
         "org_id": state.org_id,
@@ -588,7 +597,9 @@ def usage_orders(draw: st.DrawFn) -> tuple[list[RunUsage], dict[int, list[RunUsa
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(started, usage_orders())
 def test_each_model_call_is_counted_once_whatever_the_order(
-    first: RunStarted, drawn: tuple[list[RunUsage], dict[int, list[RunUsage]]]
+    scratch_location: str,
+    first: RunStarted,
+    drawn: tuple[list[RunUsage], dict[int, list[RunUsage]]],
 ) -> None:
     order, by_call = drawn
     triples: list[tuple[DomainEvent, int, str]] = [(first, 1, stamp(0))]
@@ -613,7 +624,7 @@ def test_each_model_call_is_counted_once_whatever_the_order(
     assert state.usage_estimated == bool(estimated_calls)
     assert set(state.estimates) == estimated_calls
     # The SQL projection counts exactly the same, to the last bit of the float.
-    row = project(triples)
+    row = project(triples, scratch_location)
     assert (
         row["total_input_tokens"],
         row["total_output_tokens"],

@@ -1,0 +1,91 @@
+"""The one composition point: a location (a SQLite path or a ``postgresql://`` URL) to a store
+or a synchronous connection. Nothing else in runlog names a backend class."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator, Sequence
+
+from eventstore.errors import StorageError
+from eventstore.postgres import PostgresDatabase, PostgresEventStore, is_postgres_url
+from eventstore.projection import Projection
+from eventstore.protocol import EventStore
+from eventstore.schema import connect
+from eventstore.sql import Database, SqliteDatabase
+from eventstore.sqlite import SQLiteEventStore
+
+__all__ = [
+    "connect_database",
+    "describe",
+    "is_postgres_url",
+    "log_exists",
+    "open_event_store",
+    "scratch_database",
+]
+
+
+async def open_event_store(location: str, projections: Sequence[Projection] = ()) -> EventStore:
+    """Open the log at ``location``: a ``postgresql://`` URL, or else a SQLite file path."""
+    if is_postgres_url(location):
+        return await PostgresEventStore.open(location, projections)
+    return await SQLiteEventStore.open(location, projections)
+
+
+def connect_database(location: str) -> Database:
+    """A synchronous connection to the database at ``location`` (for the command-line tools)."""
+    if is_postgres_url(location):
+        return PostgresDatabase.connect(location)
+    try:
+        return SqliteDatabase(connect(location))
+    except Exception as exc:
+        raise StorageError(f"cannot open {location}: {exc}") from exc
+
+
+def log_exists(location: str) -> bool:
+    """Whether there is a log to read at ``location`` (a file, or a database with events)."""
+    if not is_postgres_url(location):
+        return os.path.exists(location)
+    db = connect_database(location)
+    try:
+        return db.table_exists("events")
+    finally:
+        db.close()
+
+
+def describe(location: str) -> str:
+    """``location`` fit for a message: a URL loses its password."""
+    from eventstore.postgres import _display
+
+    return _display(location) if is_postgres_url(location) else location
+
+
+@contextlib.contextmanager
+def scratch_database(location: str) -> Iterator[Database]:
+    """An empty database of the same engine as ``location``, dropped afterwards: an in-memory
+    SQLite one, or on PostgreSQL a schema of its own in the same database (so a rebuild there is
+    compared on the engine that built the live tables). A PostgreSQL user who may not create a
+    schema gets the in-memory SQLite one."""
+    if is_postgres_url(location):
+        db = PostgresDatabase.connect(location)
+        schema = f"runlog_scratch_{secrets.token_hex(6)}"
+        try:
+            db.execute(f'CREATE SCHEMA "{schema}"')
+        except db.errors:
+            db.close()
+        else:
+            try:
+                db.execute(f'SET search_path TO "{schema}"')
+                yield db
+            finally:
+                db.rollback()
+                db.execute(f'DROP SCHEMA "{schema}" CASCADE')
+                db.close()
+            return
+    memory = SqliteDatabase(sqlite3.connect(":memory:", isolation_level=None))
+    try:
+        yield memory
+    finally:
+        memory.close()

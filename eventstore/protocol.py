@@ -1,0 +1,57 @@
+"""The storage contract: what the rest of runlog may ask of an event store, on any backend."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, Protocol
+
+from eventstore.live import LiveHub
+from eventstore.model import AppendRequest, NewEvent, RecordedEvent
+from eventstore.verify import VerifyReport
+
+__all__ = ["EventStore"]
+
+
+class EventStore(Protocol):
+    """The append-only log. ``SQLiteEventStore`` and ``PostgresEventStore`` implement it and
+    pass one contract suite (``tests/eventstore``); nothing outside ``eventstore`` names them
+    except the composition point, :func:`eventstore.open_event_store`.
+
+    Reads for the read models (``fetch_all``/``fetch_one``) take portable SQL with ``?``
+    placeholders and return plain tuples.
+    """
+
+    #: Where the log lives (a path, or a URL without its password), for messages.
+    location: str
+    live: LiveHub
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def append(
+        self, stream: str, events: Sequence[NewEvent], expected_seq: int | None = None
+    ) -> list[RecordedEvent]: ...
+
+    async def append_many(self, requests: Sequence[AppendRequest]) -> list[RecordedEvent]: ...
+
+    async def read_stream(
+        self, stream: str, after_seq: int = 0, limit: int = 500
+    ) -> list[RecordedEvent]: ...
+
+    async def read_all(self, after_position: int = 0, limit: int = 500) -> list[RecordedEvent]: ...
+
+    def subscribe(
+        self, stream: str, after_seq: int = 0, batch_limit: int = 500
+    ) -> AsyncGenerator[RecordedEvent, None]: ...
+
+    async def head(self) -> int: ...
+
+    async def last_seq(self, stream: str) -> int: ...
+
+    async def verify(self) -> VerifyReport: ...
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,191 @@
+"""The small SQL port shared by the store's writer, the projections and the audit tools.
+
+Projections and queries are written once, with ``?`` placeholders and SQL that SQLite and
+PostgreSQL both accept (``ON CONFLICT ... DO NOTHING/UPDATE``, ``coalesce``, ``LIMIT``). What
+must differ by engine lives behind this port, in one adapter per backend: placeholder style,
+column types in DDL (``execute_ddl``), how a write transaction takes the head of the log, and
+which driver exceptions mean what. Everything here is synchronous: it runs on the store's one
+writer thread (or in a command-line tool), so one definition of a projection serves both
+backends (README.md, "Storage backends").
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+__all__ = ["Database", "SqlConnection", "SqliteDatabase"]
+
+_INSERT = (
+    "INSERT INTO events (position, stream, seq, type, data, created_at, hash)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class SqlConnection(Protocol):
+    """What a projection may do inside the append transaction."""
+
+    #: ``"sqlite"`` or ``"postgres"``.
+    dialect: str
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None: ...
+
+    def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def execute_ddl(self, statement: str) -> None:
+        """Run one portable DDL statement (``TEXT``, ``BIGINT``, ``DOUBLE PRECISION``),
+        adjusted to the engine."""
+        ...
+
+    def table_columns(self, table: str) -> list[str]:
+        """The columns of ``table`` in order (none when it does not exist)."""
+        ...
+
+
+class Database(SqlConnection, Protocol):
+    """A synchronous connection to one log: the writer's and the audit tools' view."""
+
+    #: Exceptions of the driver (translated to the store's errors at the boundary).
+    errors: tuple[type[Exception], ...]
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def create_log_schema(self) -> None:
+        """Create the events table, its guards and the checkpoints table if missing (inside
+        the current write transaction)."""
+        ...
+
+    def begin_schema(self) -> None:
+        """Start the transaction that creates or upgrades the schema (one process at a time)."""
+        ...
+
+    def begin_write(self) -> None:
+        """Start a write transaction that holds the head of the log until it ends: no other
+        connection, in this process or another, can append meanwhile."""
+        ...
+
+    def begin_snapshot(self) -> None:
+        """Start a read-only transaction that sees one consistent snapshot."""
+        ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def savepoint(self, name: str) -> None: ...
+
+    def rollback_to(self, name: str) -> None: ...
+
+    def release(self, name: str) -> None: ...
+
+    def head(self) -> tuple[int, str]:
+        """Position and hash of the last event (inside ``begin_write``)."""
+        ...
+
+    def insert_events(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert rows of the events table (every column, in order)."""
+        ...
+
+    def set_head(self, position: int, hash_: str) -> None:
+        """Record a new head at the end of a write transaction (and announce it)."""
+        ...
+
+    def table_exists(self, table: str) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteDatabase:
+    """:class:`Database` over a stdlib ``sqlite3`` connection in autocommit mode."""
+
+    dialect = "sqlite"
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self.conn.executemany(sql, rows)
+
+    def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        row = self.conn.execute(sql, params).fetchone()
+        return None if row is None else tuple(row)
+
+    def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in self.conn.execute(sql, params).fetchall()]
+
+    def execute_ddl(self, statement: str) -> None:
+        # SQLite maps BIGINT to INTEGER and DOUBLE PRECISION to REAL affinity by itself.
+        self.conn.execute(statement)
+
+    def create_log_schema(self) -> None:
+        from eventstore.schema import SCHEMA, split_script
+
+        for statement in split_script(SCHEMA):
+            self.conn.execute(statement)
+
+    def begin_schema(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def begin_write(self) -> None:
+        # IMMEDIATE takes the file's write lock now: the head read next is the head we
+        # append after, whichever process writes the file.
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def begin_snapshot(self) -> None:
+        self.conn.execute("BEGIN")
+
+    def commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def savepoint(self, name: str) -> None:
+        self.conn.execute(f"SAVEPOINT {name}")
+
+    def rollback_to(self, name: str) -> None:
+        self.conn.execute(f"ROLLBACK TO {name}")
+
+    def release(self, name: str) -> None:
+        self.conn.execute(f"RELEASE {name}")
+
+    def head(self) -> tuple[int, str]:
+        from eventstore.model import GENESIS_HASH
+
+        row = self.conn.execute(
+            "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+        ).fetchone()
+        return (row[0], row[1]) if row else (0, GENESIS_HASH)
+
+    def set_head(self, position: int, hash_: str) -> None:
+        """The head is the last row itself on SQLite (the write lock covers the file)."""
+
+    def insert_events(self, rows: Sequence[Sequence[Any]]) -> None:
+        self.conn.executemany(_INSERT, rows)
+
+    def table_columns(self, table: str) -> list[str]:
+        return [row[1] for row in self.conn.execute(f'PRAGMA table_info("{table}")')]
+
+    def table_exists(self, table: str) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+        ).fetchone()
+        return row is not None
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,265 @@
+"""What every backend's store shares: the group-commit writer loop, appends, live subscribe.
+
+A backend supplies a synchronous :class:`eventstore.sql.Database` for the writer thread (where
+:class:`eventstore.writer.BatchWriter` and the projections run) and its own async reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from eventstore.errors import EventStoreError, StorageError, StoreClosedError
+from eventstore.live import LiveHub
+from eventstore.model import AppendRequest, NewEvent, RecordedEvent, utc_now
+from eventstore.projection import Projection
+from eventstore.sql import Database
+from eventstore.verify import VerifyReport, verify_database
+from eventstore.writer import BatchWriter, Outcome
+
+__all__ = ["MAX_BATCH", "GroupCommitStore"]
+
+#: Most append requests committed in one transaction.
+MAX_BATCH = 1000
+_STOP = object()
+
+
+class _Pending:
+    __slots__ = ("future", "requests")
+
+    def __init__(self, requests: Sequence[AppendRequest], future: asyncio.Future[Any]) -> None:
+        self.requests = requests
+        self.future = future
+
+
+class GroupCommitStore:
+    """Base of the backends' stores. Subclasses implement the ``_`` hooks and the reads."""
+
+    #: Where the log lives (a path or a URL), for messages.
+    location: str
+
+    def __init__(self, location: str, projections: Sequence[Projection] = ()) -> None:
+        self.location = location
+        self.projections = tuple(projections)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runlog-writer")
+        self._write_db: Database | None = None
+        self._writer: BatchWriter | None = None
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.live = LiveHub()
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    def _connect(self) -> Database:
+        """A new synchronous connection (called on a worker thread)."""
+        raise NotImplementedError
+
+    async def _open_readers(self) -> None:
+        raise NotImplementedError
+
+    async def _close_readers(self) -> None:
+        raise NotImplementedError
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only query (``?`` placeholders) for the projections' queries."""
+        raise NotImplementedError
+
+    async def _read_log(self, sql: str, params: tuple[Any, ...]) -> list[RecordedEvent]:
+        raise NotImplementedError
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._write_db = await loop.run_in_executor(self._executor, self._connect)
+            self._writer = BatchWriter(self._write_db, self.projections)
+            await loop.run_in_executor(self._executor, self._writer.create_schema)
+            await self._open_readers()
+        except BaseException as exc:
+            await self._shutdown_connections()
+            if isinstance(exc, EventStoreError) or not isinstance(exc, Exception):
+                raise
+            raise StorageError(f"cannot open event store at {self.location}: {exc!r}") from exc
+        self._writer_task = asyncio.create_task(self._run_writer(), name="runlog-writer")
+
+    async def close(self) -> None:
+        """Commit what is queued, then close every connection. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer_task is not None:
+            self._queue.put_nowait(_STOP)
+            await self._writer_task
+        self.live.wake_all()
+        await self._shutdown_connections()
+
+    async def _shutdown_connections(self) -> None:
+        await self._close_readers()
+        if self._write_db is not None:
+            db = self._write_db
+            self._write_db = None
+            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
+        self._executor.shutdown(wait=True)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- appends ----------------------------------------------------------------------------
+
+    async def append(
+        self, stream: str, events: Sequence[NewEvent], expected_seq: int | None = None
+    ) -> list[RecordedEvent]:
+        """Append ``events`` to ``stream`` if its last seq is ``expected_seq`` (None: any)."""
+        return await self.append_many([AppendRequest(stream, list(events), expected_seq)])
+
+    async def append_many(self, requests: Sequence[AppendRequest]) -> list[RecordedEvent]:
+        """Append to several streams atomically: all requests commit, or none does."""
+        if self._closed:
+            raise StoreClosedError("the event store is closed")
+        for request in requests:
+            for event in request.events:
+                if not isinstance(event.data, bytes):
+                    raise StorageError(
+                        f"event {event.type!r}: data must be encoded JSON bytes,"
+                        f" not {type(event.data).__name__}"
+                    )
+        future: asyncio.Future[list[RecordedEvent]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(list(requests), future))
+        return await future
+
+    async def _run_writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        writer = self._writer
+        assert writer is not None
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is _STOP:
+                break
+            batch: list[_Pending] = [first]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+            try:
+                outcomes: list[Outcome] = await loop.run_in_executor(
+                    self._executor,
+                    writer.commit_batch,
+                    [pending.requests for pending in batch],
+                    utc_now(),
+                )
+            except BaseException as exc:
+                error = exc if isinstance(exc, EventStoreError) else StorageError(repr(exc))
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(error)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            committed: list[RecordedEvent] = []
+            for pending, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, EventStoreError):
+                    if not pending.future.done():
+                        pending.future.set_exception(outcome)
+                else:
+                    committed.extend(outcome)
+                    if not pending.future.done():
+                        pending.future.set_result(outcome)
+            # Published only after the commit: a subscriber never sees an event that could
+            # still be lost.
+            self.live.publish(committed)
+        # Fail whatever arrived after the stop marker.
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, _Pending) and not item.future.done():
+                item.future.set_exception(StoreClosedError("the event store is closed"))
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
+
+    async def read_stream(
+        self, stream: str, after_seq: int = 0, limit: int = 500
+    ) -> list[RecordedEvent]:
+        """Up to ``limit`` events of ``stream`` with seq > ``after_seq``, in seq order."""
+        return await self._read_log(_READ_STREAM, (stream, after_seq, limit))
+
+    async def read_all(self, after_position: int = 0, limit: int = 500) -> list[RecordedEvent]:
+        """Up to ``limit`` events with position > ``after_position``, in position order."""
+        return await self._read_log(_READ_ALL, (after_position, limit))
+
+    async def head(self) -> int:
+        """The position of the last committed event (0 for an empty log)."""
+        row = await self.fetch_one("SELECT max(position) FROM events")
+        return int(row[0] or 0) if row else 0
+
+    async def last_seq(self, stream: str) -> int:
+        """The seq of the last event of ``stream`` (0 when it does not exist)."""
+        row = await self.fetch_one("SELECT max(seq) FROM events WHERE stream = ?", (stream,))
+        return int(row[0] or 0) if row else 0
+
+    async def subscribe(
+        self, stream: str, after_seq: int = 0, batch_limit: int = 500
+    ) -> AsyncGenerator[RecordedEvent, None]:
+        """Events of ``stream`` after ``after_seq``: the log first, then live as they commit.
+
+        Catch-up and live tail are one loop over the same cursor, so there is no hand-over to
+        get wrong: whatever committed after the cursor is read (from the shared in-memory
+        window when it covers the cursor, else from the log), and only when nothing is left
+        does the subscriber wait for the next commit. The wait is armed *before* the read, so
+        a commit that lands during the read is never missed. Close the iterator (``aclose``
+        or ``contextlib.aclosing``) to release the subscription at once.
+        """
+        if self._closed:
+            raise StoreClosedError("the event store is closed")
+        tail = self.live.acquire(stream)
+        try:
+            cursor = after_seq
+            while not self._closed:
+                changed = tail.changed
+                batch = tail.after(cursor, batch_limit)
+                if batch is None:
+                    batch = await self.read_stream(stream, cursor, batch_limit)
+                if batch:
+                    for event in batch:
+                        cursor = event.seq
+                        yield event
+                    continue
+                await changed.wait()
+        finally:
+            self.live.release(stream, tail)
+
+    # -- audit ------------------------------------------------------------------------------
+
+    async def verify(self) -> VerifyReport:
+        """Walk the whole log and report the first position that breaks the chain, if any."""
+        if self._closed:
+            raise StoreClosedError("the event store is closed")
+
+        def run() -> VerifyReport:
+            db = self._connect()
+            try:
+                return verify_database(db)
+            finally:
+                db.close()
+
+        try:
+            return await asyncio.to_thread(run)
+        except EventStoreError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"verify failed: {exc}") from exc
+
+
+_COLUMNS = "position, stream, seq, type, data, created_at, hash"
+_READ_STREAM = f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?"
+_READ_ALL = f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
