@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import hmac
 import math
 import os
 import re
@@ -20,10 +22,19 @@ from typing import Any, TypeVar
 import msgspec
 import structlog
 from aiohttp import web
+from aiohttp.web_urldispatcher import _default_expect_handler
 
-from eventstore import EventStore, EventStoreError, StoreClosedError, open_event_store
+from eventstore import (
+    EventStore,
+    EventStoreError,
+    StorageUnavailable,
+    StoreClosedError,
+    open_event_store,
+)
 from projections import all_projections
 from projections.queries import Queries
+from runs import metrics
+from runs.anchors import CheckpointPublisher, load_private_key
 from runs.auth import (
     DUMMY_PASSWORD_HASH,
     key_sha256,
@@ -33,6 +44,7 @@ from runs.auth import (
 )
 from runs.config import Config, Route
 from runs.console import console_asset, console_index
+from runs.credentials import guard_credential
 from runs.errors import (
     NotFound,
     RateLimited,
@@ -44,6 +56,7 @@ from runs.errors import (
 )
 from runs.events import run_stream
 from runs.http_input import path_id, query_before, query_limit, query_seq, read_body
+from runs.ids import is_id
 from runs.mcp_servers import McpServers
 from runs.openapi import document_bytes as openapi_document_bytes
 from runs.personas import PersonaRegistry
@@ -71,12 +84,15 @@ from runs.schemas import (
     ThreadRun,
     ToolCallsReceipt,
     ToolInfo,
+    UsageReport,
+    UsageRow,
 )
 from runs.service import Accounts, Principal, RunService
 from runs.sse import stream_events
 from runs.startup import bootstrap, load_secret, record_personas
 from runs.supervisor import Supervisor
 from runs.tools import Tool, ToolRegistry, load_tool_modules, persona_allows
+from runs.usage import usage_query
 from runs.webhooks.handlers import WebhookHandlers
 from runs.webhooks.sender import Retry
 from runs.webhooks.service import WebhookService
@@ -124,6 +140,7 @@ class Runtime:
         self.secret = b""
         self.streams: set[asyncio.Task[Any]] = set()
         self.bootstrap_key: str | None = None
+        self.checkpoints: CheckpointPublisher | None = None
         self.login_limiter = FailureLimiter(config.login_max_failures, config.login_window_seconds)
 
     def default_provider(self, route: Route) -> Provider:
@@ -143,6 +160,7 @@ class Runtime:
 
     async def start(self) -> None:
         self.store = await open_event_store(self.config.db, all_projections())
+        self.store.commit_observers.append(metrics.observe_commit)
         try:
             self.queries = Queries(self.store)
             self.accounts = Accounts(self.store)
@@ -157,6 +175,7 @@ class Runtime:
                 tools=self.tools,
                 provider_for=self.provider_for,
                 coalesce_s=self.config.delta_coalesce_ms / 1000,
+                storage_retry_s=self.config.storage_retry_seconds,
             )
             self.service = RunService(
                 store=self.store,
@@ -175,6 +194,14 @@ class Runtime:
             self.mcp_servers.start(self.personas.by_id.values())
             await self.supervisor.resume_all()
             self.deliveries = self.start_deliveries()
+            if self.config.checkpoint_key_file:
+                self.checkpoints = CheckpointPublisher(
+                    self.store,
+                    load_private_key(self.config.checkpoint_key_file),
+                    self.config.checkpoint_sink,
+                    self.config.checkpoint_seconds,
+                )
+                self.checkpoints.start()
         except BaseException:
             await self.mcp_servers.close()
             await self.store.close()
@@ -216,12 +243,17 @@ class Runtime:
             aclose = getattr(provider, "aclose", None)
             if aclose is not None:
                 await aclose()
+        if self.checkpoints is not None:
+            await self.checkpoints.stop()  # the head at shutdown is signed too
         await self.store.close()
+        metrics.process_exited()
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
 TRACE_ID = web.RequestKey("trace_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)
+#: The run a request created or acted on, for its log line.
+RUN_ID = web.RequestKey("run_id", str)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -260,10 +292,26 @@ def check_declared_size(request: web.Request) -> None:
         )
 
 
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue``: the 413 at once for a declared body over the limit; else
+    aiohttp's own answer (``100 Continue``, or 417 for an unknown expectation)."""
+    try:
+        check_declared_size(request)
+    except ValidationFailed as exc:
+        trace_id = uuid.uuid4().hex
+        response = error_response(exc.status, exc.code, exc.message, trace_id, exc.details)
+        response.headers["X-Trace-Id"] = trace_id
+        response.force_close()
+        log.info("request", method=request.method, path=request.path, status=exc.status)
+        return response
+    await _default_expect_handler(request)
+    return None
+
+
 @web.middleware
 async def trace_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Trace id on every response, auth on ``/v1``, errors in the documented shape, and one
-    log line per request."""
+    log line and one sample of the request metrics per request."""
     incoming = request.headers.get("X-Trace-Id", "")
     trace_id = incoming if _TRACE_ID_FORMAT.match(incoming) else uuid.uuid4().hex
     request[TRACE_ID] = trace_id
@@ -295,6 +343,12 @@ async def trace_and_errors(request: web.Request, handler: Handler) -> web.Stream
     except StoreClosedError:
         status = status_of("internal.unavailable")
         return error_response(status, "internal.unavailable", "the service is stopping", trace_id)
+    except StorageUnavailable:
+        # Nothing was written; the same request may succeed once the log can be written.
+        status = status_of("internal.unavailable")
+        return error_response(
+            status, "internal.unavailable", "the log cannot be written now", trace_id
+        )
     except EventStoreError:
         log.exception("request.store_error")
         return error_response(500, "internal.error", "internal error", trace_id)
@@ -305,13 +359,35 @@ async def trace_and_errors(request: web.Request, handler: Handler) -> web.Stream
         log.exception("request.failed")
         return error_response(500, "internal.error", "internal error", trace_id)
     finally:
-        log.info(
-            "request",
-            method=request.method,
-            path=request.path,
-            status=status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
-        )
+        log_request(request, status, time.perf_counter() - started)
+
+
+def route_template(request: web.Request) -> str:
+    """The matched route as declared (``/v1/runs/{run_id}``), never the raw path: ids would
+    make every request its own series and put user input in the logs."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def log_request(request: web.Request, status: int, seconds: float) -> None:
+    """The request's log line, with what takes an operator from it to ``runlog export --run``
+    (never a token), and its metrics."""
+    route = route_template(request)
+    metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
+    metrics.HTTP_REQUEST_SECONDS.labels(route, request.method).observe(seconds)
+    who = request.get(PRINCIPAL)
+    run_id = request.get(RUN_ID) or request.match_info.get("run_id")
+    log.info(
+        "request",
+        method=request.method,
+        route=route,
+        status=status,
+        duration_ms=round(seconds * 1000, 2),
+        trace_id=request.get(TRACE_ID),
+        org_id=who.org_id if who is not None else None,
+        user_id=who.user_id if who is not None else None,
+        run_id=run_id if run_id is not None and is_id(run_id) else None,
+    )
 
 
 async def add_trace_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -328,16 +404,18 @@ async def authenticate(request: web.Request) -> Principal:
         # Hash anyway so a malformed header costs what a wrong key costs.
         key_sha256(token)
         raise Unauthorized("a valid Bearer token is required")
+    if len(request.headers.getall("Authorization", ())) > 1:
+        raise Unauthorized("send one Authorization header")
     claims = verify_access_token(runtime.secret, token)
     if claims is not None:
         user = await runtime.queries.user(claims.sub)
         if user is None or user["deleted_at"] is not None:
             raise Unauthorized("a valid Bearer token is required")
-        return Principal(claims.sub, claims.org)
+        return Principal(claims.sub, claims.org, expires_at=claims.exp)
     key = await runtime.queries.api_key_by_hash(key_sha256(token))
     if key is None or key["revoked_at"] is not None or key["user_deleted_at"] is not None:
         raise Unauthorized("a valid Bearer token is required")
-    return Principal(key["user_id"], key["org_id"])
+    return Principal(key["user_id"], key["org_id"], key_id=key["key_id"])
 
 
 # -- handlers: health and auth ----------------------------------------------------------------
@@ -349,8 +427,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    if runtime.store.closed or not await runtime.queries.ready():
-        return json_response({"status": "not_ready"}, 503)
+    if runtime.store.closed:
+        return json_response({"status": "not_ready", "reason": "stopping"}, 503)
+    reason = await runtime.queries.not_ready_reason()
+    if reason is not None:
+        return json_response({"status": "not_ready", "reason": reason}, 503)
+    fault = await runtime.store.check_writable()
+    if fault is not None:
+        return json_response({"status": "not_ready", "reason": f"log not writable: {fault}"}, 503)
     return json_response({"status": "ready", "head": await runtime.store.head()})
 
 
@@ -359,27 +443,46 @@ async def openapi_json(request: web.Request) -> web.Response:
     return web.Response(body=openapi_document_bytes(), content_type="application/json")
 
 
+async def metrics_text(request: web.Request) -> web.Response:
+    """Prometheus metrics (``runs.metrics``); with ``metrics_token`` set, only for its bearer."""
+    runtime = request.app[RUNTIME]
+    expected = runtime.config.metrics_token
+    if expected:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode("utf-8", "surrogateescape"), expected.encode()
+        ):
+            raise Unauthorized("Authorization: Bearer <metrics_token> is required")
+    body = metrics.exposition(
+        await runtime.queries.live_runs_by_status(), await runtime.store.head()
+    )
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
 async def login(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     body = await read_body(request, Login, runtime.config.request_read_timeout_seconds)
-    # Throttled per login and per client address; the attempt counts before the (slow)
-    # password check, so concurrent guesses cannot all pass the check.
-    by_login, by_address = f"login:{body.login.casefold()}", f"address:{request.remote}"
-    limiter = runtime.login_limiter
-    wait = limiter.retry_after((by_login, by_address))
-    if wait > 0:
-        raise RateLimited(
-            "too many failed logins; try again later",
-            code="auth.rate_limited",
-            retry_after_seconds=math.ceil(wait),
-        )
-    limiter.attempt((by_login, by_address))
+    # Throttled per user (a name and an email are one user; an unknown login is its own key)
+    # and per client address. Only failures count; the attempts on one user take turns, so
+    # concurrent guesses cannot all pass the check while the slow password hashes run.
     user = await runtime.queries.user_by_login(body.login)
-    encoded = user["password_hash"] if user and user["password_hash"] else None
-    ok = await asyncio.to_thread(verify_password, body.password, encoded or DUMMY_PASSWORD_HASH)
-    if user is None or encoded is None or not ok:
-        raise Unauthorized("wrong login or password")
-    limiter.succeeded(by_login, forgive=(by_address,))
+    by_user = f"user:{user['user_id']}" if user else f"login:{body.login.casefold()}"
+    by_address = f"address:{request.remote}"
+    limiter = runtime.login_limiter
+    async with limiter.exclusive(by_user):
+        wait = limiter.retry_after((by_user, by_address))
+        if wait > 0:
+            raise RateLimited(
+                "too many failed logins; try again later",
+                code="auth.rate_limited",
+                retry_after_seconds=math.ceil(wait),
+            )
+        encoded = user["password_hash"] if user and user["password_hash"] else None
+        ok = await asyncio.to_thread(verify_password, body.password, encoded or DUMMY_PASSWORD_HASH)
+        if user is None or encoded is None or not ok:
+            limiter.failed((by_user, by_address))
+            raise Unauthorized("wrong login or password")
+        limiter.succeeded(by_user)
     ttl = runtime.config.access_token_ttl_seconds
     token = sign_access_token(runtime.secret, user["user_id"], user["org_id"], ttl)
     return json_response(LoginResult(access_token=token, expires_in=ttl))
@@ -460,6 +563,7 @@ async def create_run(request: web.Request) -> web.Response:
     run_id = await runtime.service.create_run(
         who, thread_id, body.route_id, body.persona_id, request[TRACE_ID]
     )
+    request[RUN_ID] = run_id
     return json_response(RunCreated(run_id=run_id, trace_id=request[TRACE_ID]), 201)
 
 
@@ -598,6 +702,22 @@ async def list_tools(request: web.Request) -> web.Response:
     )
 
 
+async def usage_report(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    query = usage_query(request.query, dt.datetime.now(dt.UTC).date())
+    rows = await runtime.queries.usage(
+        principal(request).org_id, query.first_day, query.last_day, query.group_by
+    )
+    return json_response(
+        UsageReport(
+            from_=query.first_day,
+            to=query.last_day,
+            group_by=query.group_by,
+            rows=[shaped(UsageRow, r) for r in rows],
+        )
+    )
+
+
 # -- SSE --------------------------------------------------------------------------------------
 
 
@@ -623,11 +743,20 @@ async def run_events(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    await response.write(b": ping\n\n")
     task = asyncio.current_task()
+    guard = None
     if task is not None:
         runtime.streams.add(task)
+        # Revoking the key, deleting the user or the token's expiry ends the stream.
+        guard = asyncio.create_task(
+            guard_credential(runtime.store, runtime.queries, principal(request), task),
+            name="sse-credential",
+        )
+    # Counted before the first byte and uncounted before the last, so a client that has
+    # seen the stream open (or end) sees the gauge agree.
+    metrics.SSE_CONNECTIONS.inc()
     try:
+        await response.write(b": ping\n\n")
         await stream_events(
             runtime.store,
             response,
@@ -639,8 +768,13 @@ async def run_events(request: web.Request) -> web.StreamResponse:
             heartbeat_s=runtime.config.sse_heartbeat_seconds,
         )
     except (ConnectionResetError, asyncio.CancelledError):
-        pass  # the client left, or the server is stopping: end quietly
+        pass  # the client left, the credential ended, or the server is stopping
     finally:
+        metrics.SSE_CONNECTIONS.dec()
+        if guard is not None:
+            guard.cancel()
+            with contextlib.suppress(BaseException):
+                await guard
         if task is not None:
             runtime.streams.discard(task)
     with contextlib.suppress(ConnectionResetError):
@@ -661,6 +795,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/metrics", metrics_text)
     app.router.add_post("/v1/auth/login", login)
     app.router.add_post("/v1/threads", create_thread)
     app.router.add_get("/v1/threads", list_threads)
@@ -677,6 +812,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"/v1/runs/{run}/input", submit_input)
     app.router.add_get(f"/v1/runs/{run}/events", run_events)
     app.router.add_get("/v1/tools", list_tools)
+    app.router.add_get("/v1/usage", usage_report)
     app.router.add_get("/", console_index)
     app.router.add_get("/console/{name}", console_asset)
     hooks, endpoint = WebhookHandlers(_webhook_context), "/v1/webhook-endpoints/{endpoint_id}"
@@ -699,6 +835,10 @@ def create_app(
     app = web.Application(middlewares=[trace_and_errors], client_max_size=config.max_body_bytes)
     app[RUNTIME] = runtime
     add_routes(app)
+    for route in app.router.routes():
+        # aiohttp answers "100 Continue" before any middleware runs: a body that is declared too
+        # large is refused here instead, before the client sends it.
+        route._expect_handler = expect_continue
     app.on_response_prepare.append(add_trace_header)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -18,6 +18,7 @@ from eventstore.errors import (
     EventStoreError,
     SchemaVersionError,
     StorageError,
+    StorageUnavailable,
     StoreClosedError,
 )
 from eventstore.model import (
@@ -36,6 +37,7 @@ from eventstore.protocol import EventStore
 from eventstore.schema import SCHEMA_VERSION
 from eventstore.sql import Database, SqlConnection
 from eventstore.sqlite import SQLiteEventStore, open_store
+from eventstore.store import CommitObserver
 from eventstore.verify import VerifyReport, verify_database, verify_events
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "GENESIS_HASH",
     "SCHEMA_VERSION",
     "AppendRequest",
+    "CommitObserver",
     "ConcurrencyError",
     "CopyError",
     "Database",
@@ -56,6 +59,7 @@ __all__ = [
     "SchemaVersionError",
     "SqlConnection",
     "StorageError",
+    "StorageUnavailable",
     "StoreClosedError",
     "VerifyReport",
     "canonical_bytes",

@@ -15,7 +15,7 @@ from eventstore.projection import Projection
 from eventstore.protocol import EventStore
 from eventstore.schema import connect
 from eventstore.sql import Database, SqliteDatabase
-from eventstore.sqlite import SQLiteEventStore
+from eventstore.sqlite import SQLiteEventStore, open_read_only
 
 __all__ = [
     "connect_database",
@@ -34,12 +34,19 @@ async def open_event_store(location: str, projections: Sequence[Projection] = ()
     return await SQLiteEventStore.open(location, projections)
 
 
-def connect_database(location: str) -> Database:
-    """A synchronous connection to the database at ``location`` (for the command-line tools)."""
+def connect_database(location: str, *, read_only: bool = False) -> Database:
+    """A synchronous connection to the database at ``location`` (for the command-line tools).
+
+    ``read_only``: the log is never written through it. A SQLite file is opened read-only (not
+    even its WAL is written; a copy on read-only media is opened as immutable); a PostgreSQL
+    session has every transaction read-only."""
     if is_postgres_url(location):
-        return PostgresDatabase.connect(location)
+        db = PostgresDatabase.connect(location)
+        if read_only:
+            db.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        return db
     try:
-        return SqliteDatabase(connect(location))
+        return SqliteDatabase(open_read_only(location) if read_only else connect(location))
     except Exception as exc:
         raise StorageError(f"cannot open {location}: {exc}") from exc
 

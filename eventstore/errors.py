@@ -12,6 +12,7 @@ __all__ = [
     "EventStoreError",
     "SchemaVersionError",
     "StorageError",
+    "StorageUnavailable",
     "StoreClosedError",
 ]
 
@@ -52,3 +53,8 @@ class SchemaVersionError(EventStoreError):
 
 class CopyError(EventStoreError):
     """``copy_log`` refused: the target is not empty, or the source fails verification."""
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot write now (disk full, I/O error, read-only, locked): nothing of the
+    append was written, and the same append may succeed once the cause is gone."""

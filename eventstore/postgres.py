@@ -25,9 +25,10 @@ from typing import Any
 
 import asyncpg
 import psycopg
+import psycopg.errors
 from psycopg.pq import TransactionStatus
 
-from eventstore.errors import StorageError, StoreClosedError
+from eventstore.errors import StorageError, StorageUnavailable, StoreClosedError
 from eventstore.model import GENESIS_HASH, RecordedEvent
 from eventstore.projection import Projection
 from eventstore.sql import Database
@@ -154,6 +155,8 @@ class PostgresDatabase:
     def connect(cls, url: str) -> PostgresDatabase:
         try:
             conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            raise StorageUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
         except psycopg.Error as exc:
             raise StorageError(f"cannot connect to PostgreSQL: {exc}") from exc
         return cls(conn, url)
@@ -287,6 +290,27 @@ class PostgresDatabase:
             (table,),
         ).fetchone()
         return row is not None
+
+    def unavailable(self, exc: Exception) -> bool:
+        # OperationalError covers a lost connection, a server shutting down and insufficient
+        # resources (disk full, out of memory); a read-only server refuses with class 25006.
+        return (
+            isinstance(exc, (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction))
+            or self.conn.broken
+        )
+
+    def probe(self) -> None:
+        self._reconnect_if_lost()
+        self._begin_pending = False
+        self._new_head = None
+        try:
+            self._cursor.execute(
+                b"BEGIN; UPDATE events_head SET position = position WHERE id = 1; COMMIT"
+            )
+        except psycopg.Error:
+            if not self.conn.broken and self.in_transaction:
+                self._cursor.execute(b"ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.conn.close()

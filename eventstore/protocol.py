@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, Protocol
 
 from eventstore.live import LiveHub
@@ -24,6 +24,9 @@ class EventStore(Protocol):
     #: Where the log lives (a path, or a URL without its password), for messages.
     location: str
     live: LiveHub
+    #: Called after each commit with its events and its duration in seconds (the service's
+    #: metrics; ``eventstore.store.CommitObserver``).
+    commit_observers: list[Callable[[Sequence[RecordedEvent], float], None]]
 
     @property
     def closed(self) -> bool: ...
@@ -49,6 +52,11 @@ class EventStore(Protocol):
     async def last_seq(self, stream: str) -> int: ...
 
     async def verify(self) -> VerifyReport: ...
+
+    async def check_writable(self) -> str | None:
+        """``None`` while the log can be written, else why not (disk full, I/O error, the
+        database gone): a known fault is probed again with a commit that changes nothing."""
+        ...
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 

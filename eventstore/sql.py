@@ -11,6 +11,7 @@ backends (README.md, "Storage backends").
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
@@ -98,7 +99,22 @@ class Database(SqlConnection, Protocol):
 
     def table_exists(self, table: str) -> bool: ...
 
+    def unavailable(self, exc: Exception) -> bool:
+        """Whether the driver error ``exc`` says the database cannot write now (disk full,
+        I/O error, read-only, connection lost), not that the write itself is wrong."""
+        ...
+
+    def probe(self) -> None:
+        """Commit a transaction that writes but changes nothing: raises the driver's error
+        while the database cannot write."""
+        ...
+
     def close(self) -> None: ...
+
+
+#: SQLite's primary result codes for a database that cannot write now but may later: BUSY,
+#: LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL.
+_SQLITE_TRANSIENT = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
 
 
 class SqliteDatabase:
@@ -186,6 +202,24 @@ class SqliteDatabase:
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
         ).fetchone()
         return row is not None
+
+    def unavailable(self, exc: Exception) -> bool:
+        code = getattr(exc, "sqlite_errorcode", None)
+        return isinstance(code, int) and code & 0xFF in _SQLITE_TRANSIENT
+
+    def probe(self) -> None:
+        # The header's user_version set to itself: a page is written, nothing changes.
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.execute(f"PRAGMA user_version = {int(version)}")
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.conn.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -12,11 +13,12 @@ import aiosqlite
 from eventstore.errors import StorageError, StoreClosedError
 from eventstore.model import RecordedEvent
 from eventstore.projection import Projection
-from eventstore.schema import connect
+from eventstore.schema import EVENT_COLUMNS, connect
 from eventstore.sql import Database, SqliteDatabase
 from eventstore.store import GroupCommitStore
+from eventstore.watch import FileWatch, touch
 
-__all__ = ["SQLiteEventStore", "open_store"]
+__all__ = ["SQLiteEventStore", "open_read_only", "open_store"]
 
 
 class SQLiteEventStore(GroupCommitStore):
@@ -40,6 +42,10 @@ class SQLiteEventStore(GroupCommitStore):
         self._readers: list[aiosqlite.Connection] = []
         self._log_reader: sqlite3.Connection | None = None
         self._next_reader = 0
+        # The last position handed to live subscribers: events after it are read from the log
+        # and published when this process commits or the file changes (another process).
+        self._published = 0
+        self._watch = FileWatch(path + "-wal", self._publish_from_log)
 
     @classmethod
     async def open(
@@ -60,10 +66,25 @@ class SQLiteEventStore(GroupCommitStore):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    async def _start(self) -> None:
+        await super()._start()
+        self._watch.start()
+
+    async def close(self) -> None:
+        self._watch.stop()
+        await super().close()
+
     # -- connections ------------------------------------------------------------------------
 
     def _connect(self) -> Database:
+        _create_private(self.path)
         return SqliteDatabase(connect(self.path, self._synchronous))
+
+    def _open_failure(self, exc: Exception) -> str:
+        reason = str(exc) if isinstance(exc, sqlite3.Error) else repr(exc)
+        if not _writable(self.path):
+            reason = f"the location is read-only ({reason})"
+        return reason
 
     async def _open_readers(self) -> None:
         for _ in range(self._reader_count):
@@ -72,6 +93,8 @@ class SQLiteEventStore(GroupCommitStore):
             await reader.execute("PRAGMA query_only = ON")
             self._readers.append(reader)
         self._log_reader = _inline_reader(self.path)
+        row = self._log_reader.execute("SELECT coalesce(max(position), 0) FROM events")
+        self._published = int(row.fetchone()[0])
 
     async def _close_readers(self) -> None:
         for reader in self._readers:
@@ -80,6 +103,47 @@ class SQLiteEventStore(GroupCommitStore):
         if self._log_reader is not None:
             self._log_reader.close()
             self._log_reader = None
+
+    # -- live: this process's commits and other processes' ----------------------------------
+
+    def _committed(self, events: list[RecordedEvent]) -> None:
+        # Other processes' stores on this file are told to look (eventstore/watch.py).
+        if events:
+            touch(self.path + "-wal")
+        self._publish(events)
+
+    def _publish(self, committed: list[RecordedEvent]) -> None:
+        """Hand committed events to live subscribers once each, in position order."""
+        fresh = [event for event in committed if event.position > self._published]
+        if not fresh:
+            return
+        if fresh[0].position != self._published + 1:
+            # Another process committed in between: read its events from the log first.
+            self._publish_from_log()
+            return
+        self._published = fresh[-1].position
+        self.live.publish(fresh)
+
+    def _publish_from_log(self) -> None:
+        """Publish whatever the log holds after the last published position (another
+        process's events). A read on the calling thread: WAL readers never wait for a lock."""
+        reader = self._log_reader
+        if self._closed or reader is None:
+            return
+        while True:
+            try:
+                rows = reader.execute(
+                    f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ?"
+                    " ORDER BY position LIMIT 1000",
+                    (self._published,),
+                ).fetchall()
+            except sqlite3.Error:
+                return  # the next change or commit looks again
+            if not rows:
+                return
+            events = [RecordedEvent(*row) for row in rows]
+            self._published = events[-1].position
+            self.live.publish(events)
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -110,6 +174,36 @@ class SQLiteEventStore(GroupCommitStore):
         except sqlite3.OperationalError:
             rows = await self.fetch_all(sql, params)
         return [RecordedEvent(*row) for row in rows]
+
+
+def _create_private(path: str) -> None:
+    """Create a new log file readable by its owner only (0600): SQLite gives its ``-wal`` and
+    ``-shm`` files the same mode. An existing file keeps the mode it has."""
+    if path == ":memory:" or path.startswith("file:") or os.path.exists(path):
+        return
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def _writable(path: str) -> bool:
+    """Whether the log and the files SQLite makes beside it (``-wal``, ``-shm``) can be
+    written there."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.access(folder, os.W_OK) and (not os.path.exists(path) or os.access(path, os.W_OK))
+
+
+def open_read_only(path: str) -> sqlite3.Connection:
+    """The log opened for reading only: it is never written, not even its WAL. A copy on
+    read-only media (where SQLite cannot make its ``-shm`` file) is opened as immutable."""
+    if not os.path.exists(path):
+        raise StorageError(f"no log at {path}")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        conn.close()
+        conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True, isolation_level=None)
+    return conn
 
 
 def _inline_reader(path: str) -> sqlite3.Connection:

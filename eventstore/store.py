@@ -7,11 +7,14 @@ A backend supplies a synchronous :class:`eventstore.sql.Database` for the writer
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+import time
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from eventstore.errors import EventStoreError, StorageError, StoreClosedError
+import structlog
+
+from eventstore.errors import EventStoreError, StorageError, StorageUnavailable, StoreClosedError
 from eventstore.live import LiveHub
 from eventstore.model import AppendRequest, NewEvent, RecordedEvent, utc_now
 from eventstore.projection import Projection
@@ -19,7 +22,13 @@ from eventstore.sql import Database
 from eventstore.verify import VerifyReport, verify_database
 from eventstore.writer import BatchWriter, Outcome
 
-__all__ = ["MAX_BATCH", "GroupCommitStore"]
+__all__ = ["MAX_BATCH", "CommitObserver", "GroupCommitStore"]
+
+#: Called on the event loop after each commit with the events it recorded (possibly none, when
+#: every append of the batch was refused) and the seconds the batch took on the writer thread.
+CommitObserver = Callable[[Sequence[RecordedEvent], float], None]
+
+log = structlog.get_logger("runlog.store")
 
 #: Most append requests committed in one transaction.
 MAX_BATCH = 1000
@@ -50,6 +59,11 @@ class GroupCommitStore:
         self._writer_task: asyncio.Task[None] | None = None
         self._closed = False
         self.live = LiveHub()
+        #: Who wants to know about commits (the service's metrics); the store keeps no stats.
+        self.commit_observers: list[CommitObserver] = []
+        #: Why the last commit failed while the database could not write (disk full, I/O
+        #: error, connection lost); ``None`` once a commit succeeds again.
+        self.write_fault: str | None = None
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -70,6 +84,15 @@ class GroupCommitStore:
     async def _read_log(self, sql: str, params: tuple[Any, ...]) -> list[RecordedEvent]:
         raise NotImplementedError
 
+    def _open_failure(self, exc: Exception) -> str:
+        """Why the log could not be opened, for the error message."""
+        return repr(exc)
+
+    def _committed(self, events: list[RecordedEvent]) -> None:
+        """Hand a commit's events to live subscribers (called on the event loop, after the
+        commit)."""
+        self.live.publish(events)
+
     # -- life cycle -------------------------------------------------------------------------
 
     async def _start(self) -> None:
@@ -83,7 +106,9 @@ class GroupCommitStore:
             await self._shutdown_connections()
             if isinstance(exc, EventStoreError) or not isinstance(exc, Exception):
                 raise
-            raise StorageError(f"cannot open event store at {self.location}: {exc!r}") from exc
+            raise StorageError(
+                f"cannot open the log at {self.location} for writing: {self._open_failure(exc)}"
+            ) from exc
         self._writer_task = asyncio.create_task(self._run_writer(), name="runlog-writer")
 
     async def close(self) -> None:
@@ -148,6 +173,7 @@ class GroupCommitStore:
                     stopping = True
                     break
                 batch.append(item)
+            started = time.perf_counter()
             try:
                 outcomes: list[Outcome] = await loop.run_in_executor(
                     self._executor,
@@ -157,6 +183,8 @@ class GroupCommitStore:
                 )
             except BaseException as exc:
                 error = exc if isinstance(exc, EventStoreError) else StorageError(repr(exc))
+                if isinstance(error, StorageUnavailable):
+                    self._fault(error)
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(error)
@@ -165,6 +193,8 @@ class GroupCommitStore:
                 continue
             committed: list[RecordedEvent] = []
             for pending, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, StorageUnavailable):
+                    self._fault(outcome)
                 if isinstance(outcome, EventStoreError):
                     if not pending.future.done():
                         pending.future.set_exception(outcome)
@@ -174,12 +204,41 @@ class GroupCommitStore:
                         pending.future.set_result(outcome)
             # Published only after the commit: a subscriber never sees an event that could
             # still be lost.
-            self.live.publish(committed)
+            if committed:
+                self.write_fault = None
+            self._committed(committed)
+            seconds = time.perf_counter() - started
+            for observe in self.commit_observers:
+                try:
+                    observe(committed, seconds)
+                except Exception:  # noqa: S112 - an observer must never stop the writer
+                    continue
         # Fail whatever arrived after the stop marker.
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if isinstance(item, _Pending) and not item.future.done():
                 item.future.set_exception(StoreClosedError("the event store is closed"))
+
+    def _fault(self, error: StorageUnavailable) -> None:
+        if self.write_fault is None:
+            log.error("store.write_failed", error=str(error))
+        self.write_fault = str(error)
+
+    async def check_writable(self) -> str | None:
+        """While a write fault is known, try a commit that changes nothing; the fault's reason
+        if the database still cannot write, else ``None``."""
+        if self._closed:
+            raise StoreClosedError("the event store is closed")
+        if self.write_fault is None or self._writer is None:
+            return self.write_fault
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._writer.probe)
+        except StorageUnavailable as exc:
+            self.write_fault = str(exc)
+        else:
+            log.info("store.write_recovered")
+            self.write_fault = None
+        return self.write_fault
 
     # -- reads ------------------------------------------------------------------------------
 

@@ -9,9 +9,15 @@ the commit — is a single call on that thread, so a batch costs one thread hop 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
-from eventstore.errors import ConcurrencyError, EventStoreError, StorageError
+from eventstore.errors import (
+    ConcurrencyError,
+    EventStoreError,
+    StorageError,
+    StorageUnavailable,
+)
 from eventstore.model import (
     AppendRequest,
     RecordedEvent,
@@ -34,10 +40,14 @@ class _IsolateItems(Exception):
     """A batch's combined write failed: redo it item by item to find whose it was."""
 
 
-def _store_error(exc: Exception) -> EventStoreError:
+def _store_error(db: Database, exc: Exception) -> EventStoreError:
     if isinstance(exc, EventStoreError):
         return exc
-    error = StorageError(f"append failed (a projection, or the database): {exc!r}")
+    error: StorageError
+    if isinstance(exc, db.errors) and db.unavailable(exc):
+        error = StorageUnavailable(f"the log cannot be written now: {exc}")
+    else:
+        error = StorageError(f"append failed (a projection, or the database): {exc!r}")
     error.__cause__ = exc
     return error
 
@@ -67,11 +77,26 @@ class BatchWriter:
                     " ON CONFLICT (name) DO NOTHING",
                     (projection.name,),
                 )
-            self._catch_up_projections(db.head()[0])
+            head = db.head()[0]
+            self._refuse_cut_tail(head)
+            self._catch_up_projections(head)
             db.commit()
         except BaseException:
             db.rollback()
             raise
+
+    def _refuse_cut_tail(self, head: int) -> None:
+        """A projection that has applied events the log no longer holds means events were
+        removed from the log's end: writing now would reuse their positions."""
+        row = self._db.fetch_one(
+            "SELECT name, position FROM projection_checkpoints ORDER BY position DESC LIMIT 1"
+        )
+        if row is not None and row[1] > head:
+            raise StorageError(
+                f"the log ends at position {head} but projection {row[0]!r} has applied up to"
+                f" position {row[1]}: events were removed from the log's end; refusing to write"
+                " (restore the log from a backup, or accept the cut with `runlog rebuild`)"
+            )
 
     # -- the batch --------------------------------------------------------------------------
 
@@ -100,7 +125,10 @@ class BatchWriter:
             db.begin_write()
             head_position, head_hash = db.head()
         except db.errors as exc:
-            db.rollback()
+            with contextlib.suppress(*db.errors):
+                db.rollback()
+            if db.unavailable(exc):
+                raise StorageUnavailable(f"cannot start a write transaction: {exc}") from exc
             raise StorageError(f"cannot start a write transaction: {exc}") from exc
         batch_seqs: dict[str, int] = {}  # last seq of each stream written by this batch
         try:
@@ -128,7 +156,7 @@ class BatchWriter:
                     except Exception as exc:
                         db.rollback_to("item")
                         db.release("item")
-                        outcomes.append(_store_error(exc))
+                        outcomes.append(_store_error(db, exc))
                         continue
                     db.release("item")
                 else:
@@ -158,8 +186,11 @@ class BatchWriter:
             self._seq_cache.clear()
             self._cached_head = -1
             if db.in_transaction:
-                db.rollback()
+                with contextlib.suppress(*db.errors):
+                    db.rollback()
             if isinstance(exc, db.errors):
+                if db.unavailable(exc):
+                    raise StorageUnavailable(f"the log cannot be written now: {exc}") from exc
                 raise StorageError(f"append failed: {exc}") from exc
             raise
         self._seq_cache.update(batch_seqs)
@@ -210,6 +241,14 @@ class BatchWriter:
         for event in events:
             for projection in self._projections:
                 projection.apply(db, event)
+
+    def probe(self) -> None:
+        """Commit a transaction that changes nothing: raises while the database cannot write."""
+        db = self._db
+        try:
+            db.probe()
+        except db.errors as exc:
+            raise _store_error(db, exc) from exc
 
     # -- helpers --------------------------------------------------------------------------
 

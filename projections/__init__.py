@@ -9,14 +9,17 @@ from projections.personas import PersonasProjection
 from projections.rebuild import diff_tables, rebuild, rebuild_in_place, table_rows
 from projections.runs import RUN_COLUMNS, RunsProjection
 from projections.threads import ThreadsProjection
+from projections.usage import USAGE_GROUPS, UsageProjection
 from projections.webhooks import WebhooksProjection
 
 __all__ = [
     "RUN_COLUMNS",
+    "USAGE_GROUPS",
     "AccountsProjection",
     "PersonasProjection",
     "RunsProjection",
     "ThreadsProjection",
+    "UsageProjection",
     "WebhooksProjection",
     "all_projections",
     "diff_tables",
@@ -34,5 +37,6 @@ def all_projections() -> list[Projection]:
         PersonasProjection(),
         ThreadsProjection(),
         RunsProjection(),
+        UsageProjection(),
         WebhooksProjection(),
     ]

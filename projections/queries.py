@@ -13,6 +13,7 @@ from typing import Any
 
 from eventstore import SCHEMA_VERSION, EventStore
 from projections.runs import RUN_COLUMNS
+from projections.usage import USAGE_GROUPS
 from runs.run import LIVE_STATUSES
 
 __all__ = ["Queries"]
@@ -42,6 +43,17 @@ _MESSAGE_KEYS = (
     "created_at",
     "run_id",
     "position",
+)
+
+_USAGE_KEYS = (
+    "key",
+    "runs",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost_usd",
+    "credits_used",
 )
 
 
@@ -200,6 +212,43 @@ class Queries:
         )
         return [r[0] for r in rows]
 
+    async def live_runs_by_status(self) -> dict[str, int]:
+        """How many runs of every org are in each live status (a status with none: 0)."""
+        rows = await self.store.fetch_all(
+            "SELECT status, count(*) FROM runs WHERE status IN"
+            f" ({', '.join('?' * len(LIVE_STATUSES))}) GROUP BY status",
+            tuple(sorted(LIVE_STATUSES)),
+        )
+        return dict.fromkeys(sorted(LIVE_STATUSES), 0) | {r[0]: int(r[1]) for r in rows}
+
+    # -- usage ------------------------------------------------------------------------------
+
+    async def usage(
+        self, org_id: str, first_day: str, last_day: str, group_by: str
+    ) -> list[dict[str, Any]]:
+        """The org's usage from ``first_day`` to ``last_day`` (UTC, inclusive), one row per
+        value of ``group_by`` (a key of ``USAGE_GROUPS``), ordered by it."""
+        column = USAGE_GROUPS[group_by]
+        rows = await self.store.fetch_all(
+            f"SELECT {column}, sum(runs), sum(input_tokens), sum(output_tokens),"
+            " sum(cache_read_tokens), sum(cache_write_tokens), sum(cost_usd), sum(credits_used)"
+            f" FROM usage WHERE org_id = ? AND day >= ? AND day <= ? GROUP BY {column}"
+            f" ORDER BY {column}",
+            (org_id, first_day, last_day),
+        )
+        # Sums are converted here: engines differ in what sum() of an integer column returns
+        # (PostgreSQL answers numeric for bigint).
+        return [
+            dict(
+                zip(
+                    _USAGE_KEYS,
+                    (r[0], *(int(n) for n in r[1:6]), float(r[6]), int(r[7])),
+                    strict=True,
+                )
+            )
+            for r in rows
+        ]
+
     async def persona_hashes(self) -> dict[str, str]:
         rows = await self.store.fetch_all("SELECT persona_id, content_sha256 FROM personas")
         return {r[0]: r[1] for r in rows}
@@ -207,9 +256,19 @@ class Queries:
     async def ready(self) -> bool:
         """Whether the database has this runlog's schema version and every projection has
         applied the whole log."""
+        return await self.not_ready_reason() is None
+
+    async def not_ready_reason(self) -> str | None:
+        """Why the read models cannot serve yet (``None`` when they can)."""
         row = await self.store.fetch_one(
             "SELECT (SELECT coalesce(max(position), 0) FROM events),"
             " (SELECT coalesce(min(position), 0) FROM projection_checkpoints),"
             " (SELECT version FROM runlog_schema WHERE id = 1)"
         )
-        return row is not None and row[0] == row[1] and row[2] == SCHEMA_VERSION
+        if row is None:
+            return "starting"
+        if row[2] != SCHEMA_VERSION:
+            return f"database schema version {row[2]}, this runlog has {SCHEMA_VERSION}"
+        if row[0] != row[1]:
+            return "projections are catching up with the log"
+        return None

@@ -13,10 +13,18 @@ from typing import Any
 from eventstore import Database, Projection
 from eventstore.schema import iter_events
 
-__all__ = ["diff_tables", "rebuild", "rebuild_in_place", "table_rows"]
+__all__ = ["ReplayError", "diff_tables", "rebuild", "rebuild_in_place", "table_rows"]
 
 _BATCH = 5000
 Progress = Callable[[int], None]
+
+
+class ReplayError(Exception):
+    """An event of the log could not be applied (a damaged event): ``position`` names it."""
+
+    def __init__(self, position: int) -> None:
+        super().__init__(f"the event at position {position} cannot be applied")
+        self.position = position
 
 
 def _replay(
@@ -29,8 +37,11 @@ def _replay(
         projection.create(target)
     count = 0
     for count, event in enumerate(iter_events(source, batch=_BATCH), start=1):
-        for projection in projections:
-            projection.apply(target, event)
+        try:
+            for projection in projections:
+                projection.apply(target, event)
+        except Exception as exc:
+            raise ReplayError(event.position) from exc
         if progress is not None and count % _BATCH == 0:
             progress(count)
     if progress is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import heapq
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TextIO
 
 import msgspec
@@ -18,12 +18,22 @@ from eventstore import (
     copy_log,
     describe,
     scratch_database,
-    verify_database,
+    verify_events,
 )
+from eventstore.schema import iter_events
 from projections import all_projections, diff_tables, rebuild, rebuild_in_place
+from projections.rebuild import ReplayError
+from runs.anchors import anchor_problems, watching
 from runs.events import delivery_stream, org_stream, run_stream, thread_stream, webhook_stream
 
-__all__ = ["export_events", "progress_printer", "run_copy", "run_rebuild", "run_verify"]
+__all__ = [
+    "export_events",
+    "progress_printer",
+    "run_copy",
+    "run_head",
+    "run_rebuild",
+    "run_verify",
+]
 
 
 def progress_printer(
@@ -53,14 +63,41 @@ def event_count(db: Database) -> int:
     return int(row[0]) if row else 0
 
 
-def run_verify(location: str, out: TextIO) -> int:
-    db = connect_database(location)
+def run_head(location: str, out: TextIO) -> int:
+    """``position hash`` of the log's last event: an anchor to keep somewhere else."""
+    db = connect_database(location, read_only=True)
     try:
-        report = verify_database(db, progress_printer("verifying", event_count(db)))
+        row = db.fetch_one("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
+    finally:
+        db.close()
+    position, hash_ = row if row else (0, GENESIS_HASH)
+    print(f"{position} {hash_}", file=out)
+    return 0
+
+
+def run_verify(
+    location: str,
+    out: TextIO,
+    expected: Mapping[int, str] | None = None,
+    anchor_errors: Sequence[str] = (),
+) -> int:
+    """Walk the chain; with ``expected`` anchors (position → hash), also check that the log
+    still holds each of them. Exit status 1 when anything fails."""
+    expected = expected or {}
+    seen: dict[int, str] = dict.fromkeys(expected, "")
+    db = connect_database(location, read_only=True)
+    try:
+        db.begin_snapshot()  # one snapshot for the count and the walk
+        try:
+            progress = progress_printer("verifying", event_count(db))
+            report = verify_events(watching(iter_events(db), seen), progress)
+        finally:
+            db.rollback()
     finally:
         db.close()
     if sys.stderr.isatty():
         print(file=sys.stderr)
+    problems = [*anchor_errors, *anchor_problems(report, expected, seen)]
     if report.ok:
         print(
             f"ok: {report.events:,} events in {report.streams:,} streams,"
@@ -68,18 +105,35 @@ def run_verify(location: str, out: TextIO) -> int:
             f" hash chain intact (head {report.head_hash})",
             file=out,
         )
-        return 0
-    print(f"FAILED at position {report.first_bad_position}: {report.problem}", file=out)
-    print(
-        f"the first {report.events} events verify (up to position {report.head_position})",
-        file=out,
-    )
-    return 1
+    else:
+        print(f"FAILED at position {report.first_bad_position}: {report.problem}", file=out)
+        print(
+            f"the first {report.events} events verify (up to position {report.head_position})",
+            file=out,
+        )
+    for problem in problems:
+        print(f"ANCHOR FAILED at {problem}", file=out)
+    if expected and report.ok and not problems:
+        print(f"ok: the log holds all {len(expected)} anchors", file=out)
+    return 0 if report.ok and not problems else 1
 
 
 def run_rebuild(location: str, check: bool, out: TextIO) -> int:
+    try:
+        return _rebuild(location, check, out)
+    except ReplayError as exc:
+        print(
+            f"FAILED at position {exc.position}: the event cannot be applied"
+            f" ({exc.__cause__!r}); nothing was changed",
+            file=out,
+        )
+        return 1
+
+
+def _rebuild(location: str, check: bool, out: TextIO) -> int:
     projections = all_projections()
-    db = connect_database(location)
+    # The check only reads (it works on a read-only copy); a rebuild writes the projections.
+    db = connect_database(location, read_only=check)
     try:
         if not check:
             count = rebuild_in_place(

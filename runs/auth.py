@@ -97,7 +97,12 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict: only the one canonical unpadded base64url spelling of some bytes is accepted
+    (no padding, no other alphabet, no stray bits in the last character)."""
+    decoded = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(decoded) != text:
+        raise ValueError("not canonical base64url")
+    return decoded
 
 
 def sign_access_token(

@@ -1,5 +1,5 @@
-"""The ``runlog`` command line: serve (the default), admin, verify, rebuild, export, tail, copy,
-backup.
+"""The ``runlog`` command line: serve (the default), admin, head, verify, rebuild, export, tail,
+copy, backup.
 
 Every command that changes something appends events through the event store, so it is safe
 to run while the server runs on the same file.
@@ -15,7 +15,10 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from eventstore import EventStoreError, describe, log_exists
+from eventstore import EventStoreError, describe, log_exists, open_event_store
+from projections import all_projections
+from runs.anchors import load_public_key, parse_expect, read_checkpoints
+from runs.audit import export_events, run_copy, run_head, run_rebuild, run_verify
 from runs.config import Config, load_config
 from runs.errors import RunsError
 
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = ("serve", "admin", "verify", "rebuild", "export", "tail", "copy", "backup")
+COMMANDS = ("serve", "admin", "head", "verify", "rebuild", "export", "tail", "copy", "backup")
 ADMIN_COMMANDS = (
     "create-org",
     "create-user",
@@ -95,8 +98,24 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = admin_sub.add_parser("revoke-key", help="revoke an API key by its id")
     revoke.add_argument("key_id")
 
+    head = sub.add_parser("head", help="print the log's head as 'position hash' (an anchor)")
+    _log_options(head)
+
     verify = sub.add_parser("verify", help="check the log's hash chain, positions and seqs")
     _log_options(verify)
+    verify.add_argument(
+        "--expect",
+        action="append",
+        default=[],
+        metavar="POSITION:HASH",
+        help="an anchor the log must still hold (from runlog head); repeatable",
+    )
+    verify.add_argument(
+        "--checkpoints", metavar="FILE", help="signed checkpoints (JSON lines) to check"
+    )
+    verify.add_argument(
+        "--public-key", metavar="KEY", help="the checkpoint key's Ed25519 public key (PEM)"
+    )
 
     rebuild = sub.add_parser("rebuild", help="rebuild every projection from the log")
     _log_options(rebuild)
@@ -138,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(args)
         if args.command == "admin":
             return _run(admin(args))
-        if args.command in ("verify", "rebuild", "export"):
+        if args.command in ("head", "verify", "rebuild", "export"):
             return audit(args)
         if args.command == "copy":
             return copy(args)
@@ -156,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
     except EventStoreError as exc:
-        # The log cannot be opened: unreachable server, or a schema from a newer runlog.
+        # The log cannot be opened or written (an unreachable server, a read-only location,
+        # a cut tail, a schema from a newer runlog): one line.
         print(f"error: {exc}", file=sys.stderr)
         return 2
     build_parser().print_help()
@@ -249,8 +269,6 @@ def existing_log(args: argparse.Namespace) -> str:
 
 
 async def admin(args: argparse.Namespace) -> int:
-    from eventstore import open_event_store
-    from projections import all_projections
     from runs.service import Accounts
 
     store = await open_event_store(existing_log(args), all_projections())
@@ -286,13 +304,36 @@ async def admin(args: argparse.Namespace) -> int:
 # -- audit ------------------------------------------------------------------------------------
 
 
+def verify(path: str, args: argparse.Namespace) -> int:
+    expected: dict[int, str] = {}
+    errors: list[str] = []
+    for text in args.expect:
+        try:
+            position, hash_ = parse_expect(text)
+        except ValueError as exc:
+            print(f"error: --expect {exc}", file=sys.stderr)
+            return 2
+        expected[position] = hash_
+    if bool(args.checkpoints) != bool(args.public_key):
+        print("error: --checkpoints and --public-key go together", file=sys.stderr)
+        return 2
+    if args.checkpoints:
+        anchors, errors = read_checkpoints(args.checkpoints, load_public_key(args.public_key))
+        for position, hash_ in anchors.items():
+            if expected.get(position, hash_) != hash_:
+                errors.append(f"position {position}: --expect and a checkpoint disagree")
+            expected[position] = hash_
+    return run_verify(path, sys.stdout, expected, errors)
+
+
 def audit(args: argparse.Namespace) -> int:
-    from runs.audit import export_events, run_rebuild, run_verify
 
     path = existing_log(args)
     try:
+        if args.command == "head":
+            return run_head(path, sys.stdout)
         if args.command == "verify":
-            return run_verify(path, sys.stdout)
+            return verify(path, args)
         if args.command == "rebuild":
             return run_rebuild(path, args.check, sys.stdout)
         for line in export_events(path, run=args.run, thread=args.thread, org=args.org):
@@ -309,7 +350,6 @@ def audit(args: argparse.Namespace) -> int:
 
 
 def copy(args: argparse.Namespace) -> int:
-    from runs.audit import run_copy
 
     try:
         if not log_exists(args.source):

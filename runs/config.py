@@ -81,7 +81,17 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: A client must send a request's headers (from connecting, or from the previous response
     #: on a kept-alive connection) and its body each within this time (slow-loris).
     request_read_timeout_seconds: float = 30.0
+    #: While the log cannot be written (disk full), a run retries its append with growing
+    #: delays for this long, then fails with ``internal.storage``.
+    storage_retry_seconds: float = 600.0
+    #: Signed checkpoints (runs/anchors.py): an Ed25519 private key (PEM) kept outside the
+    #: database, where each checkpoint goes, and how often at most the head is signed.
+    checkpoint_key_file: str | None = None
+    checkpoint_sink: str = "log"
+    checkpoint_seconds: float = 60.0
     routes: list[Route] = []
+    #: When set, ``GET /metrics`` requires ``Authorization: Bearer <metrics_token>``.
+    metrics_token: str | None = None
     #: Modules whose ``TOOLS`` list adds tools (self-hosters' own; tests register one too).
     tool_modules: list[str] = []
     mcp_servers: list[McpServer] = []
@@ -108,6 +118,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "RUNLOG_SSE_BATCH_LIMIT": ("sse_batch_limit", int),
     "RUNLOG_SECRET_KEY": ("secret_key", str),
     "RUNLOG_PERSONAS_DIR": ("personas_dir", str),
+    "RUNLOG_METRICS_TOKEN": ("metrics_token", str),
 }
 
 

@@ -61,6 +61,7 @@ ERROR_STATUS: dict[str, tuple[int, str]] = {
     "internal.error": (500, "an unexpected error (logged with the trace id)"),
     "internal.config": (500, "the configuration is invalid"),
     "internal.unavailable": (503, "the service is stopping or cannot write to its log"),
+    "internal.storage": (500, "a run's log stayed unwritable for `storage_retry_seconds`"),
 }
 
 #: Codes made of a prefix and a field name (``validation.content``): the status of each

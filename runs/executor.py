@@ -20,6 +20,7 @@ import msgspec
 import structlog
 
 from eventstore import AppendRequest, EventStore
+from runs import metrics
 from runs.config import Route
 from runs.estimate import BYTES_PER_TOKEN, estimate_request_tokens, estimate_tokens
 from runs.events import (
@@ -49,7 +50,7 @@ from runs.providers.base import (
     ToolUse,
     Usage,
 )
-from runs.repository import append_decided, read_run
+from runs.repository import append_decided, read_run, while_unwritable
 from runs.run import RunState, decide_cancel, evolve, fold_recorded
 from runs.tools import ASK_USER, ToolError, ToolRegistry, persona_allows
 from runs.transcript import Transcript, build_transcript
@@ -80,8 +81,10 @@ class RunExecutor:
         coalesce_s: float,
         resumed: bool = False,
         interrupted: bool = False,
+        storage_retry_s: float = 600.0,
     ) -> None:
         self.store = store
+        self.storage_retry_s = storage_retry_s
         self.run_id = run_id
         self.stream = run_stream(run_id)
         self.route = route
@@ -122,8 +125,13 @@ class RunExecutor:
                 )
             )
         # Shielded: if the task is cancelled meanwhile the append still completes, and the
-        # cancel handler re-reads the log rather than trusting our local state.
-        recorded = await asyncio.shield(self.store.append_many(requests))
+        # cancel handler re-reads the log rather than trusting our local state. While the log
+        # cannot be written the same append is tried again (the run keeps its place), for
+        # ``storage_retry_s`` at most.
+        recorded = await while_unwritable(
+            lambda: asyncio.shield(self.store.append_many(requests)),
+            give_up_after_s=self.storage_retry_s,
+        )
         # Fold what we just wrote (the typed events, with the seqs and times the log gave).
         for event, written in zip(events, recorded, strict=False):
             state = evolve(state, event, written.seq, written.created_at)
@@ -248,10 +256,12 @@ class RunExecutor:
                 tool_uses, stop = await self._stream_call(request)
                 break
             except ProviderError as exc:
+                metrics.PROVIDER_ERRORS.labels(self.route.id, exc.error_class).inc()
                 # Tokens the failed attempt already used are billed, like any call's.
                 spent = self._cut_usage()
                 if not exc.retryable or attempt >= self.route.max_attempts:
                     await self._fail(exc.error_class, exc.message, *spent)
+                metrics.PROVIDER_RETRIES.labels(self.route.id).inc()
                 delay = self.route.retry_base_delay_s * (2 ** (attempt - 1))
                 if exc.retry_after_s is not None:
                     delay = max(delay, min(exc.retry_after_s, _MAX_RETRY_AFTER_S))
@@ -293,6 +303,7 @@ class RunExecutor:
     def _usage_event(
         self, usage: Usage, *, call: int | None = None, estimated: bool = False
     ) -> RunUsage:
+        usage = _clamped(usage)
         return RunUsage(
             model=self.route.model,
             input_tokens=usage.input_tokens,
@@ -333,6 +344,10 @@ class RunExecutor:
         buffer: list[str] = []
         next_flush = 0.0
         self.call_usage = None
+        call_seconds = metrics.PROVIDER_CALL_SECONDS.labels(self.route.id, self.route.model)
+        first_token_seconds = metrics.PROVIDER_TTFT_SECONDS.labels(self.route.id, self.route.model)
+        started = time.monotonic()
+        waiting_for_first = True
         try:
             while True:
                 timeout = max(0.0, next_flush - time.monotonic()) if buffer else None
@@ -340,6 +355,9 @@ class RunExecutor:
                     item = await asyncio.wait_for(queue.get(), timeout)
                 except TimeoutError:
                     item = None
+                if waiting_for_first and isinstance(item, TextDelta | ToolUse):
+                    waiting_for_first = False
+                    first_token_seconds.observe(time.monotonic() - started)
                 if isinstance(item, (TextDelta, ToolUse, Usage, Stop)):
                     self.call_answered = True
                 if isinstance(item, TextDelta):
@@ -353,6 +371,7 @@ class RunExecutor:
                 elif isinstance(item, Stop):
                     stop = item
                 elif isinstance(item, BaseException):
+                    call_seconds.observe(time.monotonic() - started)
                     await self._flush(buffer)
                     raise item
                 now = time.monotonic()
@@ -360,6 +379,7 @@ class RunExecutor:
                     await self._flush(buffer)
                     next_flush = time.monotonic() + self.coalesce_s
                 if item is _END:
+                    call_seconds.observe(time.monotonic() - started)
                     self.call_finished = True
                     return tool_uses, stop
         finally:
@@ -472,7 +492,34 @@ class RunExecutor:
             cut = [u for u in spent if getattr(u, "call", None) not in state.reported_calls]
             return [*cut, *cancel]
 
-        await append_decided(self.store, self.run_id, decide)
+        await while_unwritable(lambda: append_decided(self.store, self.run_id, decide))
+
+
+#: The largest token count recorded for one call: exact in JSON numbers everywhere (2^53 - 1),
+#: and far below what the projections' 64-bit sums can hold. A provider that reports more (or
+#: a negative count) is recorded at the bound, and the clamp is logged.
+MAX_TOKENS = 2**53 - 1
+
+
+def _clamped(usage: Usage) -> Usage:
+    counts = (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_write_tokens,
+        usage.cache_read_tokens,
+    )
+    if all(0 <= n <= MAX_TOKENS for n in counts):
+        return usage
+    log.warning("run.usage_clamped", reported=[str(n) for n in counts])
+    input_tokens, output_tokens, cache_write, cache_read = (
+        min(max(n, 0), MAX_TOKENS) for n in counts
+    )
+    return Usage(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_write_tokens=cache_write,
+        cache_read_tokens=cache_read,
+    )
 
 
 def _merge_usage(known: Usage | None, new: Usage) -> Usage:

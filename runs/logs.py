@@ -7,8 +7,27 @@ import sys
 from typing import TextIO
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
-__all__ = ["configure_logging"]
+__all__ = ["MalformedRequestFilter", "configure_logging"]
+
+
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse (a header over the size limit, a bad request
+    line) with a traceback whose message quotes the offending bytes, which may be an API key.
+    Such a record becomes one structured line naming the error's class and status only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        structlog.get_logger("runlog.http").warning(
+            "request.malformed",
+            error=type(exc).__name__,
+            status=exc.code,
+            remote=record.args[0] if isinstance(record.args, tuple) and record.args else None,
+        )
+        return False
 
 
 def configure_logging(stream: TextIO | None = None, *, json: bool | None = None) -> None:
@@ -32,3 +51,6 @@ def configure_logging(stream: TextIO | None = None, *, json: bool | None = None)
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestFilter())

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from projections.usage import USAGE_GROUPS
 from runs.console import ASSET_NAMES
 from runs.errors import ERROR_FAMILIES, ERROR_STATUS
 from runs.run import RUN_STATUSES
@@ -38,6 +39,7 @@ from runs.schemas import (
     Thread,
     ThreadRun,
     ToolInfo,
+    UsageReport,
     WebhookDelivery,
     WebhookEndpoint,
 )
@@ -151,6 +153,17 @@ PERSONA_ID = Param(
     "The persona (`key@version`, or a bare `key` for its latest version); default persona"
     " when absent or empty.",
 )
+_DAY = {"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
+FROM_DAY = Param(
+    "from", "query", _DAY, "First UTC day of the report, included. Default: 29 days before `to`."
+)
+TO_DAY = Param("to", "query", _DAY, "Last UTC day of the report, included. Default: today (UTC).")
+GROUP_BY = Param(
+    "group_by",
+    "query",
+    {"type": "string", "enum": list(USAGE_GROUPS), "default": "day"},
+    "One row per UTC day, model, user id or route id.",
+)
 THREAD_ID = _id("thread_id", "thread")
 ENDPOINT_ID = _id("endpoint_id", "webhook endpoint")
 RUN_ID = _id("run_id", "run")
@@ -164,7 +177,9 @@ _SSE_DESCRIPTION = (
     " event's payload and `id` equals `seq`; a `message.delta`'s data carries its text as both"
     " `content` and `content_delta`. There is no `event:` line. With `follow=1` the stream"
     " closes right after `run.completed`, `run.failed` or `run.cancelled`; a cursor at the end"
-    " of a finished run gets no frame and the stream closes at once."
+    " of a finished run gets no frame and the stream closes at once. It also closes within a"
+    " second when the API key that opened it is revoked or its user deleted, and when the"
+    " access token that opened it expires."
 )
 
 _CANCEL_DESCRIPTION = (
@@ -198,10 +213,26 @@ OPERATIONS: tuple[Operation, ...] = (
         _HEALTH,
         auth=False,
         errors=(500, 503),
-        description='503 with `{"status": "not_ready"}` while projections catch up.',
+        description='503 with `{"status": "not_ready", "reason": "..."}` while projections'
+        " catch up, while stopping, or while the log cannot be written (disk full).",
     ),
     Operation(
         "GET", "/openapi.json", "openapi", "This OpenAPI document", 200, _DOCUMENT, auth=False
+    ),
+    Operation(
+        "GET",
+        "/metrics",
+        "metrics",
+        "Prometheus metrics (text format)",
+        200,
+        {"type": "string"},
+        auth=False,
+        errors=(401,),
+        media_type="text/plain",
+        description=(
+            "Not behind `/v1` auth. When the config sets `metrics_token`, it needs"
+            " `Authorization: Bearer <metrics_token>` (else `401 auth.unauthorized`)."
+        ),
     ),
     Operation(
         "POST",
@@ -387,6 +418,20 @@ OPERATIONS: tuple[Operation, ...] = (
         errors=(400, 422),
         description="An MCP server that has not listed its tools yet (it is down or still"
         " starting) contributes none; its tools appear once it answers.",
+    ),
+    Operation(
+        "GET",
+        "/v1/usage",
+        "getUsage",
+        "The org's usage by UTC day, model, user or route",
+        200,
+        UsageReport,
+        params=(FROM_DAY, TO_DAY, GROUP_BY),
+        errors=(400,),
+        description=(
+            "`runs` counts the runs started in the period; tokens, `cost_usd` and `credits_used`"
+            " are what model calls reported in the period. Rows are ordered by `key`."
+        ),
     ),
     Operation(
         "GET",

@@ -1,4 +1,5 @@
-"""Failure counting for login throttling: per login and per client address.
+"""Login throttling: failures per user (or unknown login) and per client address, with growing
+delays.
 
 In memory and per process: a restart forgets the counts, which is acceptable for a throttle
 whose job is to make online password guessing slow, not to be an audit record.
@@ -6,20 +7,27 @@ whose job is to make online password guessing slow, not to be an audit record.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 __all__ = ["FailureLimiter"]
 
 
 class FailureLimiter:
-    """Counts failures per key in a sliding window of ``window_seconds``.
+    """Counts failures per key over the last ``window_seconds``.
 
-    A key with ``max_failures`` failures in the window is blocked until the oldest of them
-    leaves it. An attempt is counted *before* it is checked (``attempt``) and forgiven if it
-    succeeds (``succeeded``), so a burst of concurrent attempts cannot all slip past the check
-    while the slow password hashes run.
+    The first ``max_failures`` failures cost nothing; after that each attempt must wait a delay
+    that doubles with every further failure (``base_delay_seconds``, then twice that, ...), at
+    most ``window_seconds``, counted from the last failure. Growing delays rather than a hard
+    lock: a stranger who guesses at someone's account slows it down but cannot shut its owner
+    out for the whole window with a handful of requests.
+
+    Only failures count (a correct password is never refused for attempts still in flight);
+    ``exclusive`` makes the attempts on one key take turns, so concurrent guesses cannot all
+    pass the check while the slow password hashes run.
     """
 
     def __init__(
@@ -27,14 +35,17 @@ class FailureLimiter:
         max_failures: int,
         window_seconds: float,
         *,
+        base_delay_seconds: float = 1.0,
         max_keys: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_failures = max_failures
         self.window = window_seconds
+        self.base_delay = base_delay_seconds
         self.max_keys = max_keys
         self.clock = clock
         self._failures: dict[str, deque[float]] = {}
+        self._turns: dict[str, asyncio.Lock] = {}
 
     def _recent(self, key: str, now: float) -> deque[float] | None:
         times = self._failures.get(key)
@@ -48,17 +59,20 @@ class FailureLimiter:
         return times
 
     def retry_after(self, keys: Iterable[str]) -> float:
-        """Seconds until every key may try again (0 when none is blocked)."""
+        """Seconds until every key may try again (0 when none must wait)."""
         now = self.clock()
         wait = 0.0
         for key in keys:
             times = self._recent(key, now)
-            if times is not None and len(times) >= self.max_failures:
-                wait = max(wait, times[-self.max_failures] + self.window - now)
+            if times is None or len(times) < self.max_failures:
+                continue
+            excess = len(times) - self.max_failures
+            delay = min(self.window, self.base_delay * 2 ** min(excess, 30))
+            wait = max(wait, times[-1] + delay - now)
         return wait
 
-    def attempt(self, keys: Iterable[str]) -> None:
-        """Count an attempt against each key (as a failure until ``succeeded``)."""
+    def failed(self, keys: Iterable[str]) -> None:
+        """Count a failed attempt against each key."""
         now = self.clock()
         for key in keys:
             times = self._recent(key, now) or deque()
@@ -68,15 +82,19 @@ class FailureLimiter:
         while len(self._failures) > self.max_keys:
             del self._failures[next(iter(self._failures))]
 
-    def succeeded(self, reset: str, forgive: Iterable[str] = ()) -> None:
-        """A successful attempt: clear ``reset`` and take this attempt back from ``forgive``.
+    def succeeded(self, key: str) -> None:
+        """A successful attempt clears ``key`` (the user's count, never the address's)."""
+        self._failures.pop(key, None)
 
-        Other failures counted against ``forgive`` (e.g. the client address) stay.
-        """
-        self._failures.pop(reset, None)
-        for key in forgive:
-            times = self._failures.get(key)
-            if times:
-                times.pop()
-                if not times:
-                    del self._failures[key]
+    @contextlib.asynccontextmanager
+    async def exclusive(self, key: str) -> AsyncIterator[None]:
+        """Attempts on ``key`` one at a time (the lock is dropped when nobody waits)."""
+        turn = self._turns.get(key)
+        if turn is None:
+            turn = self._turns[key] = asyncio.Lock()
+        try:
+            async with turn:
+                yield
+        finally:
+            if not turn.locked() and self._turns.get(key) is turn:
+                del self._turns[key]

@@ -32,6 +32,8 @@ __all__ = [
     "ThreadRun",
     "ToolCallsReceipt",
     "ToolInfo",
+    "UsageReport",
+    "UsageRow",
     "WebhookDelivery",
     "WebhookEndpoint",
 ]
@@ -195,6 +197,28 @@ class ToolInfo(msgspec.Struct):
     mcp_server: str | None
     requires_confirmation: bool
     safe_to_repeat: bool
+
+
+class UsageRow(msgspec.Struct):
+    """One group of ``GET /v1/usage``: runs started, and what model calls used, in the period."""
+
+    key: str
+    runs: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_usd: float
+    credits_used: int
+
+
+class UsageReport(msgspec.Struct):
+    """``GET /v1/usage``: the caller's org, from and to (UTC days, inclusive), rows by key."""
+
+    from_: str = msgspec.field(name="from")
+    to: str
+    group_by: str
+    rows: list[UsageRow]
 
 
 # -- webhooks ---------------------------------------------------------------------------------

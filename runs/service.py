@@ -42,13 +42,23 @@ RETRYABLE_STATUSES = frozenset({"failed", "cancelled"})
 
 
 class Principal:
-    """Who is calling: a user of an org (through an API key or an access token)."""
+    """Who is calling: a user of an org, through an API key (``key_id``) or an access token
+    (``expires_at``, Unix seconds). Long-lived responses (SSE) watch the credential with it."""
 
-    __slots__ = ("org_id", "user_id")
+    __slots__ = ("expires_at", "key_id", "org_id", "user_id")
 
-    def __init__(self, user_id: str, org_id: str) -> None:
+    def __init__(
+        self,
+        user_id: str,
+        org_id: str,
+        *,
+        key_id: str | None = None,
+        expires_at: float | None = None,
+    ) -> None:
         self.user_id = user_id
         self.org_id = org_id
+        self.key_id = key_id
+        self.expires_at = expires_at
 
 
 class Accounts:

@@ -11,6 +11,7 @@ import msgspec
 from aiohttp import web
 
 from eventstore import EventStore, RecordedEvent
+from runs import metrics
 from runs.events import TERMINAL_RUN_EVENTS, MessageDelta
 from runs.schemas import SseFrame
 
@@ -65,6 +66,7 @@ async def stream_events(
         batch = await store.read_stream(stream, cursor, batch_limit)
         if batch:
             await response.write(b"".join(map(_frame_of, batch)))
+            metrics.SSE_FRAMES.inc(len(batch))
             cursor = batch[-1].seq
             if batch[-1].type in TERMINAL_RUN_EVENTS:
                 return
@@ -90,6 +92,7 @@ async def stream_events(
         async for event in events:
             if event.seq > cursor:
                 await response.write(_frame_of(event))
+                metrics.SSE_FRAMES.inc()
                 pulse.last = asyncio.get_running_loop().time()
             if event.type in TERMINAL_RUN_EVENTS:
                 return

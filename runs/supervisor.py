@@ -14,14 +14,14 @@ from typing import Any
 
 import structlog
 
-from eventstore import ConcurrencyError, EventStore, RecordedEvent
+from eventstore import ConcurrencyError, EventStore, RecordedEvent, StorageUnavailable
 from projections.queries import Queries
 from runs.config import Route
 from runs.events import RunFailed, RunStarted, decode_event, run_stream
 from runs.executor import RunExecutor
 from runs.personas import DEFAULT_PERSONA_ID, Persona, PersonaRegistry
 from runs.providers.base import Provider
-from runs.repository import append_decided
+from runs.repository import append_decided, while_unwritable
 from runs.routes import RouteTable
 from runs.run import decide_cancel
 from runs.tools import ToolRegistry
@@ -47,7 +47,9 @@ class Supervisor:
         tools: ToolRegistry,
         provider_for: ProviderFactory,
         coalesce_s: float = 0.05,
+        storage_retry_s: float = 600.0,
     ) -> None:
+        self.storage_retry_s = storage_retry_s
         self.store = store
         self.queries = queries
         self.routes = routes
@@ -79,6 +81,9 @@ class Supervisor:
         task.add_done_callback(lambda _: self._forget(run_id, task))
 
     def _forget(self, run_id: str, task: asyncio.Task[None]) -> None:
+        # Every task's outcome is retrieved here: an error is logged, never left unretrieved.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("run.task_failed", run_id=run_id, error=repr(task.exception()))
         if self.tasks.get(run_id) is task:
             del self.tasks[run_id]
             self._executors.pop(run_id, None)
@@ -124,6 +129,16 @@ class Supervisor:
                 # the log, which decides whether there is anything left to do.
                 resumed, interrupted = False, True
                 continue
+            except StorageUnavailable as exc:
+                # The log stayed unwritable for storage_retry_s: fail the run (once it can be
+                # written) rather than hold its thread and its org's live-run slot.
+                log.error("run.storage_failed", error=str(exc))
+                await self._fail(
+                    run_id,
+                    "internal.storage",
+                    f"the log could not be written for {self.storage_retry_s:g} s",
+                )
+                return
             except Exception as exc:
                 log.exception("run.crashed")
                 await self._fail(run_id, "internal.error", f"internal error: {type(exc).__name__}")
@@ -157,6 +172,7 @@ class Supervisor:
             coalesce_s=self.coalesce_s,
             resumed=resumed,
             interrupted=interrupted,
+            storage_retry_s=self.storage_retry_s,
         )
 
     async def _history(self, first: RecordedEvent) -> list[dict[str, Any]]:
@@ -174,7 +190,9 @@ class Supervisor:
 
     async def _fail(self, run_id: str, error_class: str, message: str) -> None:
         failed = RunFailed(error_class=error_class, message=message)
-        await append_decided(self.store, run_id, lambda s: [] if s.terminal else [failed])
+        await while_unwritable(
+            lambda: append_decided(self.store, run_id, lambda s: [] if s.terminal else [failed])
+        )
 
     # -- cancel -----------------------------------------------------------------------------
 

@@ -438,33 +438,33 @@ async def test_every_api_key_path_hashes_once(api: Api, monkeypatch: pytest.Monk
 # -- login throttling --------------------------------------------------------------------------
 
 
-def test_failure_limiter_window_and_forgiveness() -> None:
+def test_failure_limiter_delays_grow_and_a_success_clears_only_its_key() -> None:
     now = [1000.0]
-    limiter = FailureLimiter(3, 60, clock=lambda: now[0])
-    keys = ("login:a", "address:1")
+    limiter = FailureLimiter(3, 60, base_delay_seconds=2, clock=lambda: now[0])
+    keys = ("user:a", "address:1")
     for _ in range(3):
-        assert limiter.retry_after(keys) == 0
-        limiter.attempt(keys)
-    assert limiter.retry_after(keys) == pytest.approx(60)
-    assert limiter.retry_after(("login:b", "address:2")) == 0
-    now[0] += 59
-    assert limiter.retry_after(["address:1"]) == pytest.approx(1)
-    now[0] += 1.5  # the oldest failure has left the window
+        assert limiter.retry_after(keys) == 0  # the first failures cost nothing
+        limiter.failed(keys)
+    assert limiter.retry_after(keys) == pytest.approx(2)
+    assert limiter.retry_after(("user:b", "address:2")) == 0
+    now[0] += 2
     assert limiter.retry_after(keys) == 0
-    limiter.attempt(keys)
-    limiter.succeeded("login:a", forgive=["address:1"])
-    assert limiter.retry_after(["login:a"]) == 0
-    for _ in range(2):
-        limiter.attempt(["address:1"])
-        assert limiter.retry_after(["address:1"]) == 0  # the forgiven attempt does not count
-    limiter.attempt(["address:1"])
-    assert limiter.retry_after(["address:1"]) > 0
+    limiter.failed(keys)
+    assert limiter.retry_after(keys) == pytest.approx(4)  # doubles with each failure
+    for _ in range(10):
+        limiter.failed(keys)
+    assert limiter.retry_after(keys) == pytest.approx(60)  # at most the window
+    limiter.succeeded("user:a")
+    assert limiter.retry_after(["user:a"]) == 0
+    assert limiter.retry_after(["address:1"]) > 0  # the address keeps its failures
+    now[0] += 61  # every failure has left the window
+    assert limiter.retry_after(keys) == 0
 
 
 def test_failure_limiter_memory_is_bounded() -> None:
     limiter = FailureLimiter(3, 60, max_keys=100)
     for i in range(1000):
-        limiter.attempt([f"address:{i}"])
+        limiter.failed([f"address:{i}"])
     assert len(limiter._failures) == 100
 
 
@@ -510,7 +510,8 @@ async def test_login_failures_are_limited_per_login(login_client: TestClient) ->
         async with from_address(login_client, ip) as login:
             assert (await login("alice", "guess"))[0] == 401
     async with from_address(login_client, "127.0.0.7") as login:
-        status, body = await login("ALICE", "alice-pw")  # logins are compared case-blind
+        # A name and an email are one user: one count, not twice the guesses.
+        status, body = await login("alice@example.com", "alice-pw")
         assert (status, body["code"]) == (429, "auth.rate_limited")
         assert (await login("bob", "bob-pw"))[0] == 200  # other logins from here still work
 
@@ -531,6 +532,12 @@ async def test_concurrent_guesses_cannot_slip_past_the_limit(login_client: TestC
         results = await asyncio.gather(*(login("alice", f"guess-{i}") for i in range(8)))
     statuses = sorted(status for status, _ in results)
     assert statuses == [401] * 3 + [429] * 5
+
+
+async def test_concurrent_correct_logins_are_never_throttled(login_client: TestClient) -> None:
+    async with from_address(login_client, "127.0.0.11") as login:
+        results = await asyncio.gather(*(login("bob", "bob-pw") for _ in range(8)))
+    assert [status for status, _ in results] == [200] * 8
 
 
 # -- secrets -----------------------------------------------------------------------------------

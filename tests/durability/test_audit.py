@@ -154,16 +154,25 @@ async def test_verify_names_the_first_tampered_position(
     assert f"FAILED at position {target}:" in result.stdout
 
 
-async def test_rebuild_check_reports_a_projection_that_drifted(api_on_both: Api) -> None:
+@pytest.mark.parametrize(
+    ("table", "drift"),
+    [
+        ("runs", "UPDATE runs SET total_output_tokens = total_output_tokens + 1"),
+        ("usage", "UPDATE usage SET credits_used = credits_used + 1"),
+    ],
+)
+async def test_rebuild_check_reports_a_projection_that_drifted(
+    api_on_both: Api, table: str, drift: str
+) -> None:
     api = api_on_both
     db_path = api.runtime.config.db
     await _varied_log(api)
     conn = connect_database(db_path)
-    conn.execute("UPDATE runs SET total_output_tokens = total_output_tokens + 1")
+    conn.execute(drift)
     conn.close()
     result = runlog("rebuild", "--db", db_path, "--check")
     assert result.returncode == 1
-    assert "DIFFERS runs" in result.stdout
+    assert f"DIFFERS {table}" in result.stdout
     assert runlog("rebuild", "--db", db_path).returncode == 0
     assert runlog("rebuild", "--db", db_path, "--check").returncode == 0
     if db_path.startswith("postgresql://"):

@@ -40,6 +40,12 @@ async def test_the_0_1_0_log_opens_with_every_run(
     for run_id in expected:
         _, frames = await api.request("GET", f"/v1/runs/{run_id}/events?follow=0", expect=200)
         assert '"type":"run.started"' in frames
+    # The usage report, a read model the release did not have, is built from its log.
+    _, usage = await api.request("GET", "/v1/usage?from=2000-01-01&to=2999-12-31", expect=200)
+    assert sum(row["runs"] for row in usage["rows"]) == len(expected)
+    assert sum(row["output_tokens"] for row in usage["rows"]) == sum(
+        r["total_output_tokens"] for r in runs
+    )
     # The run that was waiting still takes its answer in this version.
     waiting = next(r for r, s in expected.items() if s == "waiting_for_input")
     await api.request("POST", f"/v1/runs/{waiting}/input", json={"content": "blue"}, expect=200)

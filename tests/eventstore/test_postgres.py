@@ -136,6 +136,35 @@ async def test_the_store_recovers_when_its_connections_are_killed(
         await pg_store.close()
 
 
+async def test_a_lost_connection_is_storage_unavailable_until_a_probe_succeeds(
+    pg_store: PostgresEventStore,
+) -> None:
+    """The append that meets a terminated connection fails as "cannot write now" (so runs
+    retry it and /readyz says why), and a probe on a new connection clears the fault."""
+    from eventstore import StorageUnavailable
+
+    try:
+        assert await pg_store.check_writable() is None
+        with psycopg.connect(pg_store.url, autocommit=True) as admin:
+            # The timeout makes the call wait until the backends are gone.
+            killed = admin.execute(
+                "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND backend_type = 'client backend'"
+            ).fetchall()
+        assert killed
+        assert all(row[0] for row in killed)
+        with pytest.raises(StorageUnavailable):
+            await pg_store.append("after", [NewEvent("T", b"{}")])
+        assert pg_store.write_fault is not None
+        assert await pg_store.check_writable() is None
+        assert pg_store.write_fault is None
+        recorded = await pg_store.append("after", [NewEvent("T", b"{}")])
+        assert recorded[0].position == 3
+    finally:
+        await pg_store.close()
+
+
 def test_projection_ddl_gets_postgresql_types_even_after_a_comment() -> None:
     from eventstore.postgres import portable_ddl
 

@@ -224,13 +224,6 @@ async def test_open_store_and_another_process_append_together(
     assert_present(log, [(e.position, e.stream, e.seq) for e in server_events])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limitation (README, For operators): on SQLite, live notification is"
-    " in-process; events another process appends reach a live subscriber only with this"
-    " process's next commit on that stream. Only the server writes run streams, so SSE is"
-    " unaffected; a PostgreSQL backend would use LISTEN/NOTIFY",
-)
 async def test_subscriber_sees_events_appended_by_another_process(
     db_path: Path, child_writer_cmd: list[str], child_env: dict[str, str]
 ) -> None:

@@ -280,7 +280,7 @@ async def test_unexpected_error_is_500_without_a_stack_trace_and_logged(
     assert failed[0]["log_level"] == "error"
     assert failed[0]["exc_info"] is True
     request_lines = [e for e in logs if e["event"] == "request"]
-    assert [(e["status"], e["path"], e["method"]) for e in request_lines] == [
+    assert [(e["status"], e["route"], e["method"]) for e in request_lines] == [
         (500, "/v1/threads", "GET")
     ]
     assert request_lines[0]["duration_ms"] >= 0

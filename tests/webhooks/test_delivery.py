@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from eventstore.sql import SqliteDatabase
 from projections import all_projections, diff_tables, rebuild
 from tests.conftest import Api
 from tests.webhooks.conftest import deliveries, deliveries_when, register, settled
@@ -213,13 +214,12 @@ async def test_deliveries_rebuild_identically_from_the_log(
     await receiver.next()
     await settled(api, endpoint["id"], 1)
     await api.request("DELETE", f"/v1/webhook-endpoints/{endpoint['id']}", expect=200)
-    live = sqlite3.connect(db_path)
-    scratch = sqlite3.connect(tmp_path / "scratch.db")
+    live = SqliteDatabase(sqlite3.connect(db_path, isolation_level=None))
+    scratch = SqliteDatabase(sqlite3.connect(tmp_path / "scratch.db", isolation_level=None))
     try:
         rebuild(live, scratch, all_projections())
         assert diff_tables(live, scratch, all_projections()) == {}
-        (count,) = live.execute("SELECT count(*) FROM webhook_deliveries").fetchone()
-        assert count == 1
+        assert live.fetch_one("SELECT count(*) FROM webhook_deliveries") == (1,)
     finally:
         live.close()
         scratch.close()

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from eventstore import RecordedEvent
+from eventstore.sql import SqliteDatabase
 from projections import RunsProjection, WebhooksProjection
 from runs.events import (
     DomainEvent,
@@ -43,7 +44,7 @@ STEPS = st.lists(
 class World:
     """Appends synthetic events through the two projections, and keeps the model."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: SqliteDatabase) -> None:
         self.conn = conn
         self.position = 0
         self.seqs: dict[str, int] = {}
@@ -198,17 +199,18 @@ SETUP = [("endpoint", 1), ("run", 1), ("wait", 0), ("complete", 0)]
 @example(steps=[*SETUP, ("claim", 0), ("fail", 0), ("claim", 0), ("give_up", 0), ("claim", 0)])
 def test_the_deliveries_table_says_what_the_model_says(steps: list[tuple[str, int]]) -> None:
     with tempfile.TemporaryDirectory() as folder:
-        conn = sqlite3.connect(Path(folder) / "model.db", isolation_level=None)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = OFF")
+        raw = sqlite3.connect(Path(folder) / "model.db", isolation_level=None)
+        raw.execute("PRAGMA journal_mode = WAL")
+        raw.execute("PRAGMA synchronous = OFF")
+        conn = SqliteDatabase(raw)
         try:
             world = World(conn)
             for kind, pick in steps:
                 world.step(kind, pick)
-            rows = conn.execute(
+            rows = conn.fetch_all(
                 "SELECT delivery_id, status, attempts, next_attempt_at, version"
                 " FROM webhook_deliveries"
-            ).fetchall()
+            )
         finally:
             conn.close()
     assert {r[0]: (r[1], r[2]) for r in rows} == {

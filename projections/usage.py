@@ -1,0 +1,189 @@
+"""Usage per org, UTC day, model, user and route: the report behind ``GET /v1/usage``.
+
+Tokens, cost and credits are counted on the day of the ``run.usage`` event that reports them
+(what a provider bills that day), under the model that event names. A run is counted once, in
+``runs``, on the day it started, under its own model. Credits are a run's figure
+(``ceil(cost * 1000 * multiplier)`` of its whole cost), so each ``run.usage`` adds only the
+credits by which it raised its run's figure: summed over any set of rows that holds all of a
+run's usage, credits equal the run's own ``credits_used`` exactly.
+
+Each model call is counted once, as in the run's own accounting (``runs.run.evolve``): an
+estimated usage (a cut call) counts only if the call has no usage yet, and a provider-reported
+usage replaces an estimate of the same call — the estimate is taken back, with the credits it
+added, from the row it was added to.
+
+``usage_live_runs`` keeps what a live run's next ``run.usage`` needs (its org, creator, route,
+multiplier and cost so far) and ``usage_calls`` what each of its calls added; a run's rows there
+are dropped when it ends (no usage follows a terminal event).
+"""
+
+from __future__ import annotations
+
+from eventstore import RecordedEvent, SqlConnection
+from projections.base import Handler, TableProjection
+from runs.events import (
+    DomainEvent,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    RunUsage,
+    run_id_of,
+)
+from runs.run import credits_for
+
+__all__ = ["USAGE_GROUPS", "UsageProjection", "utc_day"]
+
+#: ``group_by`` value → the column of ``usage`` it groups on.
+USAGE_GROUPS = {"day": "day", "model": "model", "user": "user_id", "route": "route_id"}
+
+_ADD = (
+    "INSERT INTO usage (org_id, day, model, user_id, route_id, runs, input_tokens,"
+    " output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, credits_used)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (org_id, day, model, user_id, route_id) DO UPDATE SET"
+    " runs = usage.runs + excluded.runs,"
+    " input_tokens = usage.input_tokens + excluded.input_tokens,"
+    " output_tokens = usage.output_tokens + excluded.output_tokens,"
+    " cache_read_tokens = usage.cache_read_tokens + excluded.cache_read_tokens,"
+    " cache_write_tokens = usage.cache_write_tokens + excluded.cache_write_tokens,"
+    " cost_usd = usage.cost_usd + excluded.cost_usd,"
+    " credits_used = usage.credits_used + excluded.credits_used"
+)
+
+
+_NOTHING_USED = (0, 0, 0, 0, 0.0, 0)
+
+
+def utc_day(created_at: str) -> str:
+    """``YYYY-MM-DD`` of one of the store's timestamps (always UTC, RFC 3339)."""
+    return created_at[:10]
+
+
+class UsageProjection(TableProjection):
+    name = "usage"
+    tables: tuple[str, ...] = ("usage", "usage_live_runs", "usage_calls")
+    ddl = """
+    CREATE TABLE IF NOT EXISTS usage (
+        org_id             TEXT NOT NULL,
+        day                TEXT NOT NULL,
+        model              TEXT NOT NULL,
+        user_id            TEXT NOT NULL,
+        route_id           TEXT NOT NULL,
+        runs               INTEGER NOT NULL,
+        input_tokens       INTEGER NOT NULL,
+        output_tokens      INTEGER NOT NULL,
+        cache_read_tokens  INTEGER NOT NULL,
+        cache_write_tokens INTEGER NOT NULL,
+        cost_usd           REAL NOT NULL,
+        credits_used       INTEGER NOT NULL,
+        PRIMARY KEY (org_id, day, model, user_id, route_id)
+    );
+    CREATE TABLE IF NOT EXISTS usage_live_runs (
+        run_id             TEXT PRIMARY KEY,
+        org_id             TEXT NOT NULL,
+        user_id            TEXT NOT NULL,
+        route_id           TEXT NOT NULL,
+        credits_multiplier REAL NOT NULL,
+        cost_usd           REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS usage_calls (
+        run_id             TEXT NOT NULL,
+        call               INTEGER NOT NULL,
+        estimated          INTEGER NOT NULL,
+        day                TEXT NOT NULL,
+        model              TEXT NOT NULL,
+        input_tokens       INTEGER NOT NULL,
+        output_tokens      INTEGER NOT NULL,
+        cache_read_tokens  INTEGER NOT NULL,
+        cache_write_tokens INTEGER NOT NULL,
+        cost_usd           REAL NOT NULL,
+        credits_used       INTEGER NOT NULL,
+        PRIMARY KEY (run_id, call)
+    )
+    """
+
+    def handlers(self) -> dict[type[DomainEvent], Handler]:
+        return {
+            RunStarted: self._started,
+            RunUsage: self._usage,
+            RunCompleted: self._ended,
+            RunFailed: self._ended,
+            RunCancelled: self._ended,
+        }
+
+    @staticmethod
+    def _started(conn: SqlConnection, e: RunStarted, r: RecordedEvent) -> None:
+        conn.execute(
+            "INSERT INTO usage_live_runs (run_id, org_id, user_id, route_id, credits_multiplier,"
+            " cost_usd) VALUES (?, ?, ?, ?, ?, 0)",
+            (e.run_id, e.org_id, e.created_by_user_id, e.route_id, e.credits_multiplier),
+        )
+        conn.execute(
+            _ADD,
+            (
+                *(e.org_id, utc_day(r.created_at), e.model, e.created_by_user_id, e.route_id, 1),
+                *_NOTHING_USED,
+            ),
+        )
+
+    @staticmethod
+    def _usage(conn: SqlConnection, e: RunUsage, r: RecordedEvent) -> None:
+        run_id = run_id_of(r.stream)
+        live = conn.fetch_one(
+            "SELECT org_id, user_id, route_id, credits_multiplier, cost_usd FROM usage_live_runs"
+            " WHERE run_id = ?",
+            (run_id,),
+        )
+        assert live is not None  # run.started comes first; no usage follows a terminal event
+        org_id, user_id, route_id, multiplier, before = live
+        known = conn.fetch_one(
+            "SELECT estimated, day, model, input_tokens, output_tokens, cache_read_tokens,"
+            " cache_write_tokens, cost_usd, credits_used FROM usage_calls"
+            " WHERE run_id = ? AND call = ?",
+            (run_id, e.call),
+        )
+        if e.estimated and known is not None:
+            return  # the call is counted already
+        # The same float operations, in the same order, as the run's own total, so the
+        # credits added here sum to the run's credits exactly.
+        cost, taken_back = before, 0
+        if known is not None and known[0]:
+            _, day, model, inputs, outputs, reads, writes, estimate, taken_back = known
+            conn.execute(
+                _ADD,
+                (
+                    *(org_id, day, model, user_id, route_id, 0),
+                    *(-inputs, -outputs, -reads, -writes, -estimate, -taken_back),
+                ),
+            )
+            cost -= estimate
+        after = cost + e.cost_usd
+        credits = credits_for(after, multiplier) - credits_for(before, multiplier) + taken_back
+        figures = (e.input_tokens, e.output_tokens, e.cache_read_tokens, e.cache_write_tokens)
+        day = utc_day(r.created_at)
+        conn.execute("UPDATE usage_live_runs SET cost_usd = ? WHERE run_id = ?", (after, run_id))
+        conn.execute(
+            _ADD,
+            (org_id, day, e.model, user_id, route_id, 0, *figures, e.cost_usd, credits),
+        )
+        # What an estimate added, to take back if the provider's own usage follows; a reported
+        # usage only marks the call as counted.
+        kept = (1, day, e.model, *figures, e.cost_usd, credits) if e.estimated else None
+        conn.execute(
+            "INSERT INTO usage_calls (run_id, call, estimated, day, model, input_tokens,"
+            " output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, credits_used)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, call) DO UPDATE SET"
+            " estimated = excluded.estimated, day = excluded.day, model = excluded.model,"
+            " input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,"
+            " cache_read_tokens = excluded.cache_read_tokens,"
+            " cache_write_tokens = excluded.cache_write_tokens, cost_usd = excluded.cost_usd,"
+            " credits_used = excluded.credits_used",
+            (run_id, e.call, *(kept or (0, day, e.model, 0, 0, 0, 0, 0.0, 0))),
+        )
+
+    @staticmethod
+    def _ended(conn: SqlConnection, e: DomainEvent, r: RecordedEvent) -> None:
+        run_id = run_id_of(r.stream)
+        conn.execute("DELETE FROM usage_live_runs WHERE run_id = ?", (run_id,))
+        conn.execute("DELETE FROM usage_calls WHERE run_id = ?", (run_id,))

@@ -1,0 +1,89 @@
+"""A long-lived response (an SSE stream) lives only as long as the credential that opened it.
+
+The guard follows the caller's org stream from the log, so it learns of ``api_key.revoked`` and
+``user.deleted`` as they commit, whichever process appended them (the admin CLI, usually), and
+it ends its response at the access token's expiry. It waits on the log's live notification and
+on one timer for the expiry: no polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import msgspec
+import structlog
+
+from eventstore import EventStore
+from projections.queries import Queries
+from runs.events import ApiKeyRevoked, UserDeleted, org_stream
+from runs.service import Principal
+
+__all__ = ["credential_ended", "guard_credential"]
+
+log = structlog.get_logger("runlog.auth")
+
+_key_revoked = msgspec.json.Decoder(ApiKeyRevoked)
+_user_deleted = msgspec.json.Decoder(UserDeleted)
+
+
+def credential_ended(who: Principal, event_type: str, data: str) -> bool:
+    """Whether an org event ends ``who``'s credential."""
+    if event_type == ApiKeyRevoked.TYPE and who.key_id is not None:
+        return _key_revoked.decode(data).key_id == who.key_id
+    if event_type == UserDeleted.TYPE:
+        return _user_deleted.decode(data).user_id == who.user_id
+    return False
+
+
+async def _still_valid(queries: Queries, who: Principal) -> bool:
+    user = await queries.user(who.user_id)
+    if user is None or user["deleted_at"] is not None:
+        return False
+    if who.key_id is None:
+        return True
+    keys = await queries.api_keys(who.org_id)
+    return any(k["key_id"] == who.key_id and k["revoked_at"] is None for k in keys)
+
+
+async def guard_credential(
+    store: EventStore, queries: Queries, who: Principal, owner: asyncio.Task[Any]
+) -> None:
+    """Cancel ``owner`` when ``who``'s credential is revoked, deleted or expires."""
+    stream = org_stream(who.org_id)
+    # The cursor first, then the credential's state: a revocation that committed after the
+    # request was authenticated is in the state read here or after the cursor.
+    cursor = await store.last_seq(stream)
+    if not await _still_valid(queries, who):
+        log.info("stream.credential_ended", reason="revoked")
+        owner.cancel()
+        return
+    expiry = None
+    if who.expires_at is not None:
+        expiry = asyncio.create_task(asyncio.sleep(max(0.0, who.expires_at - time.time())))
+    events = store.subscribe(stream, cursor)
+    revoked = asyncio.create_task(_first_ending(events, who))
+    try:
+        done, _ = await asyncio.wait(
+            [t for t in (expiry, revoked) if t is not None], return_when=asyncio.FIRST_COMPLETED
+        )
+        if any(not t.cancelled() and t.exception() is None for t in done):
+            log.info("stream.credential_ended", reason="expired" if expiry in done else "revoked")
+            owner.cancel()
+    finally:
+        for task in (expiry, revoked):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        await events.aclose()
+
+
+async def _first_ending(events: Any, who: Principal) -> None:
+    async for event in events:
+        if credential_ended(who, event.type, event.data):
+            return
+    # The store closed (shutdown): never report an ending.
+    await asyncio.Event().wait()
