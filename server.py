@@ -60,7 +60,6 @@ from runs.ids import is_id
 from runs.mcp_servers import McpServers
 from runs.openapi import document_bytes as openapi_document_bytes
 from runs.personas import PersonaRegistry
-from runs.providers.anthropic import AnthropicProvider
 from runs.providers.base import Provider
 from runs.providers.scripted import ScriptedProvider
 from runs.ratelimit import FailureLimiter
@@ -151,6 +150,10 @@ class Runtime:
             if route.provider == "scripted":
                 provider = ScriptedProvider()
             else:
+                # The SDK is the heaviest import by far: loaded for the first run that needs it,
+                # not at start-up (README.md, "Deploy": start-up time).
+                from runs.providers.anthropic import AnthropicProvider
+
                 provider = AnthropicProvider(route, self.routes.api_key(route))
             self._providers[route.id] = provider
         return provider
@@ -237,8 +240,9 @@ class Runtime:
             await self.deliveries.stop(self.config.shutdown_timeout_seconds)
         await self.mcp_servers.close()
         for provider in self._providers.values():
-            if isinstance(provider, AnthropicProvider):
-                await provider.aclose()
+            aclose = getattr(provider, "aclose", None)
+            if aclose is not None:
+                await aclose()
         if self.checkpoints is not None:
             await self.checkpoints.stop()  # the head at shutdown is signed too
         await self.store.close()

@@ -1,5 +1,5 @@
 """The ``runlog`` command line: serve (the default), admin, head, verify, rebuild, export, tail,
-copy.
+copy, backup.
 
 Every command that changes something appends events through the event store, so it is safe
 to run while the server runs on the same file.
@@ -13,9 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any
 
 from eventstore import EventStoreError, describe, log_exists, open_event_store
 from projections import all_projections
@@ -23,13 +21,16 @@ from runs.anchors import load_public_key, parse_expect, read_checkpoints
 from runs.audit import export_events, run_copy, run_head, run_rebuild, run_verify
 from runs.config import Config, load_config
 from runs.errors import RunsError
-from runs.logs import configure_logging
-from runs.service import Accounts
-from runs.tail import tail
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+# Each command imports what it uses when it runs: `runlog verify` never loads the HTTP stack,
+# and `--version` loads nothing (README.md, "Deploy": start-up time).
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = ("serve", "admin", "head", "verify", "rebuild", "export", "tail", "copy")
+COMMANDS = ("serve", "admin", "head", "verify", "rebuild", "export", "tail", "copy", "backup")
 ADMIN_COMMANDS = (
     "create-org",
     "create-user",
@@ -53,10 +54,24 @@ def _log_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help=_CONFIG_HELP)
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, worked out only when asked for (from source it runs git)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and commit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from runs.version import version_line
+
+        print(version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runlog", description="AI agent runs on an append-only, hash-chained event log."
     )
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command")
 
     serve = sub.add_parser("serve", help="run the HTTP service (the default command)")
@@ -125,12 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     copy = sub.add_parser("copy", help="copy a whole log to an empty database (any backend)")
     copy.add_argument("--from", dest="source", required=True, help="source path or URL")
     copy.add_argument("--to", dest="target", required=True, help="empty target path or URL")
+
+    backup = sub.add_parser("backup", help="a consistent, verified copy of a live SQLite log")
+    _log_options(backup)
+    backup.add_argument("--to", required=True, help="the copy's path (must not exist)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["serve", *argv]
     args = build_parser().parse_args(argv)
     try:
@@ -142,11 +161,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return audit(args)
         if args.command == "copy":
             return copy(args)
+        if args.command == "backup":
+            return backup(args)
         if args.command == "tail":
             token = args.token or os.environ.get("RUNLOG_TOKEN", "")
             if not token:
                 print("error: give --token or set RUNLOG_TOKEN", file=sys.stderr)
                 return 2
+            from runs.tail import tail
+
             return _run(tail(args.url, token, args.run_id))
     except RunsError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -171,11 +194,15 @@ def serve(args: argparse.Namespace) -> int:
     config = load_config(
         args.config, overrides={"host": args.host, "port": args.port, "db": args.db}
     )
+    from runs.logs import configure_logging
+
     configure_logging()
     return _run(_serve(config))
 
 
 async def _serve(config: Config, ready: Callable[[web.AppRunner], None] | None = None) -> int:
+    from aiohttp import web
+
     from server import RUNTIME, create_app
 
     app = create_app(config)
@@ -194,6 +221,9 @@ async def _serve(config: Config, ready: Callable[[web.AppRunner], None] | None =
     await site.start()
     runtime = app[RUNTIME]
     url = f"http://{config.host}:{config.port}"
+    from runs.version import version_line
+
+    print(version_line(), flush=True)
     print(f"runlog listening on {url} (log: {describe(config.db)})", flush=True)
     if runtime.bootstrap_key:
         print(
@@ -239,6 +269,8 @@ def existing_log(args: argparse.Namespace) -> str:
 
 
 async def admin(args: argparse.Namespace) -> int:
+    from runs.service import Accounts
+
     store = await open_event_store(existing_log(args), all_projections())
     try:
         accounts = Accounts(store)
@@ -295,6 +327,7 @@ def verify(path: str, args: argparse.Namespace) -> int:
 
 
 def audit(args: argparse.Namespace) -> int:
+
     path = existing_log(args)
     try:
         if args.command == "head":
@@ -317,6 +350,7 @@ def audit(args: argparse.Namespace) -> int:
 
 
 def copy(args: argparse.Namespace) -> int:
+
     try:
         if not log_exists(args.source):
             print(f"error: no log at {describe(args.source)}", file=sys.stderr)
@@ -325,3 +359,15 @@ def copy(args: argparse.Namespace) -> int:
     except EventStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+# -- backup -----------------------------------------------------------------------------------
+
+
+def backup(args: argparse.Namespace) -> int:
+    from runs.backup import is_database_url, run_backup
+
+    location = load_config(args.config, overrides={"db": args.db}).db
+    if not is_database_url(location):
+        location = existing_log(args)
+    return run_backup(location, args.to, sys.stdout, sys.stderr)
