@@ -31,7 +31,6 @@ from eventstore.model import (
     chain_hash,
     utc_now,
 )
-from eventstore.postgres import PostgresEventStore
 from eventstore.projection import Projection
 from eventstore.protocol import EventStore
 from eventstore.schema import SCHEMA_VERSION
@@ -39,6 +38,17 @@ from eventstore.sql import Database, SqlConnection
 from eventstore.sqlite import SQLiteEventStore, open_store
 from eventstore.store import CommitObserver
 from eventstore.verify import VerifyReport, verify_database, verify_events
+
+
+def __getattr__(name: str) -> object:
+    # PostgresEventStore is imported on first use: its drivers cost about 0.3 s of start-up
+    # that a SQLite service never needs.
+    if name == "PostgresEventStore":
+        from eventstore.postgres import PostgresEventStore
+
+        return PostgresEventStore
+    raise AttributeError(f"module 'eventstore' has no attribute {name!r}")
+
 
 __all__ = [
     "ANY",

@@ -10,7 +10,6 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 
 from eventstore.errors import StorageError
-from eventstore.postgres import PostgresDatabase, PostgresEventStore, is_postgres_url
 from eventstore.projection import Projection
 from eventstore.protocol import EventStore
 from eventstore.schema import connect
@@ -27,9 +26,19 @@ __all__ = [
 ]
 
 
+# The PostgreSQL backend (psycopg, asyncpg: about 0.3 s of imports) is imported only for a
+# ``postgresql://`` location, so a SQLite service and every command on a file never pay for it.
+
+
+def is_postgres_url(location: str) -> bool:
+    return location.startswith(("postgresql://", "postgres://"))
+
+
 async def open_event_store(location: str, projections: Sequence[Projection] = ()) -> EventStore:
     """Open the log at ``location``: a ``postgresql://`` URL, or else a SQLite file path."""
     if is_postgres_url(location):
+        from eventstore.postgres import PostgresEventStore
+
         return await PostgresEventStore.open(location, projections)
     return await SQLiteEventStore.open(location, projections)
 
@@ -41,6 +50,8 @@ def connect_database(location: str, *, read_only: bool = False) -> Database:
     even its WAL is written; a copy on read-only media is opened as immutable); a PostgreSQL
     session has every transaction read-only."""
     if is_postgres_url(location):
+        from eventstore.postgres import PostgresDatabase
+
         db = PostgresDatabase.connect(location)
         if read_only:
             db.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
@@ -76,6 +87,8 @@ def scratch_database(location: str) -> Iterator[Database]:
     compared on the engine that built the live tables). A PostgreSQL user who may not create a
     schema gets the in-memory SQLite one."""
     if is_postgres_url(location):
+        from eventstore.postgres import PostgresDatabase
+
         db = PostgresDatabase.connect(location)
         schema = f"runlog_scratch_{secrets.token_hex(6)}"
         try:

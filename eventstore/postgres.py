@@ -34,7 +34,7 @@ from eventstore.projection import Projection
 from eventstore.sql import Database
 from eventstore.store import GroupCommitStore
 
-__all__ = ["NOTIFY_CHANNEL", "PostgresDatabase", "PostgresEventStore", "is_postgres_url"]
+__all__ = ["NOTIFY_CHANNEL", "PostgresDatabase", "PostgresEventStore"]
 
 #: Every commit sends ``pg_notify(NOTIFY_CHANNEL, '<head position>')`` in its transaction, so
 #: other processes can learn of new events without polling.
@@ -124,10 +124,6 @@ def portable_ddl(statement: str) -> str:
     for pattern, replacement in _TYPES:
         statement = pattern.sub(replacement, statement)
     return statement
-
-
-def is_postgres_url(location: str) -> bool:
-    return location.startswith(("postgresql://", "postgres://"))
 
 
 class PostgresDatabase:

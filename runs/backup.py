@@ -15,7 +15,7 @@ import sqlite3
 from pathlib import Path
 from typing import TextIO
 
-from eventstore.postgres import is_postgres_url
+from eventstore import is_postgres_url
 from eventstore.schema import connect
 from eventstore.sql import SqliteDatabase
 from eventstore.verify import verify_database
