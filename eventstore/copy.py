@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
+import msgspec
+
 from eventstore.errors import CopyError
 from eventstore.model import RecordedEvent
 from eventstore.projection import Projection
@@ -58,21 +60,11 @@ def _copy(
             f"the target already holds a log (head position {head}): copy only into an"
             " empty database"
         )
-    buffer: list[tuple[int, str, int, str, str, str, str]] = []
+    buffer: list[tuple[object, ...]] = []
 
     def written(events: Iterator[RecordedEvent]) -> Iterator[RecordedEvent]:
         for event in events:
-            buffer.append(
-                (
-                    event.position,
-                    event.stream,
-                    event.seq,
-                    event.type,
-                    event.data,
-                    event.created_at,
-                    event.hash,
-                )
-            )
+            buffer.append(msgspec.structs.astuple(event))  # the events table's column order
             if len(buffer) >= _BATCH:
                 target.insert_events(buffer)
                 buffer.clear()
