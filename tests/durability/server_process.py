@@ -1,4 +1,9 @@
-"""The real server as a subprocess on a file log, for crash and shutdown tests."""
+"""The real server as a subprocess, for crash, shutdown and several-process tests.
+
+By default each server has its own SQLite file under ``tmp``; ``db`` names another log (a
+``postgresql://`` URL shared by several servers, say), and ``extra_args`` are added to
+``runlog serve``'s command line.
+"""
 
 from __future__ import annotations
 
@@ -24,9 +29,18 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, tmp: Path, extra_config: str = "") -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        extra_config: str = "",
+        *,
+        db: str | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.tmp = tmp
-        self.db = str(tmp / "runlog.db")
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.db = db or str(tmp / "runlog.db")
+        self.extra_args = extra_args
         self.count_file = str(tmp / "tool-executions.txt")
         personas = tmp / "personas"
         personas.mkdir(exist_ok=True)
@@ -67,6 +81,7 @@ class ServerProcess:
                     self.db,
                     "--config",
                     str(self.config),
+                    *self.extra_args,
                 ],
                 cwd=ROOT,
                 env=self.env(),
