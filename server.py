@@ -25,11 +25,14 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from eventstore import (
+    Coordination,
     EventStore,
     EventStoreError,
     StorageUnavailable,
     StoreClosedError,
+    open_coordination,
     open_event_store,
+    process_id,
 )
 from projections import all_projections
 from projections.queries import Queries
@@ -62,7 +65,7 @@ from runs.openapi import document_bytes as openapi_document_bytes
 from runs.personas import PersonaRegistry
 from runs.providers.base import Provider
 from runs.providers.scripted import ScriptedProvider
-from runs.ratelimit import FailureLimiter
+from runs.ratelimit import FailureLimiter, LoginThrottle, SharedFailureLimiter
 from runs.routes import RouteTable
 from runs.run import RUN_STATUSES, TERMINAL_STATUSES, cancel_receipt, fold_recorded
 from runs.schemas import (
@@ -141,7 +144,10 @@ class Runtime:
         self.streams: set[asyncio.Task[Any]] = set()
         self.bootstrap_key: str | None = None
         self.checkpoints: CheckpointPublisher | None = None
-        self.login_limiter = FailureLimiter(config.login_max_failures, config.login_window_seconds)
+        self.login_limiter: LoginThrottle = FailureLimiter(
+            config.login_max_failures, config.login_window_seconds
+        )
+        self.coordination: Coordination | None = None
 
     def default_provider(self, route: Route) -> Provider:
         """One provider per route (one HTTP client and connection pool), closed at stop."""
@@ -162,6 +168,17 @@ class Runtime:
         self.store = await open_event_store(self.config.db, all_projections())
         self.store.commit_observers.append(metrics.observe_commit)
         try:
+            # Leases (which process drives which run) and, on PostgreSQL, the login throttle's
+            # counts: coordination between the processes that serve one log.
+            self.coordination = await open_coordination(
+                self.config.db, process_id(), self.config.lease_seconds
+            )
+            if self.coordination.failures is not None:
+                self.login_limiter = SharedFailureLimiter(
+                    self.coordination.failures,
+                    self.config.login_max_failures,
+                    self.config.login_window_seconds,
+                )
             self.queries = Queries(self.store)
             self.accounts = Accounts(self.store)
             await record_personas(self.store, self.queries, self.personas)
@@ -176,6 +193,7 @@ class Runtime:
                 provider_for=self.provider_for,
                 coalesce_s=self.config.delta_coalesce_ms / 1000,
                 storage_retry_s=self.config.storage_retry_seconds,
+                leases=self.coordination.leases,
             )
             self.service = RunService(
                 store=self.store,
@@ -193,6 +211,7 @@ class Runtime:
             )
             self.mcp_servers.start(self.personas.by_id.values())
             await self.supervisor.resume_all()
+            self.supervisor.start()
             self.deliveries = self.start_deliveries()
             if self.config.checkpoint_key_file:
                 self.checkpoints = CheckpointPublisher(
@@ -204,6 +223,8 @@ class Runtime:
                 self.checkpoints.start()
         except BaseException:
             await self.mcp_servers.close()
+            if self.coordination is not None:
+                await self.coordination.close()
             await self.store.close()
             raise
 
@@ -245,6 +266,8 @@ class Runtime:
                 await aclose()
         if self.checkpoints is not None:
             await self.checkpoints.stop()  # the head at shutdown is signed too
+        if self.coordination is not None:
+            await self.coordination.close()
         await self.store.close()
         metrics.process_exited()
 
@@ -470,7 +493,7 @@ async def login(request: web.Request) -> web.Response:
     by_address = f"address:{request.remote}"
     limiter = runtime.login_limiter
     async with limiter.exclusive(by_user):
-        wait = limiter.retry_after((by_user, by_address))
+        wait = await limiter.wait_seconds((by_user, by_address))
         if wait > 0:
             raise RateLimited(
                 "too many failed logins; try again later",
@@ -480,9 +503,9 @@ async def login(request: web.Request) -> web.Response:
         encoded = user["password_hash"] if user and user["password_hash"] else None
         ok = await asyncio.to_thread(verify_password, body.password, encoded or DUMMY_PASSWORD_HASH)
         if user is None or encoded is None or not ok:
-            limiter.failed((by_user, by_address))
+            await limiter.record_failure((by_user, by_address))
             raise Unauthorized("wrong login or password")
-        limiter.succeeded(by_user)
+        await limiter.record_success(by_user)
     ttl = runtime.config.access_token_ttl_seconds
     token = sign_access_token(runtime.secret, user["user_id"], user["org_id"], ttl)
     return json_response(LoginResult(access_token=token, expires_in=ttl))

@@ -4,15 +4,18 @@ The rest of runlog types against :class:`EventStore` and opens a store with
 :func:`open_event_store` (a SQLite path or a ``postgresql://`` URL)."""
 
 from eventstore.backends import (
+    Coordination,
     connect_database,
     describe,
     is_postgres_url,
     log_exists,
+    open_coordination,
     open_event_store,
     scratch_database,
 )
 from eventstore.copy import copy_log
 from eventstore.errors import (
+    AppendRefused,
     ConcurrencyError,
     CopyError,
     EventStoreError,
@@ -21,6 +24,7 @@ from eventstore.errors import (
     StorageUnavailable,
     StoreClosedError,
 )
+from eventstore.leases import Leases, process_id
 from eventstore.model import (
     ANY,
     GENESIS_HASH,
@@ -54,13 +58,16 @@ __all__ = [
     "ANY",
     "GENESIS_HASH",
     "SCHEMA_VERSION",
+    "AppendRefused",
     "AppendRequest",
     "CommitObserver",
     "ConcurrencyError",
+    "Coordination",
     "CopyError",
     "Database",
     "EventStore",
     "EventStoreError",
+    "Leases",
     "NewEvent",
     "PostgresEventStore",
     "Projection",
@@ -79,8 +86,10 @@ __all__ = [
     "describe",
     "is_postgres_url",
     "log_exists",
+    "open_coordination",
     "open_event_store",
     "open_store",
+    "process_id",
     "scratch_database",
     "utc_now",
     "verify_database",

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import msgspec
+
+if TYPE_CHECKING:
+    from eventstore.sql import SqlConnection
 
 __all__ = [
     "ANY",
@@ -37,11 +42,19 @@ class AppendRequest(msgspec.Struct, frozen=True):
 
     ``expected_seq`` is the stream's current last seq (0: the stream must not exist yet) or
     :data:`ANY` to append whatever the stream holds.
+
+    ``guard``, when given, is called by the writer inside the append transaction, after the
+    head is locked and after the earlier appends of the same batch are applied to the
+    projections: it may read the read models (the ``SqlConnection`` port) and raise
+    :class:`eventstore.AppendRefused` to refuse the whole append. A decision that needs
+    "nobody else changed this meanwhile" across streams (a cap on live runs per org) is made
+    exactly there, on every backend and across processes.
     """
 
     stream: str
     events: list[NewEvent]
     expected_seq: int | None = ANY
+    guard: Callable[[SqlConnection], None] | None = None
 
 
 class RecordedEvent(msgspec.Struct, frozen=True, gc=False):

@@ -10,9 +10,10 @@ the commit — is a single call on that thread, so a batch costs one thread hop 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from eventstore.errors import (
+    AppendRefused,
     ConcurrencyError,
     EventStoreError,
     StorageError,
@@ -26,7 +27,7 @@ from eventstore.model import (
 )
 from eventstore.projection import Projection
 from eventstore.schema import ensure_schema, iter_events
-from eventstore.sql import Database
+from eventstore.sql import Database, SqlConnection
 
 __all__ = ["BatchWriter"]
 
@@ -149,9 +150,11 @@ class BatchWriter:
                 except EventStoreError as exc:
                     outcomes.append(exc)
                     continue
+                guards = [r.guard for r in item if r.guard is not None]
                 if isolate:
                     db.savepoint("item")
                     try:
+                        self._check(guards)
                         self._write(item_rows, recorded)
                     except Exception as exc:
                         db.rollback_to("item")
@@ -159,6 +162,21 @@ class BatchWriter:
                         outcomes.append(_store_error(db, exc))
                         continue
                     db.release("item")
+                elif guards:
+                    # A guard reads the read models as the earlier items of this batch left
+                    # them: write those first.
+                    try:
+                        if rows:
+                            self._write(rows, events)
+                            rows, events = [], []
+                        self._check(guards)
+                    except AppendRefused as exc:
+                        outcomes.append(exc)
+                        continue
+                    except Exception as exc:
+                        raise _IsolateItems from exc
+                    rows.extend(item_rows)
+                    events.extend(recorded)
                 else:
                     rows.extend(item_rows)
                     events.extend(recorded)
@@ -234,6 +252,10 @@ class BatchWriter:
                 rows.append((position, request.stream, last, new.type, data, created_at, digest))
             seqs[request.stream] = last
         return rows, [RecordedEvent(*row) for row in rows]
+
+    def _check(self, guards: Sequence[Callable[[SqlConnection], None]]) -> None:
+        for guard in guards:
+            guard(self._db)
 
     def _write(self, rows: list[_Row], events: list[RecordedEvent]) -> None:
         db = self._db

@@ -6,7 +6,9 @@ Written with plain SQL per event type; a test checks it against the pure fold in
 
 from __future__ import annotations
 
-from eventstore import RecordedEvent, SqlConnection
+from collections.abc import Callable
+
+from eventstore import AppendRefused, RecordedEvent, SqlConnection
 from projections.base import Handler, TableProjection
 from runs.events import (
     DomainEvent,
@@ -19,9 +21,30 @@ from runs.events import (
     RunWaitingForInput,
     run_id_of,
 )
-from runs.run import credits_for, ms_between
+from runs.run import LIVE_STATUSES, credits_for, ms_between
 
-__all__ = ["RUN_COLUMNS", "RunsProjection"]
+__all__ = ["RUN_COLUMNS", "RunsProjection", "live_runs_below"]
+
+_LIVE_COUNT = (
+    "SELECT count(*) FROM runs WHERE org_id = ? AND status IN"
+    f" ({', '.join('?' * len(LIVE_STATUSES))})"
+)
+
+
+def live_runs_below(org_id: str, limit: int) -> Callable[[SqlConnection], None]:
+    """An append guard (``AppendRequest.guard``): refuse a new run while the org already has
+    ``limit`` live runs. The writer calls it inside the append transaction with the head
+    locked, so on every backend, and across processes on PostgreSQL, the count it reads
+    includes every run started before (docs/architecture.md, "Execution")."""
+
+    def guard(conn: SqlConnection) -> None:
+        row = conn.fetch_one(_LIVE_COUNT, (org_id, *sorted(LIVE_STATUSES)))
+        live = int(row[0]) if row else 0
+        if live >= limit:
+            raise AppendRefused(f"the org has {live} live runs; the limit is {limit}", live=live)
+
+    return guard
+
 
 RUN_COLUMNS = (
     "run_id",
