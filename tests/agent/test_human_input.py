@@ -266,14 +266,14 @@ async def test_a_launch_while_the_task_finishes_its_step_is_not_lost(
 
     async def counted(run_id: str, resumed: bool, reason: str = "restart") -> str | None:
         passes.append(run_id)
+        if len(passes) == 1:
+            supervisor.launch(run_id)  # arrives while this pass is under way
+            assert run_id in supervisor._relaunch
         return await one_pass(run_id, resumed, reason)
 
     monkeypatch.setattr(supervisor, "_run", counted)
     supervisor.launch(run_id)  # a task that will find the run waiting and end
-    first = supervisor.tasks[run_id]
-    supervisor.launch(run_id)  # arrives while that task is registered
-    assert run_id in supervisor._relaunch
-    await first
+    await supervisor.tasks[run_id]
     assert passes == [run_id, run_id]
     while run_id in supervisor.tasks:  # the done callback runs on the next loop turn
         await asyncio.sleep(0)
