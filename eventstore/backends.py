@@ -77,7 +77,16 @@ async def open_coordination(location: str, owner: str, lease_seconds: float) -> 
     try:
         # Small and writable (the store's readers are read-only): a renewal or a throttle
         # check is one short statement.
-        pool = await asyncpg.create_pool(location, min_size=1, max_size=4, timeout=10)
+        # Leases and counts are coordination, not history: their commits need not wait for
+        # the WAL flush (after a database crash a lease lost this way lapses, or is found
+        # missing, and is taken again), which makes a lease cost a round trip, not an fsync.
+        pool = await asyncpg.create_pool(
+            location,
+            min_size=1,
+            max_size=8,
+            timeout=10,
+            server_settings={"synchronous_commit": "off"},
+        )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise StorageUnavailable(f"cannot connect to {_display(location)}: {exc}") from exc
     try:

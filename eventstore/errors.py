@@ -33,8 +33,8 @@ class ConcurrencyError(EventStoreError):
 
 
 class AppendRefused(EventStoreError):
-    """An append's guard refused it inside the append transaction; nothing was written.
-    ``details`` are the guard's own (what the caller needs to explain the refusal)."""
+    """An append's cap (:class:`eventstore.Cap`) refused it inside the append transaction;
+    nothing was written. ``details["count"]`` is what the cap counted."""
 
     def __init__(self, message: str, **details: object) -> None:
         super().__init__(message)

@@ -10,7 +10,7 @@ the commit — is a single call on that thread, so a batch costs one thread hop 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from eventstore.errors import (
     AppendRefused,
@@ -21,13 +21,14 @@ from eventstore.errors import (
 )
 from eventstore.model import (
     AppendRequest,
+    Cap,
     RecordedEvent,
     canonical_bytes,
     chain_hash,
 )
 from eventstore.projection import Projection
 from eventstore.schema import ensure_schema, iter_events
-from eventstore.sql import Database, SqlConnection
+from eventstore.sql import Database
 
 __all__ = ["BatchWriter"]
 
@@ -132,6 +133,7 @@ class BatchWriter:
                 raise StorageUnavailable(f"cannot start a write transaction: {exc}") from exc
             raise StorageError(f"cannot start a write transaction: {exc}") from exc
         batch_seqs: dict[str, int] = {}  # last seq of each stream written by this batch
+        counts: dict[str, int] = {}  # what each cap counts, with this batch's accepted appends
         try:
             if head_position != self._cached_head:
                 # Another process wrote since our last commit: our seq cache is stale and our
@@ -150,11 +152,21 @@ class BatchWriter:
                 except EventStoreError as exc:
                     outcomes.append(exc)
                     continue
-                guards = [r.guard for r in item if r.guard is not None]
+                caps = [r.cap for r in item if r.cap is not None]
+                if caps:
+                    try:
+                        self._check(caps, counts)
+                    except AppendRefused as exc:
+                        outcomes.append(exc)
+                        continue
+                    except Exception as exc:
+                        if isolate:
+                            outcomes.append(_store_error(db, exc))
+                            continue
+                        raise _IsolateItems from exc
                 if isolate:
                     db.savepoint("item")
                     try:
-                        self._check(guards)
                         self._write(item_rows, recorded)
                     except Exception as exc:
                         db.rollback_to("item")
@@ -162,24 +174,11 @@ class BatchWriter:
                         outcomes.append(_store_error(db, exc))
                         continue
                     db.release("item")
-                elif guards:
-                    # A guard reads the read models as the earlier items of this batch left
-                    # them: write those first.
-                    try:
-                        if rows:
-                            self._write(rows, events)
-                            rows, events = [], []
-                        self._check(guards)
-                    except AppendRefused as exc:
-                        outcomes.append(exc)
-                        continue
-                    except Exception as exc:
-                        raise _IsolateItems from exc
-                    rows.extend(item_rows)
-                    events.extend(recorded)
                 else:
                     rows.extend(item_rows)
                     events.extend(recorded)
+                for cap in caps:
+                    counts[cap.key] += 1
                 for event in recorded:
                     batch_seqs[event.stream] = event.seq
                 if recorded:
@@ -253,9 +252,17 @@ class BatchWriter:
             seqs[request.stream] = last
         return rows, [RecordedEvent(*row) for row in rows]
 
-    def _check(self, guards: Sequence[Callable[[SqlConnection], None]]) -> None:
-        for guard in guards:
-            guard(self._db)
+    def _check(self, caps: Sequence[Cap], counts: dict[str, int]) -> None:
+        """Refuse the item if one of its caps is reached. A cap's count is read once per batch
+        (the projections are current: they were caught up when the head was locked) and then
+        kept up to date with the batch's own accepted appends."""
+        for cap in caps:
+            count = counts.get(cap.key)
+            if count is None:
+                row = self._db.fetch_one(cap.count_sql, cap.params)
+                count = counts[cap.key] = int(row[0]) if row and row[0] is not None else 0
+            if count >= cap.limit:
+                raise AppendRefused(f"{cap.key}: {count} of {cap.limit}", count=count)
 
     def _write(self, rows: list[_Row], events: list[RecordedEvent]) -> None:
         db = self._db

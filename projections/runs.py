@@ -6,9 +6,7 @@ Written with plain SQL per event type; a test checks it against the pure fold in
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from eventstore import AppendRefused, RecordedEvent, SqlConnection
+from eventstore import Cap, RecordedEvent, SqlConnection
 from projections.base import Handler, TableProjection
 from runs.events import (
     DomainEvent,
@@ -31,19 +29,12 @@ _LIVE_COUNT = (
 )
 
 
-def live_runs_below(org_id: str, limit: int) -> Callable[[SqlConnection], None]:
-    """An append guard (``AppendRequest.guard``): refuse a new run while the org already has
-    ``limit`` live runs. The writer calls it inside the append transaction with the head
-    locked, so on every backend, and across processes on PostgreSQL, the count it reads
-    includes every run started before (docs/architecture.md, "Execution")."""
-
-    def guard(conn: SqlConnection) -> None:
-        row = conn.fetch_one(_LIVE_COUNT, (org_id, *sorted(LIVE_STATUSES)))
-        live = int(row[0]) if row else 0
-        if live >= limit:
-            raise AppendRefused(f"the org has {live} live runs; the limit is {limit}", live=live)
-
-    return guard
+def live_runs_below(org_id: str, limit: int) -> Cap:
+    """The cap on an org's live runs, for the append that starts a run (``AppendRequest.cap``):
+    the writer counts them inside the append transaction with the head locked, so on every
+    backend, and across processes on PostgreSQL, the count includes every run started before
+    (docs/architecture.md, "Limits")."""
+    return Cap(f"live-runs:{org_id}", _LIVE_COUNT, (org_id, *sorted(LIVE_STATUSES)), limit)
 
 
 RUN_COLUMNS = (

@@ -236,7 +236,7 @@ class RunService:
 
         Both limits are decided in the append transaction, so they hold across processes: one
         live run per thread by the thread's expected seq, the org's cap on live runs by a
-        guard the writer evaluates with the head locked (``live_runs_below``); the reads here
+        cap the writer counts with the head locked (``live_runs_below``); the reads here
         only answer early. The run's lease is taken before the run exists, so no other
         process can take a run that has just started for one whose driver died."""
         route = self.routes.resolve(route_id)
@@ -304,14 +304,14 @@ class RunService:
                             run_stream(started.run_id),
                             [encode_event(started)],
                             0,
-                            guard=live_runs_below(who.org_id, limit),
+                            cap=live_runs_below(who.org_id, limit),
                         ),
                     ]
                 )
             except ConcurrencyError:
                 continue  # the thread moved on (a message, another run): look again
             except AppendRefused as exc:
-                counted = exc.details.get("live")
+                counted = exc.details.get("count")
                 raise _limit_exceeded(
                     counted if isinstance(counted, int) else limit, limit
                 ) from None

@@ -1,5 +1,5 @@
-"""Append guards: a decision the writer makes inside the append transaction, with the head
-locked and after the earlier appends of the same batch (the per-org cap on live runs)."""
+"""Append caps: a count the writer checks inside the append transaction, with the head locked,
+including the earlier appends of the same batch (the per-org cap on live runs)."""
 
 from __future__ import annotations
 
@@ -8,33 +8,28 @@ from typing import Any
 
 import pytest
 
-from eventstore import AppendRefused, AppendRequest, NewEvent, SqlConnection
+from eventstore import AppendRefused, AppendRequest, Cap, NewEvent
 
 
-def at_most(limit: int) -> Any:
+def at_most(limit: int) -> Cap:
     """Refuse once ``limit`` streams named ``capped-*`` exist."""
-
-    def guard(conn: SqlConnection) -> None:
-        row = conn.fetch_one(
-            "SELECT count(DISTINCT stream) FROM events WHERE stream >= 'capped-'"
-            " AND stream < 'capped.'"
-        )
-        count = int(row[0]) if row else 0
-        if count >= limit:
-            raise AppendRefused(f"{count} capped streams", count=count)
-
-    return guard
+    return Cap(
+        "capped",
+        "SELECT count(DISTINCT stream) FROM events WHERE stream >= ? AND stream < ?",
+        ("capped-", "capped."),
+        limit,
+    )
 
 
 def request(i: int, limit: int) -> list[AppendRequest]:
     return [
         AppendRequest(f"other-{i}", [NewEvent("x", b"{}")], None),
-        AppendRequest(f"capped-{i}", [NewEvent("x", b"{}")], 0, guard=at_most(limit)),
+        AppendRequest(f"capped-{i}", [NewEvent("x", b"{}")], 0, cap=at_most(limit)),
     ]
 
 
-async def test_a_guard_counts_the_earlier_appends_of_its_batch(store: Any) -> None:
-    # Concurrent appends share batches: each guard sees the ones committed before it.
+async def test_a_cap_counts_the_earlier_appends_of_its_batch(store: Any) -> None:
+    # Concurrent appends share batches: each cap counts the ones accepted before it.
     results = await asyncio.gather(
         *(store.append_many(request(i, 5)) for i in range(40)), return_exceptions=True
     )
@@ -53,8 +48,8 @@ async def test_a_guard_counts_the_earlier_appends_of_its_batch(store: Any) -> No
 async def test_a_refused_append_does_not_fail_its_neighbours(store: Any) -> None:
     await store.append_many(request(0, 1))
     plain = [store.append(f"plain-{i}", [NewEvent("x", b"{}")]) for i in range(5)]
-    guarded = store.append_many(request(1, 1))
-    *ok, refused = await asyncio.gather(*plain, guarded, return_exceptions=True)
+    capped = store.append_many(request(1, 1))
+    *ok, refused = await asyncio.gather(*plain, capped, return_exceptions=True)
     assert all(isinstance(r, list) for r in ok)
     assert isinstance(refused, AppendRefused)
     with pytest.raises(AppendRefused):
