@@ -16,10 +16,11 @@ resumed a run; the append's ``expected_seq`` stays the fence between two drivers
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -122,14 +123,14 @@ LEASES_SCHEMA = [
 
 _ACQUIRE = """
 INSERT INTO run_leases (run_id, owner, expires_at)
-VALUES ($1, $2, now() + make_interval(secs => $3))
+SELECT id, $2, now() + make_interval(secs => $3) FROM unnest($1::text[]) AS id ORDER BY id
 ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
 WHERE run_leases.owner = excluded.owner OR run_leases.expires_at < now()
 RETURNING run_id"""
 _RENEW = """
 UPDATE run_leases SET expires_at = now() + make_interval(secs => $2)
 WHERE owner = $1 RETURNING run_id"""
-_RELEASE = "DELETE FROM run_leases WHERE run_id = $1 AND owner = $2"
+_RELEASE = "DELETE FROM run_leases WHERE run_id = ANY($1::text[]) AND owner = $2"
 _RELEASE_ALL = "UPDATE run_leases SET expires_at = '-infinity' WHERE owner = $1"
 _LAPSED = "SELECT run_id FROM run_leases WHERE expires_at < now() ORDER BY expires_at LIMIT $1"
 _UNHELD = """
@@ -138,8 +139,45 @@ WHERE NOT EXISTS (SELECT 1 FROM run_leases WHERE run_id = id AND expires_at >= n
 _FORGET = "DELETE FROM run_leases WHERE run_id = $1 AND expires_at < now()"
 
 
+class _Coalesced:
+    """Concurrent calls with one run id each become one statement over all of them (as the
+    log's group commit does for appends): what arrives while a statement runs goes with the
+    next one."""
+
+    def __init__(self, run: Callable[[list[str]], Awaitable[set[str]]]) -> None:
+        self._run = run
+        self._pending: dict[str, list[asyncio.Future[bool]]] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def __call__(self, run_id: str) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(run_id, []).append(future)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="lease-statements")
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            try:
+                done = await self._run(sorted(batch))
+            except BaseException as exc:
+                for futures in batch.values():
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for run_id, futures in batch.items():
+                for future in futures:
+                    if not future.done():
+                        future.set_result(run_id in done)
+
+
 class PostgresLeases:
-    """Leases in the table ``run_leases`` of the log's PostgreSQL database."""
+    """Leases in the table ``run_leases`` of the log's PostgreSQL database. Leases taken or
+    given up at the same time (a burst of new runs) share one statement."""
 
     shared = True
 
@@ -147,17 +185,26 @@ class PostgresLeases:
         self._pool = pool
         self.owner = owner
         self.lease_seconds = lease_seconds
+        self._acquire = _Coalesced(self._acquire_all)
+        self._release = _Coalesced(self._release_all)
+
+    async def _acquire_all(self, run_ids: list[str]) -> set[str]:
+        rows = await self._pool.fetch(_ACQUIRE, run_ids, self.owner, float(self.lease_seconds))
+        return {row[0] for row in rows}
+
+    async def _release_all(self, run_ids: list[str]) -> set[str]:
+        await self._pool.execute(_RELEASE, run_ids, self.owner)
+        return set(run_ids)
 
     async def acquire(self, run_id: str) -> bool:
-        row = await self._pool.fetchrow(_ACQUIRE, run_id, self.owner, float(self.lease_seconds))
-        return row is not None
+        return await self._acquire(run_id)
 
     async def renew(self) -> set[str]:
         rows = await self._pool.fetch(_RENEW, self.owner, float(self.lease_seconds))
         return {row[0] for row in rows}
 
     async def release(self, run_id: str) -> None:
-        await self._pool.execute(_RELEASE, run_id, self.owner)
+        await self._release(run_id)
 
     async def release_all(self) -> None:
         await self._pool.execute(_RELEASE_ALL, self.owner)
