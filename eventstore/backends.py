@@ -71,7 +71,7 @@ async def open_coordination(location: str, owner: str, lease_seconds: float) -> 
     import asyncpg
 
     from eventstore.leases import LEASES_SCHEMA, PostgresLeases
-    from eventstore.postgres import SCHEMA_LOCK, _display
+    from eventstore.postgres import _SCHEMA_LOCK, _display
     from eventstore.throttle import THROTTLE_SCHEMA
 
     try:
@@ -91,7 +91,7 @@ async def open_coordination(location: str, owner: str, lease_seconds: float) -> 
         raise StorageUnavailable(f"cannot connect to {_display(location)}: {exc}") from exc
     try:
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
             for statement in (*LEASES_SCHEMA, *THROTTLE_SCHEMA):
                 await conn.execute(statement)
     except BaseException:

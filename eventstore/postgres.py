@@ -39,7 +39,7 @@ __all__ = ["NOTIFY_CHANNEL", "PostgresDatabase", "PostgresEventStore"]
 #: Every commit sends ``pg_notify(NOTIFY_CHANNEL, '<head position>')`` in its transaction, so
 #: other processes can learn of new events without polling.
 NOTIFY_CHANNEL = "runlog_events"
-SCHEMA_LOCK = 0x72756E6C6F67  # any constant: serialises schema creation across processes
+_SCHEMA_LOCK = 0x72756E6C6F67  # any constant: serialises schema creation across processes
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS events (
@@ -197,7 +197,7 @@ class PostgresDatabase:
 
     def begin_schema(self) -> None:
         self._cursor.execute(b"BEGIN")
-        self._cursor.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        self._cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
 
     def begin_write(self) -> None:
         self._reconnect_if_lost()
