@@ -195,7 +195,7 @@ class Supervisor:
                 or self._executor_ending(run_id)
             ):
                 continue
-            log.info("run.ended_elsewhere", run_id=run_id, event=event.type)
+            log.info("run.ended_elsewhere", run_id=run_id, by=event.type)
             self._ended_elsewhere.add(run_id)
             task.cancel()
 
