@@ -90,6 +90,7 @@ class Supervisor:
         # When each lease held was taken (monotonic): a renewal that started before a lease
         # was taken says nothing about it.
         self._leased_at: dict[str, float] = {}
+        self._stale: set[str] = set()
         # Tasks stopped because their lease was lost, or because their run ended through
         # another process (a cancel sent there): they append nothing more.
         self._lost: set[str] = set()
@@ -141,6 +142,13 @@ class Supervisor:
             except Exception as exc:
                 log.warning("lease.renew_failed", error=repr(exc))
                 continue
+            # A lease held with no task and no claim behind it (its release failed, or the task
+            # was stopped while giving it up) would keep the run from anyone else: let it go
+            # once two renewals in a row found it so.
+            stale = held - self.tasks.keys() - self._leased_at.keys()
+            for run_id in stale & self._stale:
+                await self.unclaim(run_id)
+            self._stale = stale
             for run_id, task in list(self.tasks.items()):
                 leased_at = self._leased_at.get(run_id)
                 if run_id in held or leased_at is None or leased_at >= started or task.done():
@@ -315,6 +323,7 @@ class Supervisor:
                 # decides whether there is anything left to do; if not, stop.
                 if self.leases.shared and not await self.leases.acquire(run_id):
                     log.warning("run.lease_lost", run_id=run_id)
+                    self._leased_at.pop(run_id, None)
                     self._lost.add(run_id)
                     return None
                 resumed, interrupted = False, True

@@ -1,0 +1,56 @@
+"""The supervisor under leases, in one process on a PostgreSQL log (the processes' view is in
+tests/multiproc): a task whose lease another process took stops without appending, and a lease
+left with no task behind it is given up."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+
+from tests.conftest import ADMIN_KEY, Api, app_factory
+from tests.postgres import fresh_schema
+
+
+async def test_a_task_that_lost_its_lease_stops_without_appending(
+    aiohttp_client: Any, pg_url: str
+) -> None:
+    location = fresh_schema(pg_url)
+    client = await aiohttp_client(app_factory(location)(lease_seconds=0.6))
+    api = Api(client, ADMIN_KEY)
+    supervisor = api.runtime.supervisor
+    _, run_id = await api.start_run("/slow 100\n" + " ".join(f"w{i}" for i in range(200)))
+    await api.wait_for(run_id, {"running"})
+    async with asyncio.timeout(30):
+        while run_id not in supervisor._executors:
+            await asyncio.sleep(0.01)
+    # Another process takes the lease (as if ours had lapsed).
+    with psycopg.connect(location, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE run_leases SET owner = 'elsewhere', expires_at = now() + interval '1 hour'"
+            " WHERE run_id = %s",
+            (run_id,),
+        )
+    async with asyncio.timeout(30):  # the next renewal (every 0.2 s) finds it gone
+        while run_id in supervisor.tasks:
+            await asyncio.sleep(0.01)
+    head = await api.runtime.store.head()
+    await asyncio.sleep(1.0)  # the run would have streamed on (a delta every 0.1 s)
+    assert await api.runtime.store.head() == head
+    _, run = await api.request("GET", f"/v1/runs/{run_id}", expect=200)
+    assert run["status"] == "running"  # the other process drives it now
+    # Nor is the run taken back: its lease is held (by the other process).
+    await asyncio.sleep(1.0)
+    assert run_id not in supervisor.tasks
+
+
+async def test_a_lease_without_a_task_is_given_up(aiohttp_client: Any, pg_url: str) -> None:
+    location = fresh_schema(pg_url)
+    client = await aiohttp_client(app_factory(location)(lease_seconds=0.6))
+    api = Api(client, ADMIN_KEY)
+    supervisor = api.runtime.supervisor
+    assert await supervisor.leases.acquire("stray-run")  # no claim, no task
+    async with asyncio.timeout(30):
+        while "stray-run" in await supervisor.leases.renew():
+            await asyncio.sleep(0.05)
