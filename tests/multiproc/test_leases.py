@@ -256,33 +256,3 @@ async def test_the_login_throttle_counts_across_processes(pair_factory: Any) -> 
         answers.append((status, body.get("code")))
     assert [status for status, _ in answers[:3]] == [401, 401, 401], answers
     assert answers[3] == (429, "auth.rate_limited"), answers
-
-
-async def test_a_cancel_sent_to_b_stops_the_run_driven_by_a(pair_factory: Any) -> None:
-    pair: Pair = await pair_factory()
-    thread_id = await _thread_with_message(pair.on_a, f"/slow 5000\n{LONG}")
-    status, created = await pair.on_a.call("POST", f"/v1/threads/{thread_id}/runs", {})
-    assert status == 201, created
-    run_id = str(created["run_id"])
-    async with asyncio.timeout(60):  # A streams (and then waits 5 s before its next delta)
-        while not any(t == "message.delta" for t, _ in pair.run_events(run_id)):
-            await asyncio.sleep(0.05)
-    status, receipt = await pair.on_b.call("POST", f"/v1/runs/{run_id}:cancel")
-    assert status == 200, receipt
-    assert receipt["status"] == "cancelled"
-    cancelled = time.monotonic()
-    # A hears of the cancel through the log (its listener) and stops the task at once, long
-    # before its next delta would have met the cancel as a refused append.
-    marker = "run.ended_elsewhere"
-    async with asyncio.timeout(30):
-        while not any(
-            marker in line and run_id in line for line in pair.a.log.read_text().splitlines()
-        ):
-            await asyncio.sleep(0.02)
-    stopped_after = time.monotonic() - cancelled
-    print(f"cancel on B to A's task stopped: {stopped_after:.2f} s")
-    assert stopped_after < 1.0, stopped_after
-    await asyncio.sleep(6)  # past A's next delta, had it gone on
-    types = [t for t, _ in pair.run_events(run_id)]
-    assert types[-1] == "run.cancelled", types
-    assert sum(t in TERMINAL for t in types) == 1, types
