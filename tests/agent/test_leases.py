@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 
+from tests.agent.conftest import events_of
 from tests.conftest import ADMIN_KEY, Api, app_factory
 from tests.postgres import fresh_schema
 
@@ -54,3 +55,32 @@ async def test_a_lease_without_a_task_is_given_up(aiohttp_client: Any, pg_url: s
     async with asyncio.timeout(30):
         while "stray-run" in await supervisor.leases.renew():
             await asyncio.sleep(0.05)
+
+
+async def test_input_while_another_process_holds_the_lease_is_not_stranded(
+    aiohttp_client: Any, pg_url: str
+) -> None:
+    location = fresh_schema(pg_url)
+    client = await aiohttp_client(app_factory(location)(lease_seconds=0.6))
+    api = Api(client, ADMIN_KEY)
+    supervisor = api.runtime.supervisor
+    _, run_id = await api.start_run("/ask what colour?")
+    await api.wait_for(run_id, {"waiting_for_input"})
+    async with asyncio.timeout(30):
+        while run_id in supervisor.tasks:
+            await asyncio.sleep(0.01)
+    # Another process's task is still finishing the step that asked (it holds the lease, and
+    # then dies without giving it up).
+    with psycopg.connect(location, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO run_leases (run_id, owner, expires_at)"
+            " VALUES (%s, 'elsewhere', now() + interval '1 second')",
+            (run_id,),
+        )
+    await api.request("POST", f"/v1/runs/{run_id}/input", json={"content": "blue"}, expect=200)
+    assert run_id not in supervisor.tasks  # not ours to drive while the other holds it
+    run = await api.wait_for(run_id, {"completed"}, timeout=30)
+    assert run["status"] == "completed"
+    types = [t for t, _ in await events_of(api, run_id)]
+    assert types.count("run.resumed") == 1  # taken over once the other's lease lapsed
+    assert types[-1] == "run.completed"
