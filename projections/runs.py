@@ -114,7 +114,9 @@ class RunsProjection(TableProjection):
     );
     CREATE INDEX IF NOT EXISTS runs_by_org ON runs (org_id, run_id);
     CREATE INDEX IF NOT EXISTS runs_by_org_status ON runs (org_id, status, run_id);
-    CREATE INDEX IF NOT EXISTS runs_by_thread ON runs (thread_id, run_id)
+    CREATE INDEX IF NOT EXISTS runs_by_thread ON runs (thread_id, run_id);
+    -- The running runs, whatever their org: start-up and the takeover loop look for drivers.
+    CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, run_id)
     """
 
     def create(self, conn: SqlConnection) -> None:

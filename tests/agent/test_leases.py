@@ -22,8 +22,8 @@ async def test_a_task_that_lost_its_lease_stops_without_appending(
     api = Api(client, ADMIN_KEY)
     supervisor = api.runtime.supervisor
     _, run_id = await api.start_run("/slow 100\n" + " ".join(f"w{i}" for i in range(200)))
-    await api.wait_for(run_id, {"running"})
-    async with asyncio.timeout(30):
+    await api.wait_for(run_id, {"running"}, timeout=60)
+    async with asyncio.timeout(60):
         while run_id not in supervisor._executors:
             await asyncio.sleep(0.01)
     # Another process takes the lease (as if ours had lapsed).
@@ -33,9 +33,12 @@ async def test_a_task_that_lost_its_lease_stops_without_appending(
             " WHERE run_id = %s",
             (run_id,),
         )
-    async with asyncio.timeout(30):  # the next renewal (every 0.2 s) finds it gone
+    async with asyncio.timeout(60):  # the next renewal (every 0.2 s) finds it gone
         while run_id in supervisor.tasks:
             await asyncio.sleep(0.01)
+    # An append already on its way when the task stopped still lands (appends are shielded
+    # from cancellation; expected_seq is what fences them): count from after it.
+    await asyncio.sleep(0.5)
     head = await api.runtime.store.head()
     await asyncio.sleep(1.0)  # the run would have streamed on (a delta every 0.1 s)
     assert await api.runtime.store.head() == head
@@ -65,8 +68,8 @@ async def test_input_while_another_process_holds_the_lease_is_not_stranded(
     api = Api(client, ADMIN_KEY)
     supervisor = api.runtime.supervisor
     _, run_id = await api.start_run("/ask what colour?")
-    await api.wait_for(run_id, {"waiting_for_input"})
-    async with asyncio.timeout(30):
+    await api.wait_for(run_id, {"waiting_for_input"}, timeout=60)
+    async with asyncio.timeout(60):
         while run_id in supervisor.tasks:
             await asyncio.sleep(0.01)
     # Another process's task is still finishing the step that asked (it holds the lease, and
@@ -74,12 +77,12 @@ async def test_input_while_another_process_holds_the_lease_is_not_stranded(
     with psycopg.connect(location, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO run_leases (run_id, owner, expires_at)"
-            " VALUES (%s, 'elsewhere', now() + interval '1 second')",
+            " VALUES (%s, 'elsewhere', now() + interval '3 seconds')",
             (run_id,),
         )
     await api.request("POST", f"/v1/runs/{run_id}/input", json={"content": "blue"}, expect=200)
     assert run_id not in supervisor.tasks  # not ours to drive while the other holds it
-    run = await api.wait_for(run_id, {"completed"}, timeout=30)
+    run = await api.wait_for(run_id, {"completed"}, timeout=60)
     assert run["status"] == "completed"
     types = [t for t, _ in await events_of(api, run_id)]
     assert types.count("run.resumed") == 1  # taken over once the other's lease lapsed
