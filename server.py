@@ -58,7 +58,6 @@ from runs.events import run_stream
 from runs.http_input import path_id, query_before, query_limit, query_seq, read_body
 from runs.ids import is_id
 from runs.mcp_servers import McpServers
-from runs.openapi import document_bytes as openapi_document_bytes
 from runs.personas import PersonaRegistry
 from runs.providers.base import Provider
 from runs.providers.scripted import ScriptedProvider
@@ -439,8 +438,11 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    """The OpenAPI 3.1 document, generated from ``runs.schemas`` (``runs.openapi``)."""
-    return web.Response(body=openapi_document_bytes(), content_type="application/json")
+    """The OpenAPI 3.1 document, generated from ``runs.schemas`` (``runs.openapi``, imported
+    with the first request for it: start-up does not need it)."""
+    from runs.openapi import document_bytes
+
+    return web.Response(body=document_bytes(), content_type="application/json")
 
 
 async def metrics_text(request: web.Request) -> web.Response:
