@@ -55,6 +55,7 @@ import contextlib
 import cProfile
 import json
 import os
+import pstats
 import resource
 import signal
 import socket
@@ -153,6 +154,7 @@ def real_server_argv(tmp: Path, clients: int) -> list[str]:
     if profile_dir:
         Path(profile_dir).mkdir(parents=True, exist_ok=True)
         out = Path(profile_dir) / f"e2e-c{clients}.prof"
+        out.unlink(missing_ok=True)
         return [sys.executable, str(THIS), "--profiled-server", str(out), *serve]
     return [sys.executable, "-m", "runs", *serve]
 
@@ -344,7 +346,18 @@ async def measure(clients: int, seconds: float, *, rounds: int = 2) -> dict[str,
         if seconds - threads_start.get(name, 0.0) > 0
     }
     if profiling:
-        print(f"C = {clients}: server CPU ms/run by thread: {by_thread}", file=sys.stderr)
+        profile = Path(os.environ["RUNLOG_BENCH_PROFILE"]) / f"e2e-c{clients}.prof"
+        for _ in range(50):  # the server writes it on SIGUSR2
+            if profile.exists():
+                break
+            await asyncio.sleep(0.1)
+        calls = pstats.Stats(str(profile)).total_calls / real.runs  # type: ignore[attr-defined]
+        cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in sorted(by_thread.items()))
+        print(
+            f"C = {clients}: server main-thread Python calls per run {calls:,.0f};"
+            f" CPU ms/run: {cpu}",
+            file=sys.stderr,
+        )
     runs_s = real.runs / real_wall
     null_runs_s = null_runs / null_wall
     return {
