@@ -350,11 +350,19 @@ class RunExecutor:
         waiting_for_first = True
         try:
             while True:
-                timeout = max(0.0, next_flush - time.monotonic()) if buffer else None
-                try:
-                    item = await asyncio.wait_for(queue.get(), timeout)
-                except TimeoutError:
-                    item = None
+                if not queue.empty():
+                    # What the provider already produced is taken without a wait: a
+                    # ``wait_for`` costs a task and a timer per item.
+                    item = queue.get_nowait()
+                elif not buffer:
+                    item = await queue.get()
+                else:
+                    try:
+                        item = await asyncio.wait_for(
+                            queue.get(), max(0.0, next_flush - time.monotonic())
+                        )
+                    except TimeoutError:
+                        item = None
                 if waiting_for_first and isinstance(item, TextDelta | ToolUse):
                     waiting_for_first = False
                     first_token_seconds.observe(time.monotonic() - started)
