@@ -182,9 +182,10 @@ class RunService:
         persona_id: str | None,
         trace_id: str,
     ) -> str:
-        if await self.queries.thread(who.org_id, thread_id) is None:
+        thread = await self.queries.thread(who.org_id, thread_id)
+        if thread is None:
             raise NotFound("thread not found")
-        return await self._start_run(who, thread_id, route_id, persona_id, trace_id)
+        return await self._start_run(who, thread_id, route_id, persona_id, trace_id, thread=thread)
 
     async def retry_run(self, who: Principal, run_id: str, trace_id: str) -> str:
         """A new run on the same thread, route and persona that answers the same user turn
@@ -238,9 +239,12 @@ class RunService:
         *,
         retry_of: str | None = None,
         check: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+        thread: dict[str, Any] | None = None,
     ) -> str:
         """``run.started`` with ``thread.run_started``, guarded by the thread's seq: ``check``
-        (and the limits) are decided again on each attempt, against the thread as it is."""
+        (and the limits) are decided again on each attempt, against the thread as it is.
+        ``thread``, the thread's row if the caller just read it, serves the first attempt (the
+        append's guard refuses it if the thread moved on since)."""
         route = self.routes.resolve(route_id)
         persona = self.personas.resolve(persona_id)
         run_id = new_id()
@@ -266,7 +270,9 @@ class RunService:
             async with self._org_locks[org_id]:
                 while (creating := self._creating.get(thread_id)) is not None:
                     await creating.wait()
-                thread = await self.queries.thread(org_id, thread_id)
+                    thread = None  # it moved on meanwhile
+                if thread is None:
+                    thread = await self.queries.thread(org_id, thread_id)
                 assert thread is not None
                 if check is not None:
                     await check(thread)
@@ -301,6 +307,7 @@ class RunService:
                 )
                 break
             except ConcurrencyError:
+                thread = None
                 continue  # the thread moved on (a message, another run): look again
             finally:
                 self._starting[org_id] -= 1
