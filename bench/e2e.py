@@ -31,7 +31,7 @@ API (called by ``bench/all.py``)
     ``async def measure(clients: int, seconds: float, *, rounds: int = 2) -> dict[str, float]``
     returns ``runs_s``, ``null_runs_s``, ``ratio``, ``cpu_ms_per_run``, ``null_cpu_ms_per_run``,
     ``first_delta_p50_ms``, ``first_delta_p99_ms``, ``completed_p50_ms``, ``completed_p99_ms``
-    and ``runs`` (the real server's run count).
+    ``runs`` (the real server's run count) and ``clients``.
 
 profiling
     ``RUNLOG_BENCH_PROFILE=<dir>`` runs the server under test inside this file
