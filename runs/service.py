@@ -4,6 +4,7 @@ conflict. The HTTP handlers and the admin CLI call these; nothing else writes th
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -142,6 +143,15 @@ class RunService:
         self.routes = routes
         self.personas = personas
         self.max_live_runs_per_org = max_live_runs_per_org
+        # The early checks of run creation take turns per org, so this process does not
+        # send more starts than the limit lets through; what decides is the cap counted in the
+        # append transaction (exact across processes), and the thread's expected seq.
+        self._org_locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(
+            asyncio.Lock
+        )
+        #: Runs whose ``run.started`` is being appended, per org and by thread.
+        self._starting: collections.Counter[str] = collections.Counter()
+        self._creating: dict[str, asyncio.Event] = {}
 
     async def create_thread(self, who: Principal, title: str | None) -> str:
         thread_id = new_id()
@@ -174,9 +184,10 @@ class RunService:
         persona_id: str | None,
         trace_id: str,
     ) -> str:
-        if await self.queries.thread(who.org_id, thread_id) is None:
+        thread = await self.queries.thread(who.org_id, thread_id)
+        if thread is None:
             raise NotFound("thread not found")
-        return await self._start_run(who, thread_id, route_id, persona_id, trace_id)
+        return await self._start_run(who, thread_id, route_id, persona_id, trace_id, thread=thread)
 
     async def retry_run(self, who: Principal, run_id: str, trace_id: str) -> str:
         """A new run on the same thread, route and persona that answers the same user turn
@@ -230,9 +241,12 @@ class RunService:
         *,
         retry_of: str | None = None,
         check: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+        thread: dict[str, Any] | None = None,
     ) -> str:
         """``run.started`` with ``thread.run_started``, guarded by the thread's seq: ``check``
         (and the limits) are decided again on each attempt, against the thread as it is.
+        ``thread``, the thread's row if the caller just read it, serves the first attempt (the
+        append's guard refuses it if the thread moved on since).
 
         Both limits are decided in the append transaction, so they hold across processes: one
         live run per thread by the thread's expected seq, the org's cap on live runs by a
@@ -259,7 +273,7 @@ class RunService:
         await self.supervisor.claim(run_id)  # a new id: nobody else can hold it
         appended = False
         try:
-            await self._append_run(who, thread_id, started, check)
+            await self._append_run(who, thread_id, started, check, thread)
             appended = True
         finally:
             if not appended:
@@ -273,25 +287,38 @@ class RunService:
         thread_id: str,
         started: RunStarted,
         check: Callable[[dict[str, Any]], Awaitable[None]] | None,
+        thread: dict[str, Any] | None,
     ) -> None:
+        org_id = who.org_id
         limit = self.max_live_runs_per_org
         for _ in range(_CONFLICT_RETRIES):
-            thread = await self.queries.thread(who.org_id, thread_id)
-            assert thread is not None
-            if check is not None:
-                await check(thread)
-            active = thread["active_run_id"]
-            if active is not None:
-                run = await self.queries.run(who.org_id, active)
-                if run is not None and run["status"] not in TERMINAL_STATUSES:
-                    raise Conflict(
-                        "the thread already has a run that has not finished",
-                        code="runs.thread_busy",
-                        active_run_id=active,
-                    )
-            live = await self.queries.live_run_count(who.org_id)
-            if live >= limit:
-                raise _limit_exceeded(live, limit)
+            # The checks run one at a time per org; the append does not hold the lock, so
+            # creations on several threads share commits. A run being appended counts towards
+            # the limit until its append returns (then the read model counts it), and another
+            # creation on its thread waits for that append before it looks at the thread.
+            async with self._org_locks[org_id]:
+                while (creating := self._creating.get(thread_id)) is not None:
+                    await creating.wait()
+                    thread = None  # it moved on meanwhile
+                if thread is None:
+                    thread = await self.queries.thread(org_id, thread_id)
+                assert thread is not None
+                if check is not None:
+                    await check(thread)
+                active = thread["active_run_id"]
+                if active is not None:
+                    run = await self.queries.run(org_id, active)
+                    if run is not None and run["status"] not in TERMINAL_STATUSES:
+                        raise Conflict(
+                            "the thread already has a run that has not finished",
+                            code="runs.thread_busy",
+                            active_run_id=active,
+                        )
+                live = await self.queries.live_run_count(org_id) + self._starting[org_id]
+                if live >= limit:
+                    raise _limit_exceeded(live, limit)
+                self._starting[org_id] += 1
+                appending = self._creating[thread_id] = asyncio.Event()
             try:
                 await self.store.append_many(
                     [
@@ -304,17 +331,23 @@ class RunService:
                             run_stream(started.run_id),
                             [encode_event(started)],
                             0,
-                            cap=live_runs_below(who.org_id, limit),
+                            cap=live_runs_below(org_id, limit),
                         ),
                     ]
                 )
             except ConcurrencyError:
+                thread = None
                 continue  # the thread moved on (a message, another run): look again
             except AppendRefused as exc:
+                # Other processes' runs filled the org's last places meanwhile.
                 counted = exc.details.get("count")
                 raise _limit_exceeded(
                     counted if isinstance(counted, int) else limit, limit
                 ) from None
+            finally:
+                self._starting[org_id] -= 1
+                del self._creating[thread_id]
+                appending.set()
             return
         raise Conflict("the thread is too busy, try again", code="runs.thread_busy")
 
