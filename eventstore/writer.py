@@ -153,20 +153,10 @@ class BatchWriter:
                     outcomes.append(exc)
                     continue
                 caps = [r.cap for r in item if r.cap is not None]
-                if caps:
-                    try:
-                        self._check(caps, counts)
-                    except AppendRefused as exc:
-                        outcomes.append(exc)
-                        continue
-                    except Exception as exc:
-                        if isolate:
-                            outcomes.append(_store_error(db, exc))
-                            continue
-                        raise _IsolateItems from exc
                 if isolate:
                     db.savepoint("item")
                     try:
+                        self._check(caps, counts)
                         self._write(item_rows, recorded)
                     except Exception as exc:
                         db.rollback_to("item")
@@ -175,6 +165,13 @@ class BatchWriter:
                         continue
                     db.release("item")
                 else:
+                    try:
+                        self._check(caps, counts)
+                    except AppendRefused as exc:
+                        outcomes.append(exc)
+                        continue
+                    except Exception as exc:
+                        raise _IsolateItems from exc
                     rows.extend(item_rows)
                     events.extend(recorded)
                 for cap in caps:
