@@ -161,6 +161,7 @@ class Runtime:
     async def start(self) -> None:
         self.store = await open_event_store(self.config.db, all_projections())
         self.store.commit_observers.append(metrics.observe_commit)
+        self.store.reconnect_observers.append(metrics.observe_reconnect)
         try:
             self.queries = Queries(self.store)
             self.accounts = Accounts(self.store)

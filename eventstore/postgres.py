@@ -30,6 +30,7 @@ from psycopg.pq import TransactionStatus
 
 from eventstore.errors import StorageError, StorageUnavailable, StoreClosedError
 from eventstore.model import GENESIS_HASH, RecordedEvent
+from eventstore.pg_listen import Listener
 from eventstore.projection import Projection
 from eventstore.sql import Database
 from eventstore.store import GroupCommitStore
@@ -322,6 +323,15 @@ class PostgresEventStore(GroupCommitStore):
         self.url = url
         self._reader_count = readers
         self._pool: asyncpg.Pool | None = None
+        #: Other processes' commits reach live subscribers through it (eventstore/pg_listen.py).
+        self.listener = Listener(
+            url,
+            channel=NOTIFY_CHANNEL,
+            read_after=self.read_all,
+            publish=self._publish_read,
+            published=lambda: self._published,
+            resynced=self._resynced,
+        )
 
     @classmethod
     async def open(
@@ -353,11 +363,22 @@ class PostgresEventStore(GroupCommitStore):
             # read-only connections keep no session state to reset.
             reset=_no_reset,
         )
+        self._published = await self.head()
+        self.listener.start()
 
     async def _close_readers(self) -> None:
+        await self.listener.stop()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
+
+    def _publish_from_log(self) -> None:
+        self.listener.look()
+
+    def _resynced(self) -> None:
+        self.live.wake_all()
+        for observe in self.reconnect_observers:
+            observe()
 
     def _reader(self) -> asyncpg.Pool:
         if self._closed or self._pool is None:

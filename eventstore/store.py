@@ -64,6 +64,13 @@ class GroupCommitStore:
         #: Why the last commit failed while the database could not write (disk full, I/O
         #: error, connection lost); ``None`` once a commit succeeds again.
         self.write_fault: str | None = None
+        #: Called when the store lost its wake-ups from other processes and has them again
+        #: (PostgreSQL's listening connection): every live subscriber was woken to read again.
+        self.reconnect_observers: list[Callable[[], None]] = []
+        # The last position handed to live subscribers. Events after it are this process's
+        # commits (published as they commit) or other processes' (read from the log when the
+        # backend says there is something to read): each is published once, in position order.
+        self._published = 0
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -91,7 +98,35 @@ class GroupCommitStore:
     def _committed(self, events: list[RecordedEvent]) -> None:
         """Hand a commit's events to live subscribers (called on the event loop, after the
         commit)."""
-        self.live.publish(events)
+        self._publish(events)
+
+    def _publish_from_log(self) -> None:
+        """Publish what the log holds after :attr:`_published` (another process's events),
+        now or soon: SQLite reads at once, PostgreSQL wakes its reader task."""
+
+    # -- live: this process's commits and other processes' ----------------------------------
+
+    def _publish(self, committed: list[RecordedEvent]) -> None:
+        """Hand this process's committed events to live subscribers once each, in position
+        order. When another process committed in between, the log is read first (and this
+        commit's events with it)."""
+        fresh = [event for event in committed if event.position > self._published]
+        if not fresh:
+            return
+        if fresh[0].position != self._published + 1:
+            self._publish_from_log()
+            return
+        self._published = fresh[-1].position
+        self.live.publish(fresh)
+
+    def _publish_read(self, events: list[RecordedEvent]) -> None:
+        """Publish ``events``, read from the log after some position at or before
+        :attr:`_published`: only those still unpublished, which follow it without a gap (the
+        log's positions are gapless and whatever was published meanwhile was contiguous)."""
+        fresh = [event for event in events if event.position > self._published]
+        if fresh and fresh[0].position == self._published + 1:
+            self._published = fresh[-1].position
+            self.live.publish(fresh)
 
     # -- life cycle -------------------------------------------------------------------------
 
