@@ -14,7 +14,7 @@ import aiohttp
 import psycopg
 
 from tests.durability.server_process import ROOT, Client, ServerProcess
-from tests.multiproc.conftest import Servers, children
+from tests.multiproc.conftest import SECRET_CONFIG, Servers, children
 
 
 def socket_owner(server_port: int, client_port: int, pids: set[int]) -> int | None:
@@ -119,3 +119,37 @@ def test_workers_on_sqlite_are_refused(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--workers 2 needs a PostgreSQL log" in result.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+def test_the_parent_gives_up_on_workers_that_cannot_stay_up(tmp_path: Path, pg_db: str) -> None:
+    """The port is held by a socket without SO_REUSEPORT: every worker dies at start, the
+    parent restarts each with growing delays, then gives up and exits 1."""
+    server = ServerProcess(tmp_path, SECRET_CONFIG, db=pg_db)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", server.port))
+        holder.listen()
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "runs",
+                "serve",
+                "--workers",
+                "2",
+                "--port",
+                str(server.port),
+                "--db",
+                pg_db,
+                "--config",
+                str(server.config),
+            ],
+            cwd=ROOT,
+            env=server.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert '"workers.giving_up"' in result.stdout
+    assert result.stdout.count('"workers.died"') >= 6
