@@ -7,8 +7,8 @@ listening on that channel. A notification only says "look now": it sets one flag
 task reads the log after the last position the store published and hands those events to the
 store's live hub (GroupCommitStore._publish_read), so a burst of notifications costs one read
 and nothing is published twice or out of order. A notification whose head the store has already
-published (its own commit, say) costs nothing. There is no timer: without notifications nothing
-is read.
+published, or committed itself (its writer publishes those), costs nothing. There is no timer:
+without notifications nothing is read.
 
 When the listening connection is lost (a server restart, ``pg_terminate_backend``, a network
 cut that the socket notices) the store connects again with growing delays, then reads the log
@@ -51,7 +51,9 @@ class Listener:
     ``channel`` is the one every commit notifies (``eventstore.postgres.NOTIFY_CHANNEL``);
     ``read_after(position, limit)`` reads the log; ``publish(events)`` hands what was read to
     the store (which drops what it already published); ``published()`` is the last position it
-    published; ``resynced()`` runs after a reconnection's read (wakes every subscriber).
+    published; ``covered()`` the last position that needs no read (published, or committed by
+    the store itself and about to be published); ``resynced()`` runs after a reconnection's
+    read (wakes every subscriber).
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class Listener:
         read_after: Callable[[int, int], Awaitable[list[RecordedEvent]]],
         publish: Callable[[list[RecordedEvent]], None],
         published: Callable[[], int],
+        covered: Callable[[], int],
         resynced: Callable[[], None],
     ) -> None:
         self.url = url
@@ -69,8 +72,13 @@ class Listener:
         self._read_after = read_after
         self._publish = publish
         self._published = published
+        self._covered = covered
         self._resynced = resynced
         self._look = asyncio.Event()
+        # The highest head notified since the last read; a look from the store (a gap, a
+        # reconnection) reads whatever it is.
+        self._notified_head = 0
+        self._must_read = False
         self._resync_pending = False
         self._stopping = False
         self._connection: asyncpg.Connection | None = None
@@ -107,6 +115,7 @@ class Listener:
 
     def look(self) -> None:
         """Read the log after the last published position soon (coalesced)."""
+        self._must_read = True
         self._look.set()
 
     # -- the listening connection -----------------------------------------------------------
@@ -116,8 +125,13 @@ class Listener:
             head = int(payload)
         except ValueError:
             head = -1
-        # A head already published (this process's own commit) needs no read.
-        if head < 0 or head > self._published():
+        # A head already published, or one this process committed itself (the writer path
+        # publishes it, reading the log first if another process committed before it), needs
+        # no read.
+        if head < 0:
+            self.look()
+        elif head > self._covered():
+            self._notified_head = max(self._notified_head, head)
             self._look.set()
 
     async def _listen_loop(self) -> None:
@@ -154,7 +168,7 @@ class Listener:
                 self._resync_pending = True
                 log.info("store.listen_reconnected", reconnects=self.reconnects)
             connected_before = True
-            self._look.set()
+            self.look()
             self.listening.set()
             await lost.wait()
             self.listening.clear()
@@ -177,7 +191,14 @@ class Listener:
         delay = FIRST_DELAY
         while not self._stopping:
             await self._look.wait()
+            # The writer thread may note its own commit just after its notification came:
+            # one turn of the loop lets it, and then the head may need no read after all.
+            await asyncio.sleep(0)
             self._look.clear()
+            must_read, self._must_read = self._must_read, False
+            head, self._notified_head = self._notified_head, 0
+            if not must_read and not self._resync_pending and head <= self._covered():
+                continue
             resync, self._resync_pending = self._resync_pending, False
             try:
                 await self._catch_up()
@@ -190,7 +211,7 @@ class Listener:
                 log.warning("store.listen_read_failed", error=str(exc), retry_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_DELAY)
-                self._look.set()
+                self.look()
                 continue
             delay = FIRST_DELAY
             if resync:

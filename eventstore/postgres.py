@@ -330,6 +330,7 @@ class PostgresEventStore(GroupCommitStore):
             read_after=self.read_all,
             publish=self._publish_read,
             published=lambda: self._published,
+            covered=lambda: max(self._published, self._written),
             resynced=self._resynced,
         )
 

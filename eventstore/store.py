@@ -71,6 +71,9 @@ class GroupCommitStore:
         # commits (published as they commit) or other processes' (read from the log when the
         # backend says there is something to read): each is published once, in position order.
         self._published = 0
+        #: The last position this process committed (set on the writer thread): everything up
+        #: to it is published by the writer path, which reads the log first after a gap.
+        self._written = 0
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -212,7 +215,8 @@ class GroupCommitStore:
             try:
                 outcomes: list[Outcome] = await loop.run_in_executor(
                     self._executor,
-                    writer.commit_batch,
+                    self._commit_batch,
+                    writer,
                     [pending.requests for pending in batch],
                     utc_now(),
                 )
@@ -253,6 +257,18 @@ class GroupCommitStore:
             item = self._queue.get_nowait()
             if isinstance(item, _Pending) and not item.future.done():
                 item.future.set_exception(StoreClosedError("the event store is closed"))
+
+    def _commit_batch(
+        self, writer: BatchWriter, batches: list[Sequence[AppendRequest]], now: str
+    ) -> list[Outcome]:
+        """On the writer thread: commit, and note the last position written at once, before
+        the event loop hears of the commit (PostgreSQL's notification of it may come first:
+        the loop then knows these events are about to be published)."""
+        outcomes = writer.commit_batch(batches, now)
+        for outcome in outcomes:
+            if isinstance(outcome, list) and outcome:
+                self._written = max(self._written, outcome[-1].position)
+        return outcomes
 
     def _fault(self, error: StorageUnavailable) -> None:
         if self.write_fault is None:

@@ -136,3 +136,27 @@ async def test_an_idle_store_reads_nothing(
         while b._published < 2:
             await asyncio.sleep(0.01)
     assert reads and reads[0] == 1
+
+
+async def test_a_stores_own_commits_cost_the_listener_no_read(
+    two_stores: tuple[PostgresEventStore, PostgresEventStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its own commits are published by the writer path; their notifications need no read."""
+    a, _ = two_stores
+    reads: list[int] = []
+
+    async def counting(position: int, limit: int) -> list[RecordedEvent]:
+        reads.append(position)
+        return await a.read_all(position, limit)
+
+    monkeypatch.setattr(a.listener, "_read_after", counting)
+    received = asyncio.create_task(collect(a, "own", 100))
+    await asyncio.sleep(0.05)
+    async with asyncio.timeout(30):
+        await append_each(a, "own", 100, "Own")
+        assert [event.seq for event in await received] == list(range(1, 101))
+    await asyncio.sleep(0.2)  # the last notifications arrive
+    # At least 4 commits (one per round of 25), each notified to the store itself; a read
+    # for one of them is possible only if the notification beat the writer thread by more
+    # than a turn of the event loop.
+    assert len(reads) <= 1, reads
