@@ -199,6 +199,11 @@ class PostgresDatabase:
     def begin_schema(self) -> None:
         self._cursor.execute(b"BEGIN")
         self._cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        # Writers take the head's row before they touch any table; so must a store starting
+        # beside them, before its DDL locks tables, or each waits for the other (deadlock).
+        exists = self._cursor.execute(b"SELECT to_regclass('events_head')").fetchone()
+        if exists is not None and exists[0] is not None:
+            self._cursor.execute(_LOCK_HEAD)
 
     def begin_write(self) -> None:
         self._reconnect_if_lost()
