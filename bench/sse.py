@@ -75,6 +75,8 @@ SLOW_MS = 18
 FANOUT_SECONDS = 10.0
 SETTLE_SECONDS = 1.0
 IDLE_CONNECTIONS = 1000
+#: Seconds a client waits for its stream to open (the first ping).
+OPEN_TIMEOUT = 30.0
 TERMINAL = {t.encode() for t in TERMINAL_RUN_EVENTS}
 
 
@@ -432,7 +434,7 @@ async def open_clients(
             _, protocol = await loop.create_connection(
                 lambda: SseProtocol(request, latencies), "127.0.0.1", port
             )
-            await asyncio.wait_for(protocol.opened, 30)
+            await asyncio.wait_for(protocol.opened, OPEN_TIMEOUT)
             return protocol
 
     return await asyncio.gather(*(one(r) for r in requests))
@@ -479,10 +481,9 @@ async def fanout(
     tmp: Path, db: str | None = None, workers: int = 1, idle: bool = True, name: str = "fanout"
 ) -> dict[str, Any]:
     """The fan-out measurement against a fresh server on ``db`` (default: a new SQLite file)
-    with ``workers`` processes; ``idle`` also measures the RSS of idle connections.
-
-    With several workers a run is driven by the worker that created it and a cancel may reach
-    another one, so the runs are left to complete instead of being cancelled."""
+    with ``workers`` processes; ``idle`` also measures the RSS of idle connections. (With
+    several workers a cancel may reach a worker that does not drive the run: it appends the
+    cancel itself, and the driver's next append fails its seq check and stops.)"""
     db = db or str(tmp / f"{name}.db")
     config = write_config(
         tmp / f"{name}.toml",
@@ -516,8 +517,7 @@ async def fanout(
         cpu = os.times()
         rss_peak = rss_kb(pid)
         client_cpu = (cpu.user - cpu_start.user) + (cpu.system - cpu_start.system)
-        for run_id in run_ids if workers == 1 else ():
-            # End the runs now rather than wait for the text to run out.
+        for run_id in run_ids:  # end the runs now rather than wait for the text to run out
             async with session.post(
                 f"{base}/v1/runs/{run_id}:cancel", headers={"Authorization": f"Bearer {KEY}"}
             ) as r:
