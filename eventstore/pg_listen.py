@@ -83,7 +83,7 @@ class Listener:
         self._stopping = False
         self._connection: asyncpg.Connection | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        #: Set while the connection listens (tests and ``ready`` wait for it).
+        #: Set while the connection listens (what a test or a benchmark may wait for).
         self.listening = asyncio.Event()
         #: How many times the listening connection was lost and established again.
         self.reconnects = 0
