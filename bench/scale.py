@@ -7,7 +7,8 @@ Everything runs in fresh databases made for the run and dropped after it.
 append scale
     Writer processes (this script started again with ``--appender``), each with its own
     ``PostgresEventStore`` and 50 tasks appending one event at a time to streams of their own,
-    all starting at one agreed instant and stopping ``APPEND_SECONDS`` later. Events committed
+    all starting at one instant given once every one has opened its store, and stopping
+    ``APPEND_SECONDS`` later. Events committed
     per second by 1 process and by 2 processes at once, alternated ``REPEATS`` times (medians),
     so both see the same machine. Every process serialises on the log's head once per batch;
     the ratio says how much a second process adds.
@@ -86,12 +87,14 @@ def progress(text: str) -> None:
 # -- child processes ------------------------------------------------------------------------
 
 
-async def appender(url: str, name: str, start_at: float, seconds: float) -> None:
-    """APPENDERS tasks appending one event each, from ``start_at`` for ``seconds``; prints
-    the count as JSON."""
+async def appender(url: str, name: str, seconds: float) -> None:
+    """APPENDERS tasks appending one event each for ``seconds`` from the start time read from
+    stdin (once every appender said it is ready); prints the count as JSON."""
     store = await PostgresEventStore.open(url)
     try:
         await store.append(f"{name}-warm", [NewEvent("Warm", b"{}")])
+        print("ready", flush=True)
+        start_at = float(await asyncio.to_thread(sys.stdin.readline))
         await asyncio.sleep(max(0.0, start_at - time.time()))
         stop_at = start_at + seconds
         counts = [0] * APPENDERS
@@ -135,6 +138,7 @@ def child(mode: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, __file__, f"--{mode}", *args],
         cwd=ROOT,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -144,14 +148,18 @@ def child(mode: str, *args: str) -> subprocess.Popen[str]:
 
 
 async def append_rate(url: str, processes: int, round_: int) -> float:
-    start_at = time.time() + 3.0  # every child has opened its store by then
     children = [
-        child("appender", url, f"r{round_}p{processes}w{i}", str(start_at), str(APPEND_SECONDS))
+        child("appender", url, f"r{round_}p{processes}w{i}", str(APPEND_SECONDS))
         for i in range(processes)
     ]
+    for proc in children:  # every child has opened its store (start-up is slow under load)
+        assert proc.stdout is not None
+        ready = await asyncio.to_thread(proc.stdout.readline)
+        assert ready.strip() == "ready", ready
+    start_at = time.time() + 0.2
     total = 0
     for proc in children:
-        out, _ = await asyncio.to_thread(proc.communicate)
+        out, _ = await asyncio.to_thread(proc.communicate, f"{start_at}\n")
         assert proc.returncode == 0, out
         total += json.loads(out.strip().splitlines()[-1])["events"]
     return total / APPEND_SECONDS
@@ -272,12 +280,12 @@ async def main() -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--appender", nargs=4, metavar=("URL", "NAME", "START", "SECONDS"))
+    parser.add_argument("--appender", nargs=3, metavar=("URL", "NAME", "SECONDS"))
     parser.add_argument("--ticker", nargs=4, metavar=("URL", "STREAM", "START", "SECONDS"))
     args = parser.parse_args()
     if args.appender:
-        url, name, start, seconds = args.appender
-        asyncio.run(appender(url, name, float(start), float(seconds)))
+        url, name, seconds = args.appender
+        asyncio.run(appender(url, name, float(seconds)))
     elif args.ticker:
         url, stream, start, seconds = args.ticker
         asyncio.run(ticker(url, stream, float(start), float(seconds)))
