@@ -7,7 +7,8 @@ listening on that channel. A notification only says "look now": it sets one flag
 task reads the log after the last position the store published and hands those events to the
 store's live hub (GroupCommitStore._publish_read), so a burst of notifications costs one read
 and nothing is published twice or out of order. A notification whose head the store has already
-published, or committed itself (its writer publishes those), costs nothing. There is no timer:
+published, or committed itself (its writer publishes those; one that arrives while the store's
+own batch is in flight is judged once that batch is through), costs nothing. There is no timer:
 without notifications nothing is read.
 
 When the listening connection is lost (a server restart, ``pg_terminate_backend``, a network
@@ -65,6 +66,7 @@ class Listener:
         publish: Callable[[list[RecordedEvent]], None],
         published: Callable[[], int],
         covered: Callable[[], int],
+        between_batches: asyncio.Event,
         resynced: Callable[[], None],
     ) -> None:
         self.url = url
@@ -73,6 +75,7 @@ class Listener:
         self._publish = publish
         self._published = published
         self._covered = covered
+        self._between_batches = between_batches
         self._resynced = resynced
         self._look = asyncio.Event()
         # The highest head notified since the last read; a look from the store (a gap, a
@@ -191,14 +194,19 @@ class Listener:
         delay = FIRST_DELAY
         while not self._stopping:
             await self._look.wait()
-            # The writer thread may note its own commit just after its notification came:
-            # one turn of the loop lets it, and then the head may need no read after all.
-            await asyncio.sleep(0)
             self._look.clear()
             must_read, self._must_read = self._must_read, False
             head, self._notified_head = self._notified_head, 0
-            if not must_read and not self._resync_pending and head <= self._covered():
-                continue
+            if not must_read and not self._resync_pending:
+                if head <= self._covered():
+                    continue
+                # The notification may be of this store's own batch, whose commit the writer
+                # thread has not noted yet: once that batch is through, the head is known to
+                # be ours (published by the writer path) or another process's (read).
+                if not self._between_batches.is_set():
+                    await self._between_batches.wait()
+                    if head <= self._covered() and not self._must_read:
+                        continue
             resync, self._resync_pending = self._resync_pending, False
             try:
                 await self._catch_up()

@@ -336,6 +336,7 @@ class PostgresEventStore(GroupCommitStore):
             publish=self._publish_read,
             published=lambda: self._published,
             covered=lambda: max(self._published, self._written),
+            between_batches=self._between_batches,
             resynced=self._resynced,
         )
 

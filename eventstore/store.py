@@ -74,6 +74,10 @@ class GroupCommitStore:
         #: The last position this process committed (set on the writer thread): everything up
         #: to it is published by the writer path, which reads the log first after a gap.
         self._written = 0
+        #: Set while no batch is being committed (cleared from the writer task's hand-off to
+        #: the writer thread until the batch's events were published).
+        self._between_batches = asyncio.Event()
+        self._between_batches.set()
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -212,6 +216,7 @@ class GroupCommitStore:
                     break
                 batch.append(item)
             started = time.perf_counter()
+            self._between_batches.clear()
             try:
                 outcomes: list[Outcome] = await loop.run_in_executor(
                     self._executor,
@@ -221,6 +226,7 @@ class GroupCommitStore:
                     utc_now(),
                 )
             except BaseException as exc:
+                self._between_batches.set()
                 error = exc if isinstance(exc, EventStoreError) else StorageError(repr(exc))
                 if isinstance(error, StorageUnavailable):
                     self._fault(error)
@@ -246,6 +252,7 @@ class GroupCommitStore:
             if committed:
                 self.write_fault = None
             self._committed(committed)
+            self._between_batches.set()
             seconds = time.perf_counter() - started
             for observe in self.commit_observers:
                 try:
