@@ -170,6 +170,7 @@ class Runtime:
     async def start(self) -> None:
         self.store = await open_event_store(self.config.db, all_projections())
         self.store.commit_observers.append(metrics.observe_commit)
+        self.store.reconnect_observers.append(metrics.observe_reconnect)
         if not is_postgres_url(self.config.db):
             self.key_cache = KeyCache()
             self.store.live.watch(self.key_cache.observe)

@@ -80,6 +80,8 @@ SLOW_MS = 18
 FANOUT_SECONDS = 10.0
 SETTLE_SECONDS = 1.0
 IDLE_CONNECTIONS = 1000
+#: Seconds a client waits for its stream to open (the first ping).
+OPEN_TIMEOUT = 30.0
 TERMINAL = {t.encode() for t in TERMINAL_RUN_EVENTS}
 
 
@@ -99,17 +101,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its child processes (the workers of ``runlog serve --workers N``)."""
+    pids = [pid]
+    with contextlib.suppress(FileNotFoundError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            pids += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return pids
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process and its children (workers)."""
+    total = 0.0
+    for one in process_tree(pid):
+        fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    """Resident memory of a process and its children (workers)."""
+    total = 0
+    for one in process_tree(pid):
+        for line in Path(f"/proc/{one}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
 
 
 _epoch_of_second: dict[str, float] = {}
@@ -128,7 +145,11 @@ def created_epoch(created_at: str) -> float:
 
 
 @contextlib.asynccontextmanager
-async def server_process(db: str, config: str, log: Path) -> AsyncIterator[tuple[str, int]]:
+async def server_process(
+    db: str, config: str, log: Path, workers: int = 1
+) -> AsyncIterator[tuple[str, int]]:
+    """``runlog serve`` on ``db`` (with ``workers`` > 1: ``--workers``); yields its URL and
+    pid (the parent's with workers), once every worker listens."""
     port = free_port()
     env = {**os.environ, "RUNLOG_BOOTSTRAP_API_KEY": KEY}
     with log.open("wb") as out:
@@ -143,6 +164,7 @@ async def server_process(db: str, config: str, log: Path) -> AsyncIterator[tuple
                 db,
                 "--config",
                 config,
+                *(["--workers", str(workers)] if workers > 1 else []),
             ],
             cwd=ROOT,
             env=env,
@@ -156,7 +178,8 @@ async def server_process(db: str, config: str, log: Path) -> AsyncIterator[tuple
             while True:
                 with contextlib.suppress(aiohttp.ClientError):
                     async with session.get(f"{base}/healthz") as r:
-                        if r.status == 200:
+                        listening = log.read_text().count(" listening on ")
+                        if r.status == 200 and listening >= workers:
                             break
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
@@ -430,7 +453,7 @@ async def open_clients(
             _, protocol = await loop.create_connection(
                 lambda: SseProtocol(request, latencies), "127.0.0.1", port
             )
-            await asyncio.wait_for(protocol.opened, 30)
+            await asyncio.wait_for(protocol.opened, OPEN_TIMEOUT)
             return protocol
 
     return await asyncio.gather(*(one(r) for r in requests))
@@ -473,10 +496,16 @@ async def idle_rss(session: aiohttp.ClientSession, base: str, port: int, pid: in
     return (after - before) / IDLE_CONNECTIONS
 
 
-async def fanout(tmp: Path) -> dict[str, Any]:
-    db = str(tmp / "fanout.db")
+async def fanout(
+    tmp: Path, db: str | None = None, workers: int = 1, idle: bool = True, name: str = "fanout"
+) -> dict[str, Any]:
+    """The fan-out measurement against a fresh server on ``db`` (default: a new SQLite file)
+    with ``workers`` processes; ``idle`` also measures the RSS of idle connections. (With
+    several workers a cancel may reach a worker that does not drive the run: it appends the
+    cancel itself, and the driver's next append fails its seq check and stops.)"""
+    db = db or str(tmp / f"{name}.db")
     config = write_config(
-        tmp / "fanout.toml",
+        tmp / f"{name}.toml",
         secret_key="bench",
         delta_coalesce_ms=0,
         max_live_runs_per_org=RUNS + 10,
@@ -484,11 +513,11 @@ async def fanout(tmp: Path) -> dict[str, Any]:
     # Long enough to keep appending through the measured window (4 characters per delta).
     text = ("x" * 79 + " ") * int((FANOUT_SECONDS + 4) * 1000 / SLOW_MS * 4 / 80)
     async with (
-        server_process(db, config, tmp / "fanout-server.log") as (base, pid),
+        server_process(db, config, tmp / f"{name}-server.log", workers) as (base, pid),
         aiohttp.ClientSession() as session,
     ):
         port = int(base.rsplit(":", 1)[1])
-        rss_per_conn = await idle_rss(session, base, port, pid)
+        rss_per_conn = await idle_rss(session, base, port, pid) if idle else 0.0
         rss_start = rss_kb(pid)
         run_ids = [await start_run(session, base, f"/slow {SLOW_MS}\n{text}") for _ in range(RUNS)]
         latencies: list[float] = []
@@ -512,7 +541,7 @@ async def fanout(tmp: Path) -> dict[str, Any]:
                 f"{base}/v1/runs/{run_id}:cancel", headers={"Authorization": f"Bearer {KEY}"}
             ) as r:
                 assert r.status in (200, 409), await r.text()
-        await asyncio.wait_for(asyncio.gather(*(c.finished for c in clients)), 60)
+        await asyncio.wait_for(asyncio.gather(*(c.finished for c in clients)), 120)
         lost = dup = 0
         events = appended_in_window = 0
         for i, run_id in enumerate(run_ids):

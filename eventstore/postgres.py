@@ -36,6 +36,7 @@ from psycopg.waiting import Wait
 
 from eventstore.errors import StorageError, StorageUnavailable, StoreClosedError
 from eventstore.model import GENESIS_HASH, RecordedEvent
+from eventstore.pg_listen import Listener
 from eventstore.projection import Projection
 from eventstore.sql import Database, InsertRefused
 from eventstore.store import GroupCommitStore
@@ -286,6 +287,11 @@ class PostgresDatabase:
     def begin_schema(self) -> None:
         self._cursor.execute(b"BEGIN")
         self._cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        # Writers take the head's row before they touch any table; so must a store starting
+        # beside them, before its DDL locks tables, or each waits for the other (deadlock).
+        exists = self._cursor.execute(b"SELECT to_regclass('events_head')").fetchone()
+        if exists is not None and exists[0] is not None:
+            self._cursor.execute(_LOCK_HEAD)
 
     def begin_write(self) -> None:
         self._reconnect_if_lost()
@@ -432,6 +438,17 @@ class PostgresEventStore(GroupCommitStore):
         self.url = url
         self._reader_count = readers
         self._pool: _Readers | None = None
+        #: Other processes' commits reach live subscribers through it (eventstore/pg_listen.py).
+        self.listener = Listener(
+            url,
+            channel=NOTIFY_CHANNEL,
+            read_after=self.read_all,
+            publish=self._publish_read,
+            published=lambda: self._published,
+            covered=lambda: max(self._published, self._written),
+            between_batches=self._between_batches,
+            resynced=self._resynced,
+        )
 
     @classmethod
     async def open(
@@ -452,11 +469,22 @@ class PostgresEventStore(GroupCommitStore):
 
     async def _open_readers(self) -> None:
         self._pool = await _Readers.open(self.url, self._reader_count)
+        self._published = await self.head()
+        self.listener.start()
 
     async def _close_readers(self) -> None:
+        await self.listener.stop()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
+
+    def _publish_from_log(self) -> None:
+        self.listener.look()
+
+    def _resynced(self) -> None:
+        self.live.wake_all()
+        for observe in self.reconnect_observers:
+            observe()
 
     def _reader(self) -> _Readers:
         if self._closed or self._pool is None:

@@ -27,6 +27,10 @@ class EventStore(Protocol):
     #: Called after each commit with its events and its duration in seconds (the service's
     #: metrics; ``eventstore.store.CommitObserver``).
     commit_observers: list[Callable[[Sequence[RecordedEvent], float], None]]
+    #: Called when the store lost its wake-ups from other processes and has them again
+    #: (PostgreSQL's listening connection, re-established); live subscribers were woken to
+    #: read again from their cursors. Never called on SQLite.
+    reconnect_observers: list[Callable[[], None]]
 
     @property
     def closed(self) -> bool: ...

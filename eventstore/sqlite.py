@@ -42,9 +42,8 @@ class SQLiteEventStore(GroupCommitStore):
         self._readers: list[aiosqlite.Connection] = []
         self._log_reader: sqlite3.Connection | None = None
         self._next_reader = 0
-        # The last position handed to live subscribers: events after it are read from the log
-        # and published when this process commits or the file changes (another process).
-        self._published = 0
+        # Other processes' events are read from the log when the file changes (or at this
+        # process's next commit): GroupCommitStore._publish.
         self._watch = FileWatch(path + "-wal", self._publish_from_log)
 
     @classmethod
@@ -112,18 +111,6 @@ class SQLiteEventStore(GroupCommitStore):
             touch(self.path + "-wal")
         self._publish(events)
 
-    def _publish(self, committed: list[RecordedEvent]) -> None:
-        """Hand committed events to live subscribers once each, in position order."""
-        fresh = [event for event in committed if event.position > self._published]
-        if not fresh:
-            return
-        if fresh[0].position != self._published + 1:
-            # Another process committed in between: read its events from the log first.
-            self._publish_from_log()
-            return
-        self._published = fresh[-1].position
-        self.live.publish(fresh)
-
     def _publish_from_log(self) -> None:
         """Publish whatever the log holds after the last published position (another
         process's events). A read on the calling thread: WAL readers never wait for a lock."""
@@ -141,9 +128,7 @@ class SQLiteEventStore(GroupCommitStore):
                 return  # the next change or commit looks again
             if not rows:
                 return
-            events = [RecordedEvent(*row) for row in rows]
-            self._published = events[-1].position
-            self.live.publish(events)
+            self._publish_read([RecordedEvent(*row) for row in rows])
 
     # -- reads ------------------------------------------------------------------------------
 

@@ -64,6 +64,20 @@ class GroupCommitStore:
         #: Why the last commit failed while the database could not write (disk full, I/O
         #: error, connection lost); ``None`` once a commit succeeds again.
         self.write_fault: str | None = None
+        #: Called when the store lost its wake-ups from other processes and has them again
+        #: (PostgreSQL's listening connection): every live subscriber was woken to read again.
+        self.reconnect_observers: list[Callable[[], None]] = []
+        # The last position handed to live subscribers. Events after it are this process's
+        # commits (published as they commit) or other processes' (read from the log when the
+        # backend says there is something to read): each is published once, in position order.
+        self._published = 0
+        #: The last position this process committed (set on the writer thread): everything up
+        #: to it is published by the writer path, which reads the log first after a gap.
+        self._written = 0
+        #: Set while no batch is being committed (cleared from the writer task's hand-off to
+        #: the writer thread until the batch's events were published).
+        self._between_batches = asyncio.Event()
+        self._between_batches.set()
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -91,7 +105,35 @@ class GroupCommitStore:
     def _committed(self, events: list[RecordedEvent]) -> None:
         """Hand a commit's events to live subscribers (called on the event loop, after the
         commit)."""
-        self.live.publish(events)
+        self._publish(events)
+
+    def _publish_from_log(self) -> None:
+        """Publish what the log holds after :attr:`_published` (another process's events),
+        now or soon: SQLite reads at once, PostgreSQL wakes its reader task."""
+
+    # -- live: this process's commits and other processes' ----------------------------------
+
+    def _publish(self, committed: list[RecordedEvent]) -> None:
+        """Hand this process's committed events to live subscribers once each, in position
+        order. When another process committed in between, the log is read first (and this
+        commit's events with it)."""
+        fresh = [event for event in committed if event.position > self._published]
+        if not fresh:
+            return
+        if fresh[0].position != self._published + 1:
+            self._publish_from_log()
+            return
+        self._published = fresh[-1].position
+        self.live.publish(fresh)
+
+    def _publish_read(self, events: list[RecordedEvent]) -> None:
+        """Publish ``events``, read from the log after some position at or before
+        :attr:`_published`: only those still unpublished, which follow it without a gap (the
+        log's positions are gapless and whatever was published meanwhile was contiguous)."""
+        fresh = [event for event in events if event.position > self._published]
+        if fresh and fresh[0].position == self._published + 1:
+            self._published = fresh[-1].position
+            self.live.publish(fresh)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -174,14 +216,17 @@ class GroupCommitStore:
                     break
                 batch.append(item)
             started = time.perf_counter()
+            self._between_batches.clear()
             try:
                 outcomes: list[Outcome] = await loop.run_in_executor(
                     self._executor,
-                    writer.commit_batch,
+                    self._commit_batch,
+                    writer,
                     [pending.requests for pending in batch],
                     utc_now(),
                 )
             except BaseException as exc:
+                self._between_batches.set()
                 error = exc if isinstance(exc, EventStoreError) else StorageError(repr(exc))
                 if isinstance(error, StorageUnavailable):
                     self._fault(error)
@@ -207,6 +252,7 @@ class GroupCommitStore:
             if committed:
                 self.write_fault = None
             self._committed(committed)
+            self._between_batches.set()
             seconds = time.perf_counter() - started
             for observe in self.commit_observers:
                 try:
@@ -218,6 +264,18 @@ class GroupCommitStore:
             item = self._queue.get_nowait()
             if isinstance(item, _Pending) and not item.future.done():
                 item.future.set_exception(StoreClosedError("the event store is closed"))
+
+    def _commit_batch(
+        self, writer: BatchWriter, batches: list[Sequence[AppendRequest]], now: str
+    ) -> list[Outcome]:
+        """On the writer thread: commit, and note the last position written at once, before
+        the event loop hears of the commit (PostgreSQL's notification of it may come first:
+        the loop then knows these events are about to be published)."""
+        outcomes = writer.commit_batch(batches, now)
+        for outcome in outcomes:
+            if isinstance(outcome, list) and outcome:
+                self._written = max(self._written, outcome[-1].position)
+        return outcomes
 
     def _fault(self, error: StorageUnavailable) -> None:
         if self.write_fault is None:

@@ -33,6 +33,9 @@ from eventstore.sql import Database, InsertRefused
 __all__ = ["BatchWriter"]
 
 _SEQ_CACHE_LIMIT = 200_000
+#: Events written by other processes since our last commit beyond which the seq cache is
+#: dropped rather than brought up to date.
+_SEQ_REFRESH_LIMIT = 10_000
 
 Outcome = list[RecordedEvent] | EventStoreError
 _Row = tuple[int, str, int, str, str, str, str]
@@ -138,7 +141,7 @@ class BatchWriter:
             if head_position != self._cached_head:
                 # Another process wrote since our last commit: our seq cache is stale and our
                 # projections may have missed its events.
-                self._seq_cache.clear()
+                self._refresh_seq_cache(head_position)
                 self._catch_up_projections(head_position)
             outcomes: list[Outcome] = []
             first_position = head_position + 1
@@ -291,6 +294,23 @@ class BatchWriter:
             "SELECT seq FROM events WHERE stream = ? ORDER BY seq DESC LIMIT 1", (stream,)
         )
         return int(row[0]) if row else 0
+
+    def _refresh_seq_cache(self, head_position: int) -> None:
+        """Bring the seq cache from our last commit's head to ``head_position``: the last seq
+        of each cached stream that the other writers' events touched, in one query (with two
+        processes taking turns this is every batch, and a query per stream under the head's
+        lock would serialise them). After a long gap the cache is dropped instead."""
+        if self._cached_head < 0 or head_position - self._cached_head > _SEQ_REFRESH_LIMIT:
+            self._seq_cache.clear()
+            return
+        rows = self._db.fetch_all(
+            "SELECT stream, max(seq) FROM events WHERE position > ? GROUP BY stream",
+            (self._cached_head,),
+        )
+        cache = self._seq_cache
+        for stream, seq in rows:
+            if stream in cache:
+                cache[stream] = int(seq)
 
     def _catch_up_projections(self, head_position: int) -> None:
         """Apply events a projection has not seen yet (written by a process without it)."""

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from eventstore import EventStoreError, describe, log_exists, open_event_store
+from eventstore import EventStoreError, describe, is_postgres_url, log_exists, open_event_store
 from projections import all_projections
 from runs.anchors import load_public_key, parse_expect, read_checkpoints
 from runs.audit import export_events, run_copy, run_head, run_rebuild, run_verify
@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP service (the default command)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8001)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port, kept up by a parent (PostgreSQL only; default 1)",
+    )
     _log_options(serve)
 
     admin = sub.add_parser("admin", help="manage orgs, users and API keys")
@@ -194,13 +200,57 @@ def serve(args: argparse.Namespace) -> int:
     config = load_config(
         args.config, overrides={"host": args.host, "port": args.port, "db": args.db}
     )
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1 and not is_postgres_url(config.db):
+        print(
+            f"error: --workers {args.workers} needs a PostgreSQL log (--db postgresql://...):"
+            " on a SQLite file one server process serves the log",
+            file=sys.stderr,
+        )
+        return 2
     from runs.logs import configure_logging
 
     configure_logging()
-    return _run(_serve(config))
+    if args.workers == 1:
+        return _run(_serve(config))
+    from runs.version import version_line
+    from runs.workers import serve_workers
+
+    url = f"http://{config.host}:{config.port}"
+
+    def banner(key: str | None) -> None:
+        print(version_line(), flush=True)
+        print(f"runlog: {args.workers} workers on {url} (log: {describe(config.db)})", flush=True)
+        if key:
+            _print_bootstrap_key(url, key)
+
+    def serve_one(index: int) -> int:
+        return _run(_serve(config, reuse_port=True, worker=index))
+
+    return serve_workers(config, args.workers, serve_one, banner)
 
 
-async def _serve(config: Config, ready: Callable[[web.AppRunner], None] | None = None) -> int:
+def _print_bootstrap_key(url: str, key: str) -> None:
+    print(
+        "First start: created org 'default' and user 'admin'.\n"
+        f"API key: {key}\n"
+        "It is shown only once. Try:\n"
+        f"  curl -s -X POST {url}/v1/threads -H 'Authorization: Bearer"
+        f" {key}' -H 'Content-Type: application/json'"
+        ' -d \'{"title": "hello"}\'',
+        flush=True,
+    )
+
+
+async def _serve(
+    config: Config,
+    ready: Callable[[web.AppRunner], None] | None = None,
+    *,
+    reuse_port: bool = False,
+    worker: int | None = None,
+) -> int:
     from aiohttp import web
 
     from server import RUNTIME, create_app
@@ -217,24 +267,21 @@ async def _serve(config: Config, ready: Callable[[web.AppRunner], None] | None =
         keepalive_timeout=config.request_read_timeout_seconds,
     )
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    # With --workers every worker binds the same address: SO_REUSEPORT lets the kernel spread
+    # new connections over them.
+    site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port or None)
     await site.start()
     runtime = app[RUNTIME]
     url = f"http://{config.host}:{config.port}"
-    from runs.version import version_line
+    if worker is None:
+        from runs.version import version_line
 
-    print(version_line(), flush=True)
-    print(f"runlog listening on {url} (log: {describe(config.db)})", flush=True)
+        print(version_line(), flush=True)
+        print(f"runlog listening on {url} (log: {describe(config.db)})", flush=True)
+    else:
+        print(f"runlog worker {worker} (pid {os.getpid()}) listening on {url}", flush=True)
     if runtime.bootstrap_key:
-        print(
-            "First start: created org 'default' and user 'admin'.\n"
-            f"API key: {runtime.bootstrap_key}\n"
-            "It is shown only once. Try:\n"
-            f"  curl -s -X POST {url}/v1/threads -H 'Authorization: Bearer"
-            f" {runtime.bootstrap_key}' -H 'Content-Type: application/json'"
-            ' -d \'{"title": "hello"}\'',
-            flush=True,
-        )
+        _print_bootstrap_key(url, runtime.bootstrap_key)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -40,6 +40,7 @@ __all__ = [
     "SSE_FRAMES",
     "exposition",
     "observe_commit",
+    "observe_reconnect",
     "process_exited",
 ]
 
@@ -102,6 +103,11 @@ TOKENS = Counter(
     ["model", "kind"],
 )
 COST_USD = Counter("runlog_cost_usd_total", "Cost of model calls in USD.", ["model"])
+LIVE_RECONNECTS = Counter(
+    "runlog_live_reconnects_total",
+    "Times the wake-ups from other processes were lost and re-established (PostgreSQL's"
+    " listening connection); live subscribers then read again from their cursors.",
+)
 
 
 #: Model calls of live runs whose usage this process counted: the estimate counted for a call
@@ -155,6 +161,11 @@ def observe_commit(events: Sequence[RecordedEvent], seconds: float) -> None:
             error_class = event.error_class if isinstance(event, RunFailed) else ""
             RUNS_FINISHED.labels(recorded.type.removeprefix("run."), error_class).inc()
             _counted_calls.pop(recorded.stream, None)
+
+
+def observe_reconnect() -> None:
+    """The store's reconnect observer."""
+    LIVE_RECONNECTS.inc()
 
 
 class _Families(Collector):

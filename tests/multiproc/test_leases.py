@@ -9,7 +9,7 @@ import json
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from tests.durability.server_process import Client, ServerProcess
-from tests.postgres import fresh_schema
+from tests.multiproc.conftest import Servers
 
 LEASE_SECONDS = 2
 LONG = " ".join(f"word{i}" for i in range(60))
@@ -46,39 +46,18 @@ class Pair:
         return [(t, d) for s, _, t, d in self.events(f"run-{run_id}")]
 
 
-def _server(tmp: Path, url: str, *, max_live: int = 100, login_failures: int = 5) -> ServerProcess:
-    server = ServerProcess(
-        tmp,
-        f'secret_key = "multiproc-test-secret"\nlease_seconds = {LEASE_SECONDS}\n'
-        f"login_max_failures = {login_failures}\n",
-        db=url,
-    )
-    text = server.config.read_text().replace(
-        "max_live_runs_per_org = 100", f"max_live_runs_per_org = {max_live}"
-    )
-    server.config.write_text(text)
-    return server
-
-
-def _stop(server: ServerProcess) -> None:
-    process = server.process
-    if process is not None and process.poll() is None:
-        process.send_signal(signal.SIGKILL)
-        process.wait(10)
-
-
 @pytest.fixture
-async def pair_factory(pg_url: str, tmp_path: Path) -> AsyncIterator[Any]:
-    servers: list[ServerProcess] = []
+async def pair_factory(
+    servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Callable[..., Awaitable[Pair]]]:
     sessions: list[aiohttp.ClientSession] = []
 
-    async def make(**options: Any) -> Pair:
-        url = fresh_schema(pg_url)
-        a = _server(tmp_path / "a", url, **options)
-        b = _server(tmp_path / "b", url, **options)
-        servers.extend([a, b])
-        await a.start()  # first: it creates the schema and the bootstrap org and key
-        await b.start()
+    async def make(*, max_live: int | None = None, login_failures: int = 5) -> Pair:
+        if max_live is not None:  # the test servers' config file sets its own
+            monkeypatch.setenv("RUNLOG_MAX_LIVE_RUNS", str(max_live))
+        a, b = await servers.pair(
+            f"lease_seconds = {LEASE_SECONDS}\nlogin_max_failures = {login_failures}\n"
+        )
         session = aiohttp.ClientSession()
         sessions.append(session)
         return Pair(a, b, session)
@@ -86,8 +65,6 @@ async def pair_factory(pg_url: str, tmp_path: Path) -> AsyncIterator[Any]:
     yield make
     for session in sessions:
         await session.close()
-    for server in servers:
-        _stop(server)
 
 
 async def _thread_with_message(client: Client, content: str) -> str:
@@ -256,3 +233,33 @@ async def test_the_login_throttle_counts_across_processes(pair_factory: Any) -> 
         answers.append((status, body.get("code")))
     assert [status for status, _ in answers[:3]] == [401, 401, 401], answers
     assert answers[3] == (429, "auth.rate_limited"), answers
+
+
+async def test_a_cancel_sent_to_b_stops_the_run_driven_by_a(pair_factory: Any) -> None:
+    pair: Pair = await pair_factory()
+    thread_id = await _thread_with_message(pair.on_a, f"/slow 5000\n{LONG}")
+    status, created = await pair.on_a.call("POST", f"/v1/threads/{thread_id}/runs", {})
+    assert status == 201, created
+    run_id = str(created["run_id"])
+    async with asyncio.timeout(60):  # A streams (and then waits 5 s before its next delta)
+        while not any(t == "message.delta" for t, _ in pair.run_events(run_id)):
+            await asyncio.sleep(0.05)
+    status, receipt = await pair.on_b.call("POST", f"/v1/runs/{run_id}:cancel")
+    assert status == 200, receipt
+    assert receipt["status"] == "cancelled"
+    cancelled = time.monotonic()
+    # A hears of the cancel through the log (its listener) and stops the task at once, long
+    # before its next delta would have met the cancel as a refused append.
+    marker = "run.ended_elsewhere"
+    async with asyncio.timeout(30):
+        while not any(
+            marker in line and run_id in line for line in pair.a.log.read_text().splitlines()
+        ):
+            await asyncio.sleep(0.02)
+    stopped_after = time.monotonic() - cancelled
+    print(f"cancel on B to A's task stopped: {stopped_after:.2f} s")
+    assert stopped_after < 1.0, stopped_after
+    await asyncio.sleep(6)  # past A's next delta, had it gone on
+    types = [t for t, _ in pair.run_events(run_id)]
+    assert types[-1] == "run.cancelled", types
+    assert sum(t in TERMINAL for t in types) == 1, types
