@@ -83,7 +83,7 @@ async def open_coordination(location: str, owner: str, lease_seconds: float) -> 
         pool = await asyncpg.create_pool(
             location,
             min_size=1,
-            max_size=8,
+            max_size=4,
             timeout=10,
             server_settings={"synchronous_commit": "off"},
         )
