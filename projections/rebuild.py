@@ -7,6 +7,7 @@ rows are compared as Python values in an engine-independent order.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -166,19 +167,27 @@ def table_rows(db: Database, table: str) -> list[tuple[Any, ...]]:
     return sorted(db.fetch_all(f'SELECT {columns} FROM "{table}"'), key=_order)
 
 
+def _counted_rows(db: Database, table: str) -> Counter[tuple[Any, ...]]:
+    columns = ", ".join(f'"{c}"' for c in db.table_columns(table))
+    return Counter(db.fetch_all(f'SELECT {columns} FROM "{table}"'))
+
+
 def diff_tables(
     live: Database, rebuilt: Database, projections: Sequence[Projection]
 ) -> dict[str, tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
-    """Per table, the rows only in ``live`` and the rows only in ``rebuilt`` (empty: equal)."""
+    """Per table, the rows only in ``live`` and the rows only in ``rebuilt`` (empty: equal).
+
+    Tables are compared as multisets of rows (hashing, not sorting: the same answer as
+    comparing ``table_rows`` in order, at a fraction of the cost on a large log); the rows
+    listed are in ``table_rows`` order."""
     differences = {}
     for projection in projections:
         for table in projection.tables:
-            live_rows = table_rows(live, table)
-            new_rows = table_rows(rebuilt, table)
+            live_rows = _counted_rows(live, table)
+            new_rows = _counted_rows(rebuilt, table)
             if live_rows != new_rows:
-                live_set, new_set = set(live_rows), set(new_rows)
                 differences[table] = (
-                    [r for r in live_rows if r not in new_set],
-                    [r for r in new_rows if r not in live_set],
+                    sorted((live_rows - new_rows).elements(), key=_order),
+                    sorted((new_rows - live_rows).elements(), key=_order),
                 )
     return differences
