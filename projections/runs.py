@@ -130,7 +130,10 @@ class RunsProjection(TableProjection):
     );
     CREATE INDEX IF NOT EXISTS runs_by_org ON runs (org_id, run_id);
     CREATE INDEX IF NOT EXISTS runs_by_org_status ON runs (org_id, status, run_id);
-    CREATE INDEX IF NOT EXISTS runs_by_thread ON runs (thread_id, run_id)
+    CREATE INDEX IF NOT EXISTS runs_by_thread ON runs (thread_id, run_id);
+    -- Runs by status across orgs: the supervisor's resume at start-up and the metrics gauges.
+    -- (An index added here is created when a store next opens an older database.)
+    CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, run_id)
     """
 
     def create(self, conn: SqlConnection) -> None:
