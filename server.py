@@ -29,6 +29,7 @@ from eventstore import (
     EventStoreError,
     StorageUnavailable,
     StoreClosedError,
+    is_postgres_url,
     open_event_store,
 )
 from projections import all_projections
@@ -44,7 +45,7 @@ from runs.auth import (
 )
 from runs.config import Config, Route
 from runs.console import console_asset, console_index
-from runs.credentials import guard_credential
+from runs.credentials import KeyCache, guard_credential
 from runs.errors import (
     NotFound,
     RateLimited,
@@ -58,7 +59,6 @@ from runs.events import run_stream
 from runs.http_input import path_id, query_before, query_limit, query_seq, read_body
 from runs.ids import is_id
 from runs.mcp_servers import McpServers
-from runs.openapi import document_bytes as openapi_document_bytes
 from runs.personas import PersonaRegistry
 from runs.providers.base import Provider
 from runs.providers.scripted import ScriptedProvider
@@ -142,6 +142,9 @@ class Runtime:
         self.bootstrap_key: str | None = None
         self.checkpoints: CheckpointPublisher | None = None
         self.login_limiter = FailureLimiter(config.login_max_failures, config.login_window_seconds)
+        #: Verified API keys (``runs.credentials.KeyCache``); ``None`` where this process
+        #: cannot hear another process's revocation before its next request (PostgreSQL).
+        self.key_cache: KeyCache | None = None
 
     def default_provider(self, route: Route) -> Provider:
         """One provider per route (one HTTP client and connection pool), closed at stop."""
@@ -161,6 +164,9 @@ class Runtime:
     async def start(self) -> None:
         self.store = await open_event_store(self.config.db, all_projections())
         self.store.commit_observers.append(metrics.observe_commit)
+        if not is_postgres_url(self.config.db):
+            self.key_cache = KeyCache()
+            self.store.live.watch(self.key_cache.observe)
         try:
             self.queries = Queries(self.store)
             self.accounts = Accounts(self.store)
@@ -412,10 +418,20 @@ async def authenticate(request: web.Request) -> Principal:
         if user is None or user["deleted_at"] is not None:
             raise Unauthorized("a valid Bearer token is required")
         return Principal(claims.sub, claims.org, expires_at=claims.exp)
-    key = await runtime.queries.api_key_by_hash(key_sha256(token))
+    sha256 = key_sha256(token)
+    cache = runtime.key_cache
+    if cache is not None:
+        known = cache.get(sha256)
+        if known is not None:
+            return known
+        generation = cache.generation
+    key = await runtime.queries.api_key_by_hash(sha256)
     if key is None or key["revoked_at"] is not None or key["user_deleted_at"] is not None:
         raise Unauthorized("a valid Bearer token is required")
-    return Principal(key["user_id"], key["org_id"], key_id=key["key_id"])
+    who = Principal(key["user_id"], key["org_id"], key_id=key["key_id"])
+    if cache is not None:
+        cache.put(sha256, who, generation)
+    return who
 
 
 # -- handlers: health and auth ----------------------------------------------------------------
@@ -439,8 +455,11 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    """The OpenAPI 3.1 document, generated from ``runs.schemas`` (``runs.openapi``)."""
-    return web.Response(body=openapi_document_bytes(), content_type="application/json")
+    """The OpenAPI 3.1 document, generated from ``runs.schemas`` (``runs.openapi``, imported
+    with the first request for it: start-up does not need it)."""
+    from runs.openapi import document_bytes
+
+    return web.Response(body=document_bytes(), content_type="application/json")
 
 
 async def metrics_text(request: web.Request) -> web.Response:

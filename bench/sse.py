@@ -29,6 +29,11 @@ idle RSS
 
 The last line is machine-readable: ``RESULT catchup_ratio=... fanout_p99_ms=... lost=...
 rss_kb_per_conn=...``.
+
+API (called by ``bench/all.py``)
+    ``async def measure_catchup(events: int = 10_000, repeats: int = 5) -> dict[str, float]``
+    runs the catch-up measurement alone in a temporary directory and returns ``catchup_ratio``
+    (HTTP / raw), ``http_eps``, ``raw_eps``, ``events`` and ``build_s``.
 """
 
 from __future__ import annotations
@@ -201,15 +206,15 @@ class BulkProvider:
         yield Stop("end_turn")
 
 
-async def build_catchup_run(db: str) -> tuple[str, int]:
-    """A completed run of ~CATCHUP_EVENTS events, built through the real app in-process."""
+async def build_catchup_run(db: str, size: int = CATCHUP_EVENTS) -> tuple[str, int]:
+    """A completed run of ~``size`` events, built through the real app in-process."""
     config = load_config(
         None, env={}, overrides={"db": db, "delta_coalesce_ms": 0, "secret_key": "bench"}
     )
     app = create_app(
         config,
         env={"RUNLOG_BOOTSTRAP_API_KEY": KEY},
-        provider_for=lambda route: BulkProvider(CATCHUP_EVENTS - 2),
+        provider_for=lambda route: BulkProvider(size - 2),
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -286,10 +291,10 @@ async def raw_catchup(store: SQLiteEventStore, run_id: str, last: int) -> float:
     return count / elapsed
 
 
-async def catchup(tmp: Path) -> dict[str, Any]:
+async def catchup(tmp: Path, size: int = CATCHUP_EVENTS, repeats: int = REPEATS) -> dict[str, Any]:
     db = str(tmp / "catchup.db")
     t0 = time.perf_counter()
-    run_id, last = await build_catchup_run(db)
+    run_id, last = await build_catchup_run(db, size)
     build_s = time.perf_counter() - t0
     config = write_config(tmp / "catchup.toml", secret_key="bench")
     raw: list[float] = []
@@ -303,7 +308,7 @@ async def catchup(tmp: Path) -> dict[str, Any]:
             await raw_catchup(store, run_id, last)  # warm up both paths and the page cache
             await http_catchup(session, base, run_id, last)
             # Alternate the two so both see the same machine (other load comes and goes).
-            for _ in range(REPEATS):
+            for _ in range(repeats):
                 raw.append(await raw_catchup(store, run_id, last))
                 http.append(await http_catchup(session, base, run_id, last))
         finally:
@@ -313,6 +318,20 @@ async def catchup(tmp: Path) -> dict[str, Any]:
         "build_s": build_s,
         "http": statistics.median(http),
         "raw": statistics.median(raw),
+    }
+
+
+async def measure_catchup(events: int = CATCHUP_EVENTS, repeats: int = REPEATS) -> dict[str, float]:
+    """The catch-up measurement alone (see the module's docstring), for the one-table runner."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    with tempfile.TemporaryDirectory(prefix="runlog-bench-sse-") as tmp_dir:
+        c = await catchup(Path(tmp_dir), events, repeats)
+    return {
+        "catchup_ratio": c["http"] / c["raw"],
+        "http_eps": c["http"],
+        "raw_eps": c["raw"],
+        "events": c["events"],
+        "build_s": c["build_s"],
     }
 
 

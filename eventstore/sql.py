@@ -16,12 +16,18 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-__all__ = ["Database", "SqlConnection", "SqliteDatabase"]
+__all__ = ["Database", "InsertRefused", "SqlConnection", "SqliteDatabase"]
 
 _INSERT = (
     "INSERT INTO events (position, stream, seq, type, data, created_at, hash)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+class InsertRefused(Exception):
+    """The database refused rows of :meth:`Database.insert_events` when it received them,
+    which may be as late as the commit (a backend may send them with it). The transaction is
+    lost; the writer redoes the batch item by item to find whose rows they were."""
 
 
 class SqlConnection(Protocol):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import sys
 from collections.abc import Callable
@@ -53,7 +52,9 @@ class FileWatch:
         if not sys.platform.startswith("linux"):
             return False
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            # The process's own symbols, libc's among them: ctypes.util.find_library would
+            # run `ldconfig -p` in a subprocess to find libc's file name, at every start.
+            libc = ctypes.CDLL(None, use_errno=True)
             fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
             if fd < 0:
                 return False

@@ -26,7 +26,7 @@ from eventstore.model import (
 )
 from eventstore.projection import Projection
 from eventstore.schema import ensure_schema, iter_events
-from eventstore.sql import Database
+from eventstore.sql import Database, InsertRefused
 
 __all__ = ["BatchWriter"]
 
@@ -181,7 +181,12 @@ class BatchWriter:
                     f" ({','.join('?' * len(self._projections))})",
                     (head_position, *(p.name for p in self._projections)),
                 )
-            db.commit()
+            try:
+                db.commit()
+            except InsertRefused as exc:
+                if isolate:
+                    raise StorageError(f"append failed: {exc}") from exc
+                raise _IsolateItems from exc
         except BaseException as exc:
             self._seq_cache.clear()
             self._cached_head = -1

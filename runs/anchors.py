@@ -17,16 +17,23 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import aiohttp
 import msgspec
 import structlog
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from eventstore import EventStore, RecordedEvent, VerifyReport, utc_now
 from runs.config import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+# cryptography (its Rust library) and aiohttp's client are imported where keys are read and
+# checkpoints sent: a service without a checkpoint key, and `runlog verify` without --anchors,
+# never load them.
 
 __all__ = [
     "Checkpoint",
@@ -99,6 +106,9 @@ def anchor_problems(
 
 
 def load_private_key(path: str) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
@@ -109,6 +119,9 @@ def load_private_key(path: str) -> Ed25519PrivateKey:
 
 
 def load_public_key(path: str) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(Path(path).read_bytes())
     except (OSError, ValueError, TypeError) as exc:
@@ -124,6 +137,8 @@ _decoder = msgspec.json.Decoder(Checkpoint)
 def read_checkpoints(path: str, key: Ed25519PublicKey) -> tuple[dict[int, str], list[str]]:
     """The anchors of a checkpoint file whose signatures verify, and a problem for each line
     that does not (named by its line number)."""
+    from cryptography.exceptions import InvalidSignature
+
     anchors: dict[int, str] = {}
     problems: list[str] = []
     try:
@@ -224,6 +239,8 @@ class CheckpointPublisher:
         elif self.sink.startswith("file:"):
             await asyncio.to_thread(_append_line, self.sink[5:], line)
         else:
+            import aiohttp
+
             timeout = aiohttp.ClientTimeout(total=10)
             async with (
                 aiohttp.ClientSession(timeout=timeout) as session,

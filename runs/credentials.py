@@ -9,19 +9,21 @@ on one timer for the expiry: no polling.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 import structlog
 
-from eventstore import EventStore
+from eventstore import EventStore, RecordedEvent
 from projections.queries import Queries
 from runs.events import ApiKeyRevoked, UserDeleted, org_stream
 from runs.service import Principal
 
-__all__ = ["credential_ended", "guard_credential"]
+__all__ = ["KeyCache", "credential_ended", "guard_credential"]
 
 log = structlog.get_logger("runlog.auth")
 
@@ -36,6 +38,48 @@ def credential_ended(who: Principal, event_type: str, data: str) -> bool:
     if event_type == UserDeleted.TYPE:
         return _user_deleted.decode(data).user_id == who.user_id
     return False
+
+
+#: The events after which a verified API key may no longer be valid.
+_ENDINGS = frozenset({ApiKeyRevoked.TYPE, UserDeleted.TYPE})
+
+
+class KeyCache:
+    """Who each recently verified API key is, by the key's SHA-256: a request with a known key
+    skips the lookup. Only valid keys are kept (at most ``size``, least recently used first
+    out), and every ``api_key.revoked`` or ``user.deleted`` that commits empties the cache
+    before anything else runs: :meth:`observe` is a watcher of the store's live hub, which
+    hears this process's commits as they complete and, on SQLite, another process's (the admin
+    CLI's) when that process touches the log (``eventstore/watch.py``), which it does before its
+    command returns, so a request sent after a revocation finds the key gone. A lookup that was
+    in flight while the cache was emptied is not cached (:attr:`generation`)."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self.generation = 0
+        self._principals: collections.OrderedDict[str, Principal] = collections.OrderedDict()
+
+    def get(self, key_sha256: str) -> Principal | None:
+        who = self._principals.get(key_sha256)
+        if who is not None:
+            self._principals.move_to_end(key_sha256)
+        return who
+
+    def put(self, key_sha256: str, who: Principal, generation: int) -> None:
+        """Remember ``who``, looked up when the cache was at ``generation``."""
+        if generation != self.generation:
+            return  # a revocation committed during the lookup: its answer may be stale
+        self._principals[key_sha256] = who
+        if len(self._principals) > self.size:
+            self._principals.popitem(last=False)
+
+    def observe(self, events: Iterable[RecordedEvent]) -> None:
+        if any(event.type in _ENDINGS for event in events):
+            self.generation += 1
+            self._principals.clear()
+
+    def __len__(self) -> int:
+        return len(self._principals)
 
 
 async def _still_valid(queries: Queries, who: Principal) -> bool:

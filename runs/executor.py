@@ -253,7 +253,7 @@ class RunExecutor:
         attempt = 1
         while True:
             try:
-                tool_uses, stop = await self._stream_call(request)
+                tool_uses, stop, rest = await self._stream_call(request)
                 break
             except ProviderError as exc:
                 metrics.PROVIDER_ERRORS.labels(self.route.id, exc.error_class).inc()
@@ -286,9 +286,9 @@ class RunExecutor:
             for use in tool_uses
         ]
         self._fresh_tool_calls.update(c.tool_call_id for c in calls)
-        # Usage and the tool calls in one append: a crash cannot separate a finished call
-        # from the tools it asked for.
-        await self.append(self._usage_event(self.call_usage or Usage()), *calls)
+        # The call's last text, its usage and the tool calls in one append: a crash cannot
+        # separate a finished call from the tools it asked for.
+        await self.append(*rest, self._usage_event(self.call_usage or Usage()), *calls)
         self.call_usage = self.call_request = None
         if stop.reason == "max_tokens":
             log.info("run.max_tokens", run_id=self.run_id)
@@ -320,9 +320,13 @@ class RunExecutor:
             estimated=estimated,
         )
 
-    async def _stream_call(self, request: ModelRequest) -> tuple[list[ToolUse], Stop]:
+    async def _stream_call(
+        self, request: ModelRequest
+    ) -> tuple[list[ToolUse], Stop, list[MessageDelta]]:
         """Stream one attempt, appending coalesced deltas. The provider runs in its own task
-        feeding a queue, so the coalescing timer never interrupts the provider's stream."""
+        feeding a queue, so the coalescing timer never interrupts the provider's stream. The
+        text still buffered when the call ends is returned (as its delta), for the caller to
+        append with the call's usage: one commit fewer per call."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self.call_request = request
         self.call_answered = self.call_finished = False
@@ -350,11 +354,19 @@ class RunExecutor:
         waiting_for_first = True
         try:
             while True:
-                timeout = max(0.0, next_flush - time.monotonic()) if buffer else None
-                try:
-                    item = await asyncio.wait_for(queue.get(), timeout)
-                except TimeoutError:
-                    item = None
+                if not queue.empty():
+                    # What the provider already produced is taken without a wait: a
+                    # ``wait_for`` costs a task and a timer per item.
+                    item = queue.get_nowait()
+                elif not buffer:
+                    item = await queue.get()
+                else:
+                    try:
+                        item = await asyncio.wait_for(
+                            queue.get(), max(0.0, next_flush - time.monotonic())
+                        )
+                    except TimeoutError:
+                        item = None
                 if waiting_for_first and isinstance(item, TextDelta | ToolUse):
                     waiting_for_first = False
                     first_token_seconds.observe(time.monotonic() - started)
@@ -374,14 +386,14 @@ class RunExecutor:
                     call_seconds.observe(time.monotonic() - started)
                     await self._flush(buffer)
                     raise item
-                now = time.monotonic()
-                if buffer and (item is None or item is _END or now >= next_flush):
-                    await self._flush(buffer)
-                    next_flush = time.monotonic() + self.coalesce_s
                 if item is _END:
                     call_seconds.observe(time.monotonic() - started)
                     self.call_finished = True
-                    return tool_uses, stop
+                    rest = [self._delta(buffer)] if buffer else []
+                    return tool_uses, stop, rest
+                if buffer and (item is None or time.monotonic() >= next_flush):
+                    await self._flush(buffer)
+                    next_flush = time.monotonic() + self.coalesce_s
         finally:
             if not producer.done():
                 producer.cancel()  # aborts the provider's HTTP request
@@ -389,9 +401,13 @@ class RunExecutor:
 
     async def _flush(self, buffer: list[str]) -> None:
         if buffer:
-            text = "".join(buffer)
-            buffer.clear()
-            await self.append(MessageDelta(content=text, call=self.call_number))
+            await self.append(self._delta(buffer))
+
+    def _delta(self, buffer: list[str]) -> MessageDelta:
+        """The buffered text as one delta (the buffer is emptied)."""
+        text = "".join(buffer)
+        buffer.clear()
+        return MessageDelta(content=text, call=self.call_number)
 
     # -- tools ------------------------------------------------------------------------------
 

@@ -147,6 +147,9 @@ class RunService:
         self._org_locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(
             asyncio.Lock
         )
+        #: Runs whose ``run.started`` is being appended, per org and by thread.
+        self._starting: collections.Counter[str] = collections.Counter()
+        self._creating: dict[str, asyncio.Event] = {}
 
     async def create_thread(self, who: Principal, title: str | None) -> str:
         thread_id = new_id()
@@ -179,9 +182,10 @@ class RunService:
         persona_id: str | None,
         trace_id: str,
     ) -> str:
-        if await self.queries.thread(who.org_id, thread_id) is None:
+        thread = await self.queries.thread(who.org_id, thread_id)
+        if thread is None:
             raise NotFound("thread not found")
-        return await self._start_run(who, thread_id, route_id, persona_id, trace_id)
+        return await self._start_run(who, thread_id, route_id, persona_id, trace_id, thread=thread)
 
     async def retry_run(self, who: Principal, run_id: str, trace_id: str) -> str:
         """A new run on the same thread, route and persona that answers the same user turn
@@ -235,9 +239,12 @@ class RunService:
         *,
         retry_of: str | None = None,
         check: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+        thread: dict[str, Any] | None = None,
     ) -> str:
         """``run.started`` with ``thread.run_started``, guarded by the thread's seq: ``check``
-        (and the limits) are decided again on each attempt, against the thread as it is."""
+        (and the limits) are decided again on each attempt, against the thread as it is.
+        ``thread``, the thread's row if the caller just read it, serves the first attempt (the
+        append's guard refuses it if the thread moved on since)."""
         route = self.routes.resolve(route_id)
         persona = self.personas.resolve(persona_id)
         run_id = new_id()
@@ -254,44 +261,60 @@ class RunService:
             credits_multiplier=route.credits_multiplier,
             retry_of=retry_of,
         )
-        async with self._org_locks[who.org_id]:
-            for _ in range(_CONFLICT_RETRIES):
-                thread = await self.queries.thread(who.org_id, thread_id)
+        org_id = who.org_id
+        for _ in range(_CONFLICT_RETRIES):
+            # The checks run one at a time per org; the append does not hold the lock, so
+            # creations on several threads share commits. A run being appended counts towards
+            # the limit until its append returns (then the read model counts it), and another
+            # creation on its thread waits for that append before it looks at the thread.
+            async with self._org_locks[org_id]:
+                while (creating := self._creating.get(thread_id)) is not None:
+                    await creating.wait()
+                    thread = None  # it moved on meanwhile
+                if thread is None:
+                    thread = await self.queries.thread(org_id, thread_id)
                 assert thread is not None
                 if check is not None:
                     await check(thread)
                 active = thread["active_run_id"]
                 if active is not None:
-                    run = await self.queries.run(who.org_id, active)
+                    run = await self.queries.run(org_id, active)
                     if run is not None and run["status"] not in TERMINAL_STATUSES:
                         raise Conflict(
                             "the thread already has a run that has not finished",
                             code="runs.thread_busy",
                             active_run_id=active,
                         )
-                live = await self.queries.live_run_count(who.org_id)
+                live = await self.queries.live_run_count(org_id) + self._starting[org_id]
                 if live >= self.max_live_runs_per_org:
                     raise RateLimited(
                         f"the org has {live} live runs; the limit is {self.max_live_runs_per_org}",
                         code="runs.limit_exceeded",
                         limit=self.max_live_runs_per_org,
                     )
-                try:
-                    await self.store.append_many(
-                        [
-                            AppendRequest(
-                                thread_stream(thread_id),
-                                [encode_event(ThreadRunStarted(run_id=run_id))],
-                                thread["version"],
-                            ),
-                            AppendRequest(run_stream(run_id), [encode_event(started)], 0),
-                        ]
-                    )
-                    break
-                except ConcurrencyError:
-                    continue  # the thread moved on (a message, another run): look again
-            else:
-                raise Conflict("the thread is too busy, try again", code="runs.thread_busy")
+                self._starting[org_id] += 1
+                appended = self._creating[thread_id] = asyncio.Event()
+            try:
+                await self.store.append_many(
+                    [
+                        AppendRequest(
+                            thread_stream(thread_id),
+                            [encode_event(ThreadRunStarted(run_id=run_id))],
+                            thread["version"],
+                        ),
+                        AppendRequest(run_stream(run_id), [encode_event(started)], 0),
+                    ]
+                )
+                break
+            except ConcurrencyError:
+                thread = None
+                continue  # the thread moved on (a message, another run): look again
+            finally:
+                self._starting[org_id] -= 1
+                del self._creating[thread_id]
+                appended.set()
+        else:
+            raise Conflict("the thread is too busy, try again", code="runs.thread_busy")
         self.supervisor.launch(run_id)
         return run_id
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -15,7 +16,7 @@ from runs import metrics
 from runs.events import TERMINAL_RUN_EVENTS, MessageDelta
 from runs.schemas import SseFrame
 
-__all__ = ["sse_frame", "stream_events", "wire_data"]
+__all__ = ["sse_frame", "sse_frames", "stream_events", "wire_data"]
 
 _frame = msgspec.json.Encoder()
 
@@ -25,6 +26,7 @@ class _DeltaText(msgspec.Struct):
 
 
 _delta_text = msgspec.json.Decoder(_DeltaText)
+_DELTA = MessageDelta.TYPE
 
 
 def wire_data(type_: str, data: str) -> bytes:
@@ -46,6 +48,33 @@ def sse_frame(seq: int, type_: str, data: str, created_at: str) -> bytes:
     return b"id: %d\ndata: %s\n\n" % (seq, body)
 
 
+#: What :func:`sse_frame` writes, as one format: ``SseFrame``'s keys in its order.
+_FRAME = b'id: %d\ndata: {"seq":%d,"type":%b,"data":%b,"created_at":%b}\n\n'
+_encoded_types: dict[str, bytes] = {}
+
+
+def sse_frames(events: Iterable[RecordedEvent]) -> bytes:
+    """The frames of ``events``, byte for byte what :func:`sse_frame` makes of each, in one
+    loop (catch-up writes hundreds at a time: a call per piece cost as much as the read)."""
+    encode = _frame.encode
+    text_of = _delta_text.decode
+    types = _encoded_types
+    frames = []
+    for event in events:
+        type_ = event.type
+        encoded_type = types.get(type_)
+        if encoded_type is None:
+            encoded_type = encode(type_)
+            if len(types) < 256:  # the log's event types: a handful
+                types[type_] = encoded_type
+        data = event.data.encode()
+        if type_ == _DELTA and data.endswith(b"}"):
+            data = b'%b,"content_delta":%b}' % (data[:-1], encode(text_of(data).content))
+        seq = event.seq
+        frames.append(_FRAME % (seq, seq, encoded_type, data, encode(event.created_at)))
+    return b"".join(frames)
+
+
 async def stream_events(
     store: EventStore,
     response: web.StreamResponse,
@@ -65,7 +94,7 @@ async def stream_events(
     while True:
         batch = await store.read_stream(stream, cursor, batch_limit)
         if batch:
-            await response.write(b"".join(map(_frame_of, batch)))
+            await response.write(sse_frames(batch))
             metrics.SSE_FRAMES.inc(len(batch))
             cursor = batch[-1].seq
             if batch[-1].type in TERMINAL_RUN_EVENTS:
@@ -91,7 +120,7 @@ async def stream_events(
         # the stream's shared notification) and a heartbeat task per connection fills silences.
         async for event in events:
             if event.seq > cursor:
-                await response.write(_frame_of(event))
+                await response.write(sse_frames((event,)))
                 metrics.SSE_FRAMES.inc()
                 pulse.last = asyncio.get_running_loop().time()
             if event.type in TERMINAL_RUN_EVENTS:
@@ -101,10 +130,6 @@ async def stream_events(
         await events.aclose()
         with contextlib.suppress(BaseException):
             await beat
-
-
-def _frame_of(event: RecordedEvent) -> bytes:
-    return sse_frame(event.seq, event.type, event.data, event.created_at)
 
 
 class _Pulse:

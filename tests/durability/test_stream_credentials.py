@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.durability.server_process import ROOT, Client, ServerProcess
+from tests.durability.server_process import KEY, ROOT, Client, ServerProcess
 
 
 @pytest.fixture
@@ -178,3 +178,30 @@ async def test_a_token_stream_ends_when_the_token_expires(server: ServerProcess)
         async with Stream(session, url, body["access_token"]) as stream:
             # The heartbeat (15 s) would keep it open; the expiry (3 s after login) ends it.
             await _ends_within(stream, 5.0)
+
+
+async def test_a_key_revoked_by_another_process_is_refused_on_the_next_request(
+    server: ServerProcess,
+) -> None:
+    """The server remembers verified keys; a revocation or a user's deletion that another
+    process (the admin CLI) committed is in force for the very next request, with no wait."""
+    org = _org_id(server)
+    user = _admin(server, "create-user", "--org", org, "--name", "erin", "--email", "e@x.org")
+    key, key_id = _new_key(server, user)
+    other, _ = _new_key(server, user)
+    async with aiohttp.ClientSession() as session:
+
+        async def status(token: str) -> int:
+            headers = {"Authorization": f"Bearer {token}"}
+            async with session.get(f"{server.url}/v1/threads", headers=headers) as response:
+                return response.status
+
+        for _ in range(3):  # verified once, then answered from memory
+            assert await status(key) == 200
+            assert await status(other) == 200
+        await asyncio.to_thread(_admin, server, "revoke-key", key_id)
+        assert await status(key) == 401
+        assert await status(other) == 200
+        await asyncio.to_thread(_admin, server, "delete-user", user)
+        assert await status(other) == 401
+        assert await status(KEY) == 200

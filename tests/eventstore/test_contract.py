@@ -149,6 +149,20 @@ async def test_data_is_stored_byte_for_byte(store: Any) -> None:
         assert [e.data.encode("utf-8") for e in events] == payloads
 
 
+async def test_raw_control_characters_and_backslashes_are_stored_unchanged(store: Any) -> None:
+    # Not valid JSON, but the store keeps whatever UTF-8 it is given: raw tab, newline, CR
+    # and backslashes (which a bulk-load text format must escape), in data, stream and type.
+    stream, type_ = "s\tt\\n", "T\r\n"
+    payloads = [b'{"a":"x\ty\nz\r\\"}', b'"\\\\N"', b"\\.\n"]
+    recorded = await store.append(stream, [NewEvent(type_, p) for p in payloads], 0)
+
+    for events in (recorded, await store.read_stream(stream), await store.read_all()):
+        assert [(e.stream, e.type, e.data.encode()) for e in events] == [
+            (stream, type_, p) for p in payloads
+        ]
+    assert (await store.verify()).ok
+
+
 # -- append_many ---------------------------------------------------------------------------
 
 

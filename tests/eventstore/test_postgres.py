@@ -4,13 +4,14 @@ head row the writers serialise on stays equal to the last event."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import msgspec
 import psycopg
 import pytest
 
-from eventstore import NewEvent, PostgresEventStore, canonical_bytes, chain_hash
+from eventstore import NewEvent, PostgresEventStore, StorageError, canonical_bytes, chain_hash
 from tests.postgres import fresh_schema
 
 
@@ -179,3 +180,24 @@ def test_projection_ddl_gets_postgresql_types_even_after_a_comment() -> None:
     )
     index = "CREATE INDEX IF NOT EXISTS t_by_n ON t (n)"
     assert portable_ddl(index) == index
+
+
+async def test_a_row_the_database_refuses_fails_only_its_own_append(pg_url: str) -> None:
+    # PostgreSQL's text cannot hold NUL, so this append is refused by the database itself,
+    # after the batch's rows were sent (with the commit): the batch is redone item by item.
+    store = await PostgresEventStore.open(fresh_schema(pg_url))
+    try:
+        results = await asyncio.gather(
+            store.append("a", [NewEvent("T", b'{"n":1}')], 0),
+            store.append("b", [NewEvent("T", b'"\x00"')], 0),
+            store.append("c", [NewEvent("T", b'{"n":3}')], 0),
+            return_exceptions=True,
+        )
+        assert isinstance(results[1], StorageError)
+        assert [r[0].position for r in (results[0], results[2])] == [1, 2]  # type: ignore[index]
+        assert await store.read_stream("b") == []
+        again = await store.append("d", [NewEvent("T", b"{}")], 0)
+        assert again[0].position == 3
+        assert (await store.verify()).ok
+    finally:
+        await store.close()

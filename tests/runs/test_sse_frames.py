@@ -1,0 +1,55 @@
+"""Catch-up frames are built in one loop (``sse_frames``): byte for byte the frames that
+``sse_frame`` makes of each event, whatever the payload holds."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+from hypothesis import given
+from hypothesis import strategies as st
+
+from eventstore import RecordedEvent
+from runs.sse import sse_frame, sse_frames
+
+texts = st.text(st.characters(codec="utf-8"), max_size=30)
+#: A delta's payload as the log holds it (msgspec's spelling, or another JSON encoder's).
+delta_payloads = st.one_of(
+    st.builds(lambda c: msgspec.json.encode({"content": c, "call": 1}).decode(), texts),
+    st.builds(lambda c: json.dumps({"content": c, "role": "assistant"}), texts),
+    st.just('{"content":"x"}  '),
+)
+other_payloads = st.one_of(st.builds(lambda v: json.dumps({"value": v}), texts), st.just("{}"))
+typed_payloads = st.one_of(
+    st.tuples(st.just("message.delta"), delta_payloads),
+    st.tuples(st.sampled_from(["run.started", "run.completed", 'odd"type\\é']), other_payloads),
+)
+events = st.lists(
+    st.builds(
+        lambda seq, typed, created_at: RecordedEvent(
+            seq, "run-x", seq, typed[0], typed[1], created_at, ""
+        ),
+        st.integers(1, 10**12),
+        typed_payloads,
+        st.one_of(st.just("2026-01-01T00:00:00.000Z"), texts),
+    ),
+    max_size=5,
+)
+
+
+@given(events)
+def test_the_batch_is_each_frame_in_turn(batch: list[RecordedEvent]) -> None:
+    expected = b"".join(sse_frame(e.seq, e.type, e.data, e.created_at) for e in batch)
+    assert sse_frames(batch) == expected
+
+
+def test_a_delta_carries_its_text_twice() -> None:
+    event = RecordedEvent(3, "run-x", 3, "message.delta", '{"content":"h\\u00e9"}', "t", "")
+    frame = sse_frames([event])
+    assert frame.startswith(b"id: 3\ndata: ")
+    assert json.loads(frame[len(b"id: 3\ndata: ") : -2]) == {
+        "seq": 3,
+        "type": "message.delta",
+        "data": {"content": "hé", "content_delta": "hé"},
+        "created_at": "t",
+    }
