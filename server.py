@@ -31,6 +31,7 @@ from eventstore import (
     StoreClosedError,
     is_postgres_url,
     open_event_store,
+    startup_lock,
 )
 from projections import all_projections
 from projections.queries import Queries
@@ -171,8 +172,9 @@ class Runtime:
         try:
             self.queries = Queries(self.store)
             self.accounts = Accounts(self.store)
-            await record_personas(self.store, self.queries, self.personas)
-            self.bootstrap_key = await bootstrap(self.accounts, self.env)
+            async with startup_lock(self.config.db):
+                await record_personas(self.store, self.queries, self.personas)
+                self.bootstrap_key = await bootstrap(self.accounts, self.env)
             self.secret = load_secret(self.config)
             self.supervisor = Supervisor(
                 store=self.store,

@@ -10,6 +10,7 @@ from eventstore.backends import (
     log_exists,
     open_event_store,
     scratch_database,
+    startup_lock,
 )
 from eventstore.copy import copy_log
 from eventstore.errors import (
@@ -82,6 +83,7 @@ __all__ = [
     "open_event_store",
     "open_store",
     "scratch_database",
+    "startup_lock",
     "utc_now",
     "verify_database",
     "verify_events",
