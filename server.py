@@ -34,6 +34,7 @@ from eventstore import (
     open_coordination,
     open_event_store,
     process_id,
+    startup_lock,
 )
 from projections import all_projections
 from projections.queries import Queries
@@ -188,8 +189,9 @@ class Runtime:
                 )
             self.queries = Queries(self.store)
             self.accounts = Accounts(self.store)
-            await record_personas(self.store, self.queries, self.personas)
-            self.bootstrap_key = await bootstrap(self.accounts, self.env)
+            async with startup_lock(self.config.db):
+                await record_personas(self.store, self.queries, self.personas)
+                self.bootstrap_key = await bootstrap(self.accounts, self.env)
             self.secret = load_secret(self.config)
             self.supervisor = Supervisor(
                 store=self.store,

@@ -12,6 +12,7 @@ from eventstore.backends import (
     open_coordination,
     open_event_store,
     scratch_database,
+    startup_lock,
 )
 from eventstore.copy import copy_log
 from eventstore.errors import (
@@ -93,6 +94,7 @@ __all__ = [
     "open_store",
     "process_id",
     "scratch_database",
+    "startup_lock",
     "utc_now",
     "verify_database",
     "verify_events",

@@ -7,7 +7,7 @@ import contextlib
 import os
 import secrets
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 from eventstore.errors import StorageError, StorageUnavailable
 from eventstore.leases import Leases, LocalLeases
@@ -27,6 +27,7 @@ __all__ = [
     "open_coordination",
     "open_event_store",
     "scratch_database",
+    "startup_lock",
 ]
 
 
@@ -36,6 +37,31 @@ __all__ = [
 
 def is_postgres_url(location: str) -> bool:
     return location.startswith(("postgresql://", "postgres://"))
+
+
+#: The PostgreSQL advisory lock key held while a process prepares the log at start-up.
+STARTUP_LOCK_KEY = 0x72756E6C6F67  # "runlog"
+
+
+@contextlib.asynccontextmanager
+async def startup_lock(location: str) -> AsyncIterator[None]:
+    """Held while a process prepares the log at start-up (records persona versions, makes the
+    first org on an empty log). On PostgreSQL it is a session advisory lock, so processes
+    that start together on one database, on any machine, do that work once, one after the
+    other, each seeing what the previous one wrote. A SQLite file is served by one process,
+    so there it holds nothing."""
+    if not is_postgres_url(location):
+        yield
+        return
+    import asyncpg
+
+    conn = await asyncpg.connect(location, timeout=10)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", STARTUP_LOCK_KEY)
+        yield
+    finally:
+        # Closing the session releases its advisory locks, also when the work above failed.
+        await conn.close()
 
 
 async def open_event_store(location: str, projections: Sequence[Projection] = ()) -> EventStore:

@@ -7,14 +7,18 @@ rows are compared as Python values in an engine-independent order.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from eventstore import Database, Projection
-from eventstore.schema import iter_events
+from eventstore import Database, Projection, RecordedEvent, SqlConnection
+from eventstore.schema import EVENT_COLUMNS
+from projections.base import Decoded, TableProjection
+from runs.events import decode_event
 
-__all__ = ["ReplayError", "diff_tables", "rebuild", "rebuild_in_place", "table_rows"]
+__all__ = ["ReplayError", "apply_chunk", "diff_tables", "rebuild", "rebuild_in_place", "table_rows"]
 
+#: Events per chunk: read with one query, applied in one savepoint.
 _BATCH = 5000
 Progress = Callable[[int], None]
 
@@ -27,26 +31,84 @@ class ReplayError(Exception):
         self.position = position
 
 
+def _head(db: Database) -> int:
+    row = db.fetch_one("SELECT coalesce(max(position), 0) FROM events")
+    return int(row[0]) if row else 0
+
+
 def _replay(
     source: Database,
     target: Database,
     projections: Sequence[Projection],
     progress: Progress | None,
 ) -> int:
+    """Apply every event of ``source``'s log (up to its head now) to ``projections`` in
+    ``target``; returns how many events the log holds.
+
+    When every projection is a :class:`TableProjection` (all of runlog's are) only the events
+    of the types they handle are read (most of a log is ``message.delta``, which no read model
+    keeps), each is decoded once, and a chunk is applied with ``apply_many``. If a chunk fails
+    it is rolled back and applied again event by event, so the error names its event."""
+    tables = [p for p in projections if isinstance(p, TableProjection)]
+    bulk = len(tables) == len(projections)
     for projection in projections:
         projection.create(target)
-    count = 0
-    for count, event in enumerate(iter_events(source, batch=_BATCH), start=1):
+    head = _head(source)
+    sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? AND position <= ?"
+    types: tuple[str, ...] = ()
+    if bulk:
+        types = tuple(sorted(set().union(*(p.event_types for p in tables))))
+        sql += f" AND type IN ({', '.join('?' * len(types))})"
+    sql += " ORDER BY position LIMIT ?"
+    after = 0
+    while rows := source.fetch_all(sql, (after, head, *types, _BATCH)):
+        chunk = [RecordedEvent(*row) for row in rows]
+        after = chunk[-1].position
+        if bulk:
+            _apply_chunk(target, tables, chunk)
+        else:
+            _apply_each(target, projections, chunk)
+        if progress is not None:
+            progress(after)
+    if progress is not None:
+        progress(head)
+    return head
+
+
+def apply_chunk(
+    db: SqlConnection, projections: Sequence[TableProjection], chunk: Sequence[RecordedEvent]
+) -> None:
+    """Apply a chunk of events (in log order) with each projection's ``apply_many``: every
+    event decoded once, each projection given the events of its types."""
+    decoded: list[Decoded] = [(event, decode_event(event)) for event in chunk]
+    for projection in projections:
+        types = projection.event_types
+        projection.apply_many(db, [pair for pair in decoded if pair[0].type in types])
+
+
+def _apply_chunk(
+    db: Database, projections: Sequence[TableProjection], chunk: list[RecordedEvent]
+) -> None:
+    db.savepoint("rebuild_chunk")
+    try:
+        apply_chunk(db, projections, chunk)
+    except Exception:
+        db.rollback_to("rebuild_chunk")
+        db.release("rebuild_chunk")
+        _apply_each(db, projections, chunk)
+    else:
+        db.release("rebuild_chunk")
+
+
+def _apply_each(
+    db: Database, projections: Sequence[Projection], chunk: list[RecordedEvent]
+) -> None:
+    for event in chunk:
         try:
             for projection in projections:
-                projection.apply(target, event)
+                projection.apply(db, event)
         except Exception as exc:
             raise ReplayError(event.position) from exc
-        if progress is not None and count % _BATCH == 0:
-            progress(count)
-    if progress is not None:
-        progress(count)
-    return count
 
 
 def rebuild(
@@ -105,19 +167,27 @@ def table_rows(db: Database, table: str) -> list[tuple[Any, ...]]:
     return sorted(db.fetch_all(f'SELECT {columns} FROM "{table}"'), key=_order)
 
 
+def _counted_rows(db: Database, table: str) -> Counter[tuple[Any, ...]]:
+    columns = ", ".join(f'"{c}"' for c in db.table_columns(table))
+    return Counter(db.fetch_all(f'SELECT {columns} FROM "{table}"'))
+
+
 def diff_tables(
     live: Database, rebuilt: Database, projections: Sequence[Projection]
 ) -> dict[str, tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
-    """Per table, the rows only in ``live`` and the rows only in ``rebuilt`` (empty: equal)."""
+    """Per table, the rows only in ``live`` and the rows only in ``rebuilt`` (empty: equal).
+
+    Tables are compared as multisets of rows (hashing, not sorting: the same answer as
+    comparing ``table_rows`` in order, at a fraction of the cost on a large log); the rows
+    listed are in ``table_rows`` order."""
     differences = {}
     for projection in projections:
         for table in projection.tables:
-            live_rows = table_rows(live, table)
-            new_rows = table_rows(rebuilt, table)
+            live_rows = _counted_rows(live, table)
+            new_rows = _counted_rows(rebuilt, table)
             if live_rows != new_rows:
-                live_set, new_set = set(live_rows), set(new_rows)
                 differences[table] = (
-                    [r for r in live_rows if r not in new_set],
-                    [r for r in new_rows if r not in live_set],
+                    sorted((live_rows - new_rows).elements(), key=_order),
+                    sorted((new_rows - live_rows).elements(), key=_order),
                 )
     return differences

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from eventstore import RecordedEvent, SqlConnection
-from projections.base import Handler, TableProjection
+from projections.base import Decoded, Handler, RowCache, TableProjection
 from runs.events import (
     DomainEvent,
     MessageAdded,
@@ -16,6 +19,18 @@ from runs.events import (
 )
 
 __all__ = ["ThreadsProjection"]
+
+_THREAD_COLUMNS = (
+    "thread_id",
+    "org_id",
+    "created_by_user_id",
+    "title",
+    "created_at",
+    "active_run_id",
+    "version",
+)
+_ACTIVE, _VERSION = 5, 6
+_ENDS = frozenset({RunCompleted.TYPE, RunFailed.TYPE, RunCancelled.TYPE})
 
 
 class ThreadsProjection(TableProjection):
@@ -58,6 +73,78 @@ class ThreadsProjection(TableProjection):
             RunFailed: self._run_ended,
             RunCancelled: self._run_ended,
         }
+
+    def apply_many(self, conn: SqlConnection, events: Sequence[Decoded]) -> None:
+        """The handlers below, on the chunk's threads in memory (``TableProjection``)."""
+        events = [pair for pair in events if pair[0].type in self.event_types]
+        threads = RowCache("threads", _THREAD_COLUMNS)
+        ids: set[str] = set()
+        ended: set[str] = set()
+        for r, e in events:
+            if isinstance(e, ThreadCreated | MessageAdded):
+                ids.add(e.thread_id)
+            elif isinstance(e, ThreadRunStarted):
+                ids.add(r.stream.removeprefix("thread-"))
+            else:
+                ended.add(run_id_of(r.stream))
+        threads.load(conn, ids)
+        threads.load(conn, ended, column="active_run_id")
+        # The threads each run holds, of those read or written here: every thread whose
+        # active run ends in this chunk was read above, by its active run.
+        holding: dict[str, set[str]] = {}
+        for thread_id, row in threads.items():
+            if row is not None and row[_ACTIVE] is not None:
+                holding.setdefault(row[_ACTIVE], set()).add(thread_id)
+        messages: list[tuple[Any, ...]] = []
+        for r, e in events:
+            if isinstance(e, ThreadCreated):
+                if threads.get(e.thread_id) is not None:
+                    raise ValueError(f"thread {e.thread_id} created twice")
+                threads.put(
+                    [
+                        e.thread_id,
+                        e.org_id,
+                        e.created_by_user_id,
+                        e.title,
+                        r.created_at,
+                        None,
+                        r.seq,
+                    ]
+                )
+            elif isinstance(e, MessageAdded):
+                messages.append(
+                    (
+                        e.message_id,
+                        e.thread_id,
+                        e.org_id,
+                        e.role,
+                        e.content,
+                        e.created_by_user_id,
+                        e.run_id,
+                        r.created_at,
+                        r.position,
+                    )
+                )
+                row = threads.get(e.thread_id)
+                if row is not None:
+                    row[_VERSION] = r.seq
+            elif isinstance(e, ThreadRunStarted):
+                thread_id = r.stream.removeprefix("thread-")
+                row = threads.get(thread_id)
+                if row is not None:
+                    if row[_ACTIVE] is not None:
+                        holding[row[_ACTIVE]].discard(thread_id)
+                    row[_ACTIVE] = e.run_id
+                    row[_VERSION] = r.seq
+                    holding.setdefault(e.run_id, set()).add(thread_id)
+            else:
+                for thread_id in holding.pop(run_id_of(r.stream), ()):
+                    row = threads.get(thread_id)
+                    assert row is not None
+                    row[_ACTIVE] = None
+        threads.flush(conn)
+        if messages:
+            conn.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", messages)
 
     @staticmethod
     def _thread_created(conn: SqlConnection, e: ThreadCreated, r: RecordedEvent) -> None:

@@ -19,8 +19,11 @@ are dropped when it ends (no usage follows a terminal event).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from eventstore import RecordedEvent, SqlConnection
-from projections.base import Handler, TableProjection
+from projections.base import Decoded, Handler, RowCache, TableProjection
 from runs.events import (
     DomainEvent,
     RunCancelled,
@@ -53,6 +56,35 @@ _ADD = (
 
 
 _NOTHING_USED = (0, 0, 0, 0, 0.0, 0)
+
+_USAGE_COLUMNS = (
+    "org_id",
+    "day",
+    "model",
+    "user_id",
+    "route_id",
+    "runs",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost_usd",
+    "credits_used",
+)
+_LIVE_COLUMNS = ("run_id", "org_id", "user_id", "route_id", "credits_multiplier", "cost_usd")
+_CALLS_COLUMNS = (
+    "run_id",
+    "call",
+    "estimated",
+    "day",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost_usd",
+    "credits_used",
+)
 
 
 def utc_day(created_at: str) -> str:
@@ -111,6 +143,75 @@ class UsageProjection(TableProjection):
             RunFailed: self._ended,
             RunCancelled: self._ended,
         }
+
+    def apply_many(self, conn: SqlConnection, events: Sequence[Decoded]) -> None:
+        """The handlers below, on the chunk's rows in memory (``TableProjection``)."""
+        events = [pair for pair in events if pair[0].type in self.event_types]
+        usage = RowCache("usage", _USAGE_COLUMNS, key_size=5)
+        live = RowCache("usage_live_runs", _LIVE_COLUMNS)
+        calls = RowCache("usage_calls", _CALLS_COLUMNS, key_size=2)
+        ids = {e.run_id if isinstance(e, RunStarted) else run_id_of(r.stream) for r, e in events}
+        live.load(conn, ids)
+        calls.load(conn, ids)
+
+        def add(key: tuple[str, str, str, str, str], figures: Sequence[Any]) -> None:
+            # INSERT ... ON CONFLICT DO UPDATE SET column = usage.column + excluded.column
+            usage.load_key(conn, key)
+            row = usage.get(key)
+            if row is None:
+                usage.put([*key, *figures])
+            else:
+                for index, value in enumerate(figures, start=5):
+                    row[index] = row[index] + value
+
+        for r, e in events:
+            if isinstance(e, RunStarted):
+                if live.get(e.run_id) is not None:
+                    raise ValueError(f"run {e.run_id} started twice")
+                live.put(
+                    [
+                        e.run_id,
+                        e.org_id,
+                        e.created_by_user_id,
+                        e.route_id,
+                        e.credits_multiplier,
+                        0.0,
+                    ]
+                )
+                day = utc_day(r.created_at)
+                add((e.org_id, day, e.model, e.created_by_user_id, e.route_id), (1, *_NOTHING_USED))
+                continue
+            run_id = run_id_of(r.stream)
+            if not isinstance(e, RunUsage):  # the run ended
+                live.drop(run_id)
+                for call in calls.under(run_id):
+                    calls.drop((run_id, call[1]))
+                continue
+            row = live.get(run_id)
+            assert row is not None  # run.started comes first; no usage follows a terminal event
+            _, org_id, user_id, route_id, multiplier, before = row
+            known = calls.get((run_id, e.call))
+            if e.estimated and known is not None:
+                continue  # the call is counted already
+            cost, taken_back = before, 0
+            if known is not None and known[2]:
+                day, model, inputs, outputs, reads, writes, estimate, taken_back = known[3:]
+                add(
+                    (org_id, day, model, user_id, route_id),
+                    (0, -inputs, -outputs, -reads, -writes, -estimate, -taken_back),
+                )
+                cost -= estimate
+            after = cost + e.cost_usd
+            credits = credits_for(after, multiplier) - credits_for(before, multiplier) + taken_back
+            figures = (e.input_tokens, e.output_tokens, e.cache_read_tokens, e.cache_write_tokens)
+            day = utc_day(r.created_at)
+            row[5] = after
+            add((org_id, day, e.model, user_id, route_id), (0, *figures, e.cost_usd, credits))
+            kept = (1, day, e.model, *figures, e.cost_usd, credits) if e.estimated else None
+            calls.put([run_id, e.call, *(kept or (0, day, e.model, 0, 0, 0, 0, 0.0, 0))])
+        usage.flush(conn)
+        live.flush(conn)
+        calls.flush(conn)
 
     @staticmethod
     def _started(conn: SqlConnection, e: RunStarted, r: RecordedEvent) -> None:

@@ -15,10 +15,12 @@ only the ``runs`` table of the runs projection, which is applied before this one
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import msgspec
 
 from eventstore import RecordedEvent, SqlConnection
-from projections.base import Handler, TableProjection
+from projections.base import Decoded, Handler, TableProjection
 from runs.events import (
     DomainEvent,
     RunCancelled,
@@ -71,6 +73,9 @@ DELIVERY_COLUMNS = (
 )
 
 _decode_events = msgspec.json.Decoder(list[str]).decode
+_RUN_EVENTS = frozenset(
+    {RunCompleted.TYPE, RunFailed.TYPE, RunCancelled.TYPE, RunWaitingForInput.TYPE}
+)
 
 
 class WebhooksProjection(TableProjection):
@@ -132,6 +137,15 @@ class WebhooksProjection(TableProjection):
             WebhookDeliverySucceeded: self._succeeded,
             WebhookDeliveryAttemptFailed: self._attempt_failed,
         }
+
+    def apply_many(self, conn: SqlConnection, events: Sequence[Decoded]) -> None:
+        """One by one, except that run events are skipped while the log has no active
+        endpoint: endpoints never become active again, so none of them can make a delivery."""
+        if not any(isinstance(e, WebhookEndpointCreated) for _, e in events) and not (
+            conn.fetch_one("SELECT 1 FROM webhook_endpoints WHERE status = 'active' LIMIT 1")
+        ):
+            events = [pair for pair in events if pair[0].type not in _RUN_EVENTS]
+        super().apply_many(conn, events)
 
     # -- endpoints --------------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ _SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
 async def prepare(config: Config, env: Mapping[str, str]) -> str | None:
     """Open the log once (schema, personas, first-start bootstrap); the bootstrap API key when
     this start created it."""
-    from eventstore import open_event_store
+    from eventstore import open_event_store, startup_lock
     from projections import all_projections
     from projections.queries import Queries
     from runs.personas import PersonaRegistry
@@ -61,8 +61,9 @@ async def prepare(config: Config, env: Mapping[str, str]) -> str | None:
     personas = PersonaRegistry.from_dirs(config.personas_dir)
     store = await open_event_store(config.db, all_projections())
     try:
-        await record_personas(store, Queries(store), personas)
-        return await bootstrap(Accounts(store), env)
+        async with startup_lock(config.db):
+            await record_personas(store, Queries(store), personas)
+            return await bootstrap(Accounts(store), env)
     finally:
         await store.close()
 
