@@ -25,12 +25,15 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from eventstore import (
+    Coordination,
     EventStore,
     EventStoreError,
     StorageUnavailable,
     StoreClosedError,
     is_postgres_url,
+    open_coordination,
     open_event_store,
+    process_id,
     startup_lock,
 )
 from projections import all_projections
@@ -63,7 +66,7 @@ from runs.mcp_servers import McpServers
 from runs.personas import PersonaRegistry
 from runs.providers.base import Provider
 from runs.providers.scripted import ScriptedProvider
-from runs.ratelimit import FailureLimiter
+from runs.ratelimit import FailureLimiter, LoginThrottle, SharedFailureLimiter
 from runs.routes import RouteTable
 from runs.run import RUN_STATUSES, TERMINAL_STATUSES, cancel_receipt, fold_recorded
 from runs.schemas import (
@@ -142,7 +145,10 @@ class Runtime:
         self.streams: set[asyncio.Task[Any]] = set()
         self.bootstrap_key: str | None = None
         self.checkpoints: CheckpointPublisher | None = None
-        self.login_limiter = FailureLimiter(config.login_max_failures, config.login_window_seconds)
+        self.login_limiter: LoginThrottle = FailureLimiter(
+            config.login_max_failures, config.login_window_seconds
+        )
+        self.coordination: Coordination | None = None
         #: Verified API keys (``runs.credentials.KeyCache``); ``None`` where this process
         #: cannot hear another process's revocation before its next request (PostgreSQL).
         self.key_cache: KeyCache | None = None
@@ -170,6 +176,17 @@ class Runtime:
             self.key_cache = KeyCache()
             self.store.live.watch(self.key_cache.observe)
         try:
+            # Leases (which process drives which run) and, on PostgreSQL, the login throttle's
+            # counts: coordination between the processes that serve one log.
+            self.coordination = await open_coordination(
+                self.config.db, process_id(), self.config.lease_seconds
+            )
+            if self.coordination.failures is not None:
+                self.login_limiter = SharedFailureLimiter(
+                    self.coordination.failures,
+                    self.config.login_max_failures,
+                    self.config.login_window_seconds,
+                )
             self.queries = Queries(self.store)
             self.accounts = Accounts(self.store)
             async with startup_lock(self.config.db):
@@ -185,6 +202,7 @@ class Runtime:
                 provider_for=self.provider_for,
                 coalesce_s=self.config.delta_coalesce_ms / 1000,
                 storage_retry_s=self.config.storage_retry_seconds,
+                leases=self.coordination.leases,
             )
             self.service = RunService(
                 store=self.store,
@@ -202,6 +220,7 @@ class Runtime:
             )
             self.mcp_servers.start(self.personas.by_id.values())
             await self.supervisor.resume_all()
+            self.supervisor.start()
             self.deliveries = self.start_deliveries()
             if self.config.checkpoint_key_file:
                 self.checkpoints = CheckpointPublisher(
@@ -213,6 +232,8 @@ class Runtime:
                 self.checkpoints.start()
         except BaseException:
             await self.mcp_servers.close()
+            if self.coordination is not None:
+                await self.coordination.close()
             await self.store.close()
             raise
 
@@ -254,6 +275,8 @@ class Runtime:
                 await aclose()
         if self.checkpoints is not None:
             await self.checkpoints.stop()  # the head at shutdown is signed too
+        if self.coordination is not None:
+            await self.coordination.close()
         await self.store.close()
         metrics.process_exited()
 
@@ -492,7 +515,7 @@ async def login(request: web.Request) -> web.Response:
     by_address = f"address:{request.remote}"
     limiter = runtime.login_limiter
     async with limiter.exclusive(by_user):
-        wait = limiter.retry_after((by_user, by_address))
+        wait = await limiter.wait_seconds((by_user, by_address))
         if wait > 0:
             raise RateLimited(
                 "too many failed logins; try again later",
@@ -502,9 +525,9 @@ async def login(request: web.Request) -> web.Response:
         encoded = user["password_hash"] if user and user["password_hash"] else None
         ok = await asyncio.to_thread(verify_password, body.password, encoded or DUMMY_PASSWORD_HASH)
         if user is None or encoded is None or not ok:
-            limiter.failed((by_user, by_address))
+            await limiter.record_failure((by_user, by_address))
             raise Unauthorized("wrong login or password")
-        limiter.succeeded(by_user)
+        await limiter.record_success(by_user)
     ttl = runtime.config.access_token_ttl_seconds
     token = sign_access_token(runtime.secret, user["user_id"], user["org_id"], ttl)
     return json_response(LoginResult(access_token=token, expires_in=ttl))

@@ -4,16 +4,19 @@ The rest of runlog types against :class:`EventStore` and opens a store with
 :func:`open_event_store` (a SQLite path or a ``postgresql://`` URL)."""
 
 from eventstore.backends import (
+    Coordination,
     connect_database,
     describe,
     is_postgres_url,
     log_exists,
+    open_coordination,
     open_event_store,
     scratch_database,
     startup_lock,
 )
 from eventstore.copy import copy_log
 from eventstore.errors import (
+    AppendRefused,
     ConcurrencyError,
     CopyError,
     EventStoreError,
@@ -22,10 +25,12 @@ from eventstore.errors import (
     StorageUnavailable,
     StoreClosedError,
 )
+from eventstore.leases import Leases, process_id
 from eventstore.model import (
     ANY,
     GENESIS_HASH,
     AppendRequest,
+    Cap,
     NewEvent,
     RecordedEvent,
     canonical_bytes,
@@ -55,13 +60,17 @@ __all__ = [
     "ANY",
     "GENESIS_HASH",
     "SCHEMA_VERSION",
+    "AppendRefused",
     "AppendRequest",
+    "Cap",
     "CommitObserver",
     "ConcurrencyError",
+    "Coordination",
     "CopyError",
     "Database",
     "EventStore",
     "EventStoreError",
+    "Leases",
     "NewEvent",
     "PostgresEventStore",
     "Projection",
@@ -80,8 +89,10 @@ __all__ = [
     "describe",
     "is_postgres_url",
     "log_exists",
+    "open_coordination",
     "open_event_store",
     "open_store",
+    "process_id",
     "scratch_database",
     "startup_lock",
     "utc_now",

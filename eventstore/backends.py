@@ -7,20 +7,24 @@ import contextlib
 import os
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
-from eventstore.errors import StorageError
+from eventstore.errors import StorageError, StorageUnavailable
+from eventstore.leases import Leases, LocalLeases
 from eventstore.projection import Projection
 from eventstore.protocol import EventStore
 from eventstore.schema import connect
 from eventstore.sql import Database, SqliteDatabase
 from eventstore.sqlite import SQLiteEventStore, open_read_only
+from eventstore.throttle import FailureCounts
 
 __all__ = [
+    "Coordination",
     "connect_database",
     "describe",
     "is_postgres_url",
     "log_exists",
+    "open_coordination",
     "open_event_store",
     "scratch_database",
     "startup_lock",
@@ -67,6 +71,63 @@ async def open_event_store(location: str, projections: Sequence[Projection] = ()
 
         return await PostgresEventStore.open(location, projections)
     return await SQLiteEventStore.open(location, projections)
+
+
+class Coordination:
+    """What the processes serving one log coordinate through, outside the log: run leases and,
+    on PostgreSQL, the login throttle's failure counts (``None``: count in memory, since one
+    process serves a SQLite log)."""
+
+    def __init__(
+        self, leases: Leases, failures: FailureCounts | None, close: Callable[[], Awaitable[None]]
+    ) -> None:
+        self.leases = leases
+        self.failures = failures
+        self._close = close
+
+    async def close(self) -> None:
+        await self.leases.close()
+        await self._close()
+
+
+async def open_coordination(location: str, owner: str, lease_seconds: float) -> Coordination:
+    """Leases (and shared counts) for the log at ``location``, held by ``owner``."""
+    if not is_postgres_url(location):
+        return Coordination(LocalLeases(owner, lease_seconds), None, _nothing)
+    import asyncpg
+
+    from eventstore.leases import LEASES_SCHEMA, PostgresLeases
+    from eventstore.postgres import _SCHEMA_LOCK, _display
+    from eventstore.throttle import THROTTLE_SCHEMA
+
+    try:
+        # Small and writable (the store's readers are read-only): a renewal or a throttle
+        # check is one short statement.
+        # Leases and counts are coordination, not history: their commits need not wait for
+        # the WAL flush (after a database crash a lease lost this way lapses, or is found
+        # missing, and is taken again), which makes a lease cost a round trip, not an fsync.
+        pool = await asyncpg.create_pool(
+            location,
+            min_size=1,
+            max_size=4,
+            timeout=10,
+            server_settings={"synchronous_commit": "off"},
+        )
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise StorageUnavailable(f"cannot connect to {_display(location)}: {exc}") from exc
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+            for statement in (*LEASES_SCHEMA, *THROTTLE_SCHEMA):
+                await conn.execute(statement)
+    except BaseException:
+        await pool.close()
+        raise
+    return Coordination(PostgresLeases(pool, owner, lease_seconds), FailureCounts(pool), pool.close)
+
+
+async def _nothing() -> None:
+    return None
 
 
 def connect_database(location: str, *, read_only: bool = False) -> Database:

@@ -7,6 +7,7 @@ Every exception the store raises derives from :class:`EventStoreError`; driver e
 from __future__ import annotations
 
 __all__ = [
+    "AppendRefused",
     "ConcurrencyError",
     "CopyError",
     "EventStoreError",
@@ -29,6 +30,15 @@ class ConcurrencyError(EventStoreError):
         self.stream = stream
         self.expected_seq = expected_seq
         self.actual_seq = actual_seq
+
+
+class AppendRefused(EventStoreError):
+    """An append's cap (:class:`eventstore.Cap`) refused it inside the append transaction;
+    nothing was written. ``details["count"]`` is what the cap counted."""
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class StoreClosedError(EventStoreError):

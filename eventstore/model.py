@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
@@ -11,6 +12,7 @@ __all__ = [
     "ANY",
     "GENESIS_HASH",
     "AppendRequest",
+    "Cap",
     "NewEvent",
     "RecordedEvent",
     "canonical_bytes",
@@ -37,11 +39,33 @@ class AppendRequest(msgspec.Struct, frozen=True):
 
     ``expected_seq`` is the stream's current last seq (0: the stream must not exist yet) or
     :data:`ANY` to append whatever the stream holds.
+
+    ``cap``, when given, limits how many appends of its kind may exist: the writer decides it
+    inside the append transaction, with the head locked (see :class:`Cap`).
     """
 
     stream: str
     events: list[NewEvent]
     expected_seq: int | None = ANY
+    cap: Cap | None = None
+
+
+class Cap(msgspec.Struct, frozen=True):
+    """Refuse an append (:class:`eventstore.AppendRefused`) once ``limit`` things of a kind
+    exist, counted inside the append transaction.
+
+    ``count_sql`` (portable SQL with ``?`` placeholders over the read models, one number)
+    counts them as committed; the writer runs it with the head locked (on PostgreSQL the head
+    row serialises the writers of every process), once per ``key`` and batch, and adds the
+    earlier appends of the same batch with the same cap that it accepted. Whatever lowers the
+    count in the same batch is not subtracted, so a cap errs only towards refusing an append
+    that raced with it. A decision like "at most N live runs per org" is exact this way on
+    every backend and across processes."""
+
+    key: str
+    count_sql: str
+    params: tuple[Any, ...]
+    limit: int
 
 
 class RecordedEvent(msgspec.Struct, frozen=True, gc=False):

@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Sequence
 
 from eventstore.errors import (
+    AppendRefused,
     ConcurrencyError,
     EventStoreError,
     StorageError,
@@ -20,6 +21,7 @@ from eventstore.errors import (
 )
 from eventstore.model import (
     AppendRequest,
+    Cap,
     RecordedEvent,
     canonical_bytes,
     chain_hash,
@@ -134,6 +136,7 @@ class BatchWriter:
                 raise StorageUnavailable(f"cannot start a write transaction: {exc}") from exc
             raise StorageError(f"cannot start a write transaction: {exc}") from exc
         batch_seqs: dict[str, int] = {}  # last seq of each stream written by this batch
+        counts: dict[str, int] = {}  # what each cap counts, with this batch's accepted appends
         try:
             if head_position != self._cached_head:
                 # Another process wrote since our last commit: our seq cache is stale and our
@@ -152,9 +155,11 @@ class BatchWriter:
                 except EventStoreError as exc:
                     outcomes.append(exc)
                     continue
+                caps = [r.cap for r in item if r.cap is not None]
                 if isolate:
                     db.savepoint("item")
                     try:
+                        self._check(caps, counts)
                         self._write(item_rows, recorded)
                     except Exception as exc:
                         db.rollback_to("item")
@@ -163,8 +168,17 @@ class BatchWriter:
                         continue
                     db.release("item")
                 else:
+                    try:
+                        self._check(caps, counts)
+                    except AppendRefused as exc:
+                        outcomes.append(exc)
+                        continue
+                    except Exception as exc:
+                        raise _IsolateItems from exc
                     rows.extend(item_rows)
                     events.extend(recorded)
+                for cap in caps:
+                    counts[cap.key] += 1
                 for event in recorded:
                     batch_seqs[event.stream] = event.seq
                 if recorded:
@@ -242,6 +256,18 @@ class BatchWriter:
                 rows.append((position, request.stream, last, new.type, data, created_at, digest))
             seqs[request.stream] = last
         return rows, [RecordedEvent(*row) for row in rows]
+
+    def _check(self, caps: Sequence[Cap], counts: dict[str, int]) -> None:
+        """Refuse the item if one of its caps is reached. A cap's count is read once per batch
+        (the projections are current: they were caught up when the head was locked) and then
+        kept up to date with the batch's own accepted appends."""
+        for cap in caps:
+            count = counts.get(cap.key)
+            if count is None:
+                row = self._db.fetch_one(cap.count_sql, cap.params)
+                count = counts[cap.key] = int(row[0]) if row and row[0] is not None else 0
+            if count >= cap.limit:
+                raise AppendRefused(f"{cap.key}: {count} of {cap.limit}", count=count)
 
     def _write(self, rows: list[_Row], events: list[RecordedEvent]) -> None:
         db = self._db

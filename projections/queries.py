@@ -206,6 +206,11 @@ class Queries:
         )
         return int(row[0]) if row else 0
 
+    async def run_status(self, run_id: str) -> str | None:
+        """A run's status, whatever its org (the supervisor's takeover)."""
+        row = await self.store.fetch_one("SELECT status FROM runs WHERE run_id = ?", (run_id,))
+        return None if row is None else str(row[0])
+
     async def runs_with_status(self, status: str) -> list[str]:
         rows = await self.store.fetch_all(
             "SELECT run_id FROM runs WHERE status = ? ORDER BY run_id", (status,)

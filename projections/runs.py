@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from eventstore import RecordedEvent, SqlConnection
+from eventstore import Cap, RecordedEvent, SqlConnection
 from projections.base import Decoded, Handler, RowCache, TableProjection
 from runs.events import (
     DomainEvent,
@@ -22,9 +22,23 @@ from runs.events import (
     RunWaitingForInput,
     run_id_of,
 )
-from runs.run import credits_for, ms_between
+from runs.run import LIVE_STATUSES, credits_for, ms_between
 
-__all__ = ["RUN_COLUMNS", "RunsProjection"]
+__all__ = ["RUN_COLUMNS", "RunsProjection", "live_runs_below"]
+
+_LIVE_COUNT = (
+    "SELECT count(*) FROM runs WHERE org_id = ? AND status IN"
+    f" ({', '.join('?' * len(LIVE_STATUSES))})"
+)
+
+
+def live_runs_below(org_id: str, limit: int) -> Cap:
+    """The cap on an org's live runs, for the append that starts a run (``AppendRequest.cap``):
+    the writer counts them inside the append transaction with the head locked, so on every
+    backend, and across processes on PostgreSQL, the count includes every run started before
+    (docs/architecture.md, "Limits")."""
+    return Cap(f"live-runs:{org_id}", _LIVE_COUNT, (org_id, *sorted(LIVE_STATUSES)), limit)
+
 
 RUN_COLUMNS = (
     "run_id",
@@ -131,7 +145,8 @@ class RunsProjection(TableProjection):
     CREATE INDEX IF NOT EXISTS runs_by_org ON runs (org_id, run_id);
     CREATE INDEX IF NOT EXISTS runs_by_org_status ON runs (org_id, status, run_id);
     CREATE INDEX IF NOT EXISTS runs_by_thread ON runs (thread_id, run_id);
-    -- Runs by status across orgs: the supervisor's resume at start-up and the metrics gauges.
+    -- Runs by status across orgs: the supervisor's resume at start-up and takeover, the metrics
+    -- gauges.
     -- (An index added here is created when a store next opens an older database.)
     CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, run_id)
     """

@@ -84,6 +84,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: While the log cannot be written (disk full), a run retries its append with growing
     #: delays for this long, then fails with ``internal.storage``.
     storage_retry_seconds: float = 600.0
+    #: A process drives a run while it holds the run's lease, renewed every third of this;
+    #: a lease its holder stopped renewing (the process died) is taken over after it.
+    lease_seconds: float = 10.0
     #: Signed checkpoints (runs/anchors.py): an Ed25519 private key (PEM) kept outside the
     #: database, where each checkpoint goes, and how often at most the head is signed.
     checkpoint_key_file: str | None = None
@@ -153,6 +156,8 @@ def load_config(
         raise ConfigError(f"invalid configuration: {exc}") from exc
     if config.sse_batch_limit < 1 or config.sse_heartbeat_seconds <= 0:
         raise ConfigError("sse_batch_limit must be >= 1 and sse_heartbeat_seconds > 0")
+    if config.lease_seconds <= 0:
+        raise ConfigError("lease_seconds must be > 0")
     if min(config.webhooks_timeout_seconds, config.webhooks_retry_base_seconds) <= 0:
         raise ConfigError("webhooks_timeout_seconds and webhooks_retry_base_seconds must be > 0")
     return config

@@ -171,6 +171,8 @@ class RunStarted(DomainEvent, frozen=True, kw_only=True):
     credits_multiplier: float = 1.0
     #: The failed or cancelled run this one answers again (``POST /v1/runs/{id}/retry``).
     retry_of: str | None = None
+    #: The process that started driving the run (``hostname:pid:random``), for operators.
+    process: str | None = None
 
 
 class MessageDelta(DomainEvent, frozen=True, kw_only=True):
@@ -247,11 +249,14 @@ class RunRetried(DomainEvent, frozen=True, kw_only=True):
 
 
 class RunResumed(DomainEvent, frozen=True, kw_only=True):
-    """The service restarted and picked the run up from its log after ``from_seq``."""
+    """A process picked the run up from its log after ``from_seq`` (after a restart, or
+    taking over from a process that died or stopped)."""
 
     TYPE: ClassVar[str] = "run.resumed"
     from_seq: int
     reason: str = "restart"
+    #: The process that drives the run from here (``hostname:pid:random``).
+    process: str | None = None
 
 
 class RunCancelRequested(DomainEvent, frozen=True, kw_only=True):

@@ -82,8 +82,15 @@ class RunExecutor:
         resumed: bool = False,
         interrupted: bool = False,
         storage_retry_s: float = 600.0,
+        process: str | None = None,
+        resume_reason: str = "restart",
     ) -> None:
         self.store = store
+        self.process = process
+        self.resume_reason = resume_reason
+        #: Set while the executor appends its run's terminal event (so a watcher of commits
+        #: does not take that event for one appended elsewhere).
+        self.ending = False
         self.storage_retry_s = storage_retry_s
         self.run_id = run_id
         self.stream = run_stream(run_id)
@@ -117,6 +124,8 @@ class RunExecutor:
         checked = state
         for event in events:  # raises InvalidTransition before anything is written
             checked = evolve(checked, event, checked.seq + 1, "")
+        if checked.terminal:
+            self.ending = True
         requests = [AppendRequest(self.stream, [encode_event(e) for e in events], state.seq)]
         if thread:
             requests.append(
@@ -147,7 +156,9 @@ class RunExecutor:
         if self.state is None or self.state.terminal or self.state.status != "running":
             return
         if self.resumed:
-            await self.append(RunResumed(from_seq=self.state.seq))
+            await self.append(
+                RunResumed(from_seq=self.state.seq, reason=self.resume_reason, process=self.process)
+            )
         transcript = build_transcript(events)
         try:
             while True:
@@ -508,6 +519,7 @@ class RunExecutor:
             cut = [u for u in spent if getattr(u, "call", None) not in state.reported_calls]
             return [*cut, *cancel]
 
+        self.ending = True
         await while_unwritable(lambda: append_decided(self.store, self.run_id, decide))
 
 

@@ -1,8 +1,11 @@
 """Login throttling: failures per user (or unknown login) and per client address, with growing
 delays.
 
-In memory and per process: a restart forgets the counts, which is acceptable for a throttle
-whose job is to make online password guessing slow, not to be an audit record.
+On SQLite (one process serves the log) the counts are kept in memory: a restart forgets them,
+which is acceptable for a throttle whose job is to make online password guessing slow, not to
+be an audit record. On PostgreSQL, where several processes serve one log, they are counted in
+the database (``eventstore.throttle``), so a guesser gains nothing by spreading attempts over
+the processes.
 """
 
 from __future__ import annotations
@@ -12,8 +15,50 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Protocol
 
-__all__ = ["FailureLimiter"]
+from eventstore.throttle import FailureCounts
+
+__all__ = ["FailureLimiter", "LoginThrottle", "SharedFailureLimiter"]
+
+
+class LoginThrottle(Protocol):
+    """What the login handler asks: how long to wait, a failure, a success."""
+
+    async def wait_seconds(self, keys: Iterable[str]) -> float: ...
+
+    async def record_failure(self, keys: Iterable[str]) -> None: ...
+
+    async def record_success(self, key: str) -> None: ...
+
+    def exclusive(self, key: str) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+
+class _Turns:
+    """Attempts on one key take turns in this process (the lock is dropped when nobody
+    waits)."""
+
+    def __init__(self) -> None:
+        self._turns: dict[str, asyncio.Lock] = {}
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, key: str) -> AsyncIterator[None]:
+        turn = self._turns.get(key)
+        if turn is None:
+            turn = self._turns[key] = asyncio.Lock()
+        try:
+            async with turn:
+                yield
+        finally:
+            if not turn.locked() and self._turns.get(key) is turn:
+                del self._turns[key]
+
+
+def _delay(count: int, max_failures: int, base_delay: float, window: float) -> float:
+    """The wait after the last of ``count`` failures (0 while they are free)."""
+    if count < max_failures:
+        return 0.0
+    return float(min(window, base_delay * 2 ** min(count - max_failures, 30)))
 
 
 class FailureLimiter:
@@ -45,7 +90,7 @@ class FailureLimiter:
         self.max_keys = max_keys
         self.clock = clock
         self._failures: dict[str, deque[float]] = {}
-        self._turns: dict[str, asyncio.Lock] = {}
+        self._turns = _Turns()
 
     def _recent(self, key: str, now: float) -> deque[float] | None:
         times = self._failures.get(key)
@@ -66,8 +111,7 @@ class FailureLimiter:
             times = self._recent(key, now)
             if times is None or len(times) < self.max_failures:
                 continue
-            excess = len(times) - self.max_failures
-            delay = min(self.window, self.base_delay * 2 ** min(excess, 30))
+            delay = _delay(len(times), self.max_failures, self.base_delay, self.window)
             wait = max(wait, times[-1] + delay - now)
         return wait
 
@@ -86,15 +130,53 @@ class FailureLimiter:
         """A successful attempt clears ``key`` (the user's count, never the address's)."""
         self._failures.pop(key, None)
 
-    @contextlib.asynccontextmanager
-    async def exclusive(self, key: str) -> AsyncIterator[None]:
+    def exclusive(self, key: str) -> contextlib.AbstractAsyncContextManager[None]:
         """Attempts on ``key`` one at a time (the lock is dropped when nobody waits)."""
-        turn = self._turns.get(key)
-        if turn is None:
-            turn = self._turns[key] = asyncio.Lock()
-        try:
-            async with turn:
-                yield
-        finally:
-            if not turn.locked() and self._turns.get(key) is turn:
-                del self._turns[key]
+        return self._turns.exclusive(key)
+
+    # The LoginThrottle interface.
+
+    async def wait_seconds(self, keys: Iterable[str]) -> float:
+        return self.retry_after(keys)
+
+    async def record_failure(self, keys: Iterable[str]) -> None:
+        self.failed(keys)
+
+    async def record_success(self, key: str) -> None:
+        self.succeeded(key)
+
+
+class SharedFailureLimiter:
+    """The same policy as :class:`FailureLimiter`, counted in the database for every process
+    serving the log (PostgreSQL). Attempts on one key take turns within a process; across
+    processes, at most one attempt per process can be in flight on a key at once."""
+
+    def __init__(
+        self,
+        counts: FailureCounts,
+        max_failures: int,
+        window_seconds: float,
+        *,
+        base_delay_seconds: float = 1.0,
+    ) -> None:
+        self.counts = counts
+        self.max_failures = max_failures
+        self.window = window_seconds
+        self.base_delay = base_delay_seconds
+        self._turns = _Turns()
+
+    async def wait_seconds(self, keys: Iterable[str]) -> float:
+        wait = 0.0
+        for count, age in (await self.counts.recent(list(keys), self.window)).values():
+            delay = _delay(count, self.max_failures, self.base_delay, self.window)
+            wait = max(wait, delay - age)
+        return wait
+
+    async def record_failure(self, keys: Iterable[str]) -> None:
+        await self.counts.add(list(keys), self.window)
+
+    async def record_success(self, key: str) -> None:
+        await self.counts.clear(key)
+
+    def exclusive(self, key: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._turns.exclusive(key)

@@ -8,8 +8,9 @@ import collections
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from eventstore import AppendRequest, ConcurrencyError, EventStore
+from eventstore import AppendRefused, AppendRequest, ConcurrencyError, EventStore
 from projections.queries import Queries
+from projections.runs import live_runs_below
 from runs.auth import hash_password, key_sha256, new_api_key
 from runs.errors import Conflict, NotFound, RateLimited
 from runs.events import (
@@ -142,8 +143,9 @@ class RunService:
         self.routes = routes
         self.personas = personas
         self.max_live_runs_per_org = max_live_runs_per_org
-        # Run creation in one org is serialised so the live-run limit is exact; the thread's
-        # seq guard (expected_seq) is what makes "one live run per thread" hold even so.
+        # The early checks of run creation take turns per org, so this process does not
+        # send more starts than the limit lets through; what decides is the cap counted in the
+        # append transaction (exact across processes), and the thread's expected seq.
         self._org_locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(
             asyncio.Lock
         )
@@ -244,7 +246,13 @@ class RunService:
         """``run.started`` with ``thread.run_started``, guarded by the thread's seq: ``check``
         (and the limits) are decided again on each attempt, against the thread as it is.
         ``thread``, the thread's row if the caller just read it, serves the first attempt (the
-        append's guard refuses it if the thread moved on since)."""
+        append's guard refuses it if the thread moved on since).
+
+        Both limits are decided in the append transaction, so they hold across processes: one
+        live run per thread by the thread's expected seq, the org's cap on live runs by a
+        cap the writer counts with the head locked (``live_runs_below``); the reads here
+        only answer early. The run's lease is taken before the run exists, so no other
+        process can take a run that has just started for one whose driver died."""
         route = self.routes.resolve(route_id)
         persona = self.personas.resolve(persona_id)
         run_id = new_id()
@@ -260,8 +268,29 @@ class RunService:
             persona_id=persona.persona_id,
             credits_multiplier=route.credits_multiplier,
             retry_of=retry_of,
+            process=self.supervisor.process,
         )
+        await self.supervisor.claim(run_id)  # a new id: nobody else can hold it
+        appended = False
+        try:
+            await self._append_run(who, thread_id, started, check, thread)
+            appended = True
+        finally:
+            if not appended:
+                await self.supervisor.unclaim(run_id)
+        self.supervisor.launch(run_id, leased=True)
+        return run_id
+
+    async def _append_run(
+        self,
+        who: Principal,
+        thread_id: str,
+        started: RunStarted,
+        check: Callable[[dict[str, Any]], Awaitable[None]] | None,
+        thread: dict[str, Any] | None,
+    ) -> None:
         org_id = who.org_id
+        limit = self.max_live_runs_per_org
         for _ in range(_CONFLICT_RETRIES):
             # The checks run one at a time per org; the append does not hold the lock, so
             # creations on several threads share commits. A run being appended counts towards
@@ -286,37 +315,41 @@ class RunService:
                             active_run_id=active,
                         )
                 live = await self.queries.live_run_count(org_id) + self._starting[org_id]
-                if live >= self.max_live_runs_per_org:
-                    raise RateLimited(
-                        f"the org has {live} live runs; the limit is {self.max_live_runs_per_org}",
-                        code="runs.limit_exceeded",
-                        limit=self.max_live_runs_per_org,
-                    )
+                if live >= limit:
+                    raise _limit_exceeded(live, limit)
                 self._starting[org_id] += 1
-                appended = self._creating[thread_id] = asyncio.Event()
+                appending = self._creating[thread_id] = asyncio.Event()
             try:
                 await self.store.append_many(
                     [
                         AppendRequest(
                             thread_stream(thread_id),
-                            [encode_event(ThreadRunStarted(run_id=run_id))],
+                            [encode_event(ThreadRunStarted(run_id=started.run_id))],
                             thread["version"],
                         ),
-                        AppendRequest(run_stream(run_id), [encode_event(started)], 0),
+                        AppendRequest(
+                            run_stream(started.run_id),
+                            [encode_event(started)],
+                            0,
+                            cap=live_runs_below(org_id, limit),
+                        ),
                     ]
                 )
-                break
             except ConcurrencyError:
                 thread = None
                 continue  # the thread moved on (a message, another run): look again
+            except AppendRefused as exc:
+                # Other processes' runs filled the org's last places meanwhile.
+                counted = exc.details.get("count")
+                raise _limit_exceeded(
+                    counted if isinstance(counted, int) else limit, limit
+                ) from None
             finally:
                 self._starting[org_id] -= 1
                 del self._creating[thread_id]
-                appended.set()
-        else:
-            raise Conflict("the thread is too busy, try again", code="runs.thread_busy")
-        self.supervisor.launch(run_id)
-        return run_id
+                appending.set()
+            return
+        raise Conflict("the thread is too busy, try again", code="runs.thread_busy")
 
     async def cancel_run(self, who: Principal, run_id: str) -> RunState:
         """Cancel the run (a finished run is left alone); the run as the log then has it."""
@@ -330,11 +363,29 @@ class RunService:
     async def submit_input(self, who: Principal, run_id: str, content: str) -> None:
         if await self.queries.run(who.org_id, run_id) is None:
             raise NotFound("run not found")
+        # The lease first, so no other process takes the run for one to take over once the
+        # input makes it runnable. A process whose task is still finishing the step that
+        # asked may hold it: that process continues the run when its task ends.
+        leased = await self.supervisor.claim(run_id)
         # A concurrent answer (or cancel) makes this fold again, and decide_input then refuses
         # with runs.not_waiting_for_input.
-        appended = await append_decided(
-            self.store, run_id, lambda state: decide_input(state, content, who.user_id)
-        )
+        appended: list[Any] = []
+        try:
+            appended = await append_decided(
+                self.store, run_id, lambda state: decide_input(state, content, who.user_id)
+            )
+        finally:
+            if leased and not appended and run_id not in self.supervisor.tasks:
+                await self.supervisor.unclaim(run_id)
         if not appended:
             raise Conflict("the run is too busy, try again", code="runs.conflict")
-        self.supervisor.launch(run_id)
+        if leased:
+            self.supervisor.launch(run_id, leased=True)
+
+
+def _limit_exceeded(live: int, limit: int) -> RateLimited:
+    return RateLimited(
+        f"the org has {live} live runs; the limit is {limit}",
+        code="runs.limit_exceeded",
+        limit=limit,
+    )
