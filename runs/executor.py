@@ -138,7 +138,9 @@ class RunExecutor:
         # cannot be written the same append is tried again (the run keeps its place), for
         # ``storage_retry_s`` at most.
         recorded = await while_unwritable(
-            lambda: asyncio.shield(self.store.append_many(requests)),
+            lambda: asyncio.shield(
+                asyncio.create_task(self.store.append_many(requests), name=f"append-{self.run_id}")
+            ),
             give_up_after_s=self.storage_retry_s,
         )
         # Fold what we just wrote (the typed events, with the seqs and times the log gave).
