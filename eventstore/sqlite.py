@@ -139,7 +139,23 @@ class SQLiteEventStore(GroupCommitStore):
         return self._readers[self._next_reader]
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a read-only query on a reader connection (used by the projections' queries)."""
+        """Run a read-only query for the projections' queries, on the calling thread like the
+        log reads (see ``_read_log``): every query the API issues is an index lookup or a
+        bounded range (tests/http/test_query_plans.py keeps it so), and the hop to a reader
+        thread and back cost more than the query itself (bench/e2e.py: the GIL hand-offs
+        were most of the server's system time). If SQLite answers busy, the query goes to a
+        reader thread, which waits for the lock."""
+        reader = self._log_reader
+        if self._closed or reader is None:
+            raise StoreClosedError("the event store is closed")
+        try:
+            return reader.execute(sql, params).fetchall()
+        except sqlite3.OperationalError:
+            return await self._fetch_on_reader(sql, params)
+        except sqlite3.Error as exc:
+            raise StorageError(f"read failed: {exc}") from exc
+
+    async def _fetch_on_reader(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
             rows = await self._reader().execute_fetchall(sql, params)
         except sqlite3.Error as exc:
@@ -157,7 +173,7 @@ class SQLiteEventStore(GroupCommitStore):
         try:
             rows = self._log_reader.execute(sql, params).fetchall()
         except sqlite3.OperationalError:
-            rows = await self.fetch_all(sql, params)
+            rows = await self._fetch_on_reader(sql, params)
         return [RecordedEvent(*row) for row in rows]
 
 
