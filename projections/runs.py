@@ -250,22 +250,9 @@ class RunsProjection(TableProjection):
         if e.estimated:
             if known is not None:
                 return  # the call is counted already
-            conn.execute(
-                "INSERT INTO run_call_usage VALUES (?, ?, 1, ?, ?, ?, ?, ?)",
-                (
-                    run_id,
-                    e.call,
-                    e.input_tokens,
-                    e.output_tokens,
-                    e.cache_read_tokens,
-                    e.cache_write_tokens,
-                    e.cost_usd,
-                ),
-            )
+            conn.execute(_INSERT_CALL, _estimated_call(run_id, e))
         elif known is None:
-            conn.execute(
-                "INSERT INTO run_call_usage VALUES (?, ?, 0, 0, 0, 0, 0, 0)", (run_id, e.call)
-            )
+            conn.execute(_INSERT_CALL, _reported_call(run_id, e))
         elif known[0]:
             inputs -= known[1]
             outputs -= known[2]
@@ -370,6 +357,30 @@ def _new_run(e: RunStarted, created_at: str) -> list[Any]:
     return [values.get(column) for column in RUN_COLUMNS]
 
 
+_INSERT_CALL = "INSERT INTO run_call_usage VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def _estimated_call(run_id: str, e: RunUsage) -> list[Any]:
+    """A ``run_call_usage`` row: the call counted with its estimate (taken back if the
+    reported usage follows)."""
+    return [
+        run_id,
+        e.call,
+        1,
+        e.input_tokens,
+        e.output_tokens,
+        e.cache_read_tokens,
+        e.cache_write_tokens,
+        e.cost_usd,
+    ]
+
+
+def _reported_call(run_id: str, e: RunUsage) -> list[Any]:
+    """A ``run_call_usage`` row: the call counted with its reported usage (nothing to take
+    back, a later estimate is ignored)."""
+    return [run_id, e.call, 0, 0, 0, 0, 0, 0]
+
+
 def _count_usage(row: list[Any], calls: RowCache, run_id: str, e: RunUsage) -> None:
     """``RunsProjection._usage`` on a run's row and its calls in memory: the same operations
     on the same values, in the same order."""
@@ -379,27 +390,16 @@ def _count_usage(row: list[Any], calls: RowCache, run_id: str, e: RunUsage) -> N
     if e.estimated:
         if known is not None:
             return  # the call is counted already
-        calls.put(
-            [
-                run_id,
-                e.call,
-                1,
-                e.input_tokens,
-                e.output_tokens,
-                e.cache_read_tokens,
-                e.cache_write_tokens,
-                e.cost_usd,
-            ]
-        )
+        calls.put(_estimated_call(run_id, e))
     elif known is None:
-        calls.put([run_id, e.call, 0, 0, 0, 0, 0, 0])
+        calls.put(_reported_call(run_id, e))
     elif known[2]:
         inputs -= known[3]
         outputs -= known[4]
         reads -= known[5]
         writes -= known[6]
         cost -= known[7]
-        calls.put([run_id, e.call, 0, 0, 0, 0, 0, 0])
+        calls.put(_reported_call(run_id, e))
     inputs += e.input_tokens
     outputs += e.output_tokens
     reads += e.cache_read_tokens

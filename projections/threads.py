@@ -100,31 +100,9 @@ class ThreadsProjection(TableProjection):
             if isinstance(e, ThreadCreated):
                 if threads.get(e.thread_id) is not None:
                     raise ValueError(f"thread {e.thread_id} created twice")
-                threads.put(
-                    [
-                        e.thread_id,
-                        e.org_id,
-                        e.created_by_user_id,
-                        e.title,
-                        r.created_at,
-                        None,
-                        r.seq,
-                    ]
-                )
+                threads.put(list(_thread_row(e, r)))
             elif isinstance(e, MessageAdded):
-                messages.append(
-                    (
-                        e.message_id,
-                        e.thread_id,
-                        e.org_id,
-                        e.role,
-                        e.content,
-                        e.created_by_user_id,
-                        e.run_id,
-                        r.created_at,
-                        r.position,
-                    )
-                )
+                messages.append(_message_row(e, r))
                 row = threads.get(e.thread_id)
                 if row is not None:
                     row[_VERSION] = r.seq
@@ -148,27 +126,11 @@ class ThreadsProjection(TableProjection):
 
     @staticmethod
     def _thread_created(conn: SqlConnection, e: ThreadCreated, r: RecordedEvent) -> None:
-        conn.execute(
-            "INSERT INTO threads VALUES (?, ?, ?, ?, ?, NULL, ?)",
-            (e.thread_id, e.org_id, e.created_by_user_id, e.title, r.created_at, r.seq),
-        )
+        conn.execute("INSERT INTO threads VALUES (?, ?, ?, ?, ?, ?, ?)", _thread_row(e, r))
 
     @staticmethod
     def _message_added(conn: SqlConnection, e: MessageAdded, r: RecordedEvent) -> None:
-        conn.execute(
-            "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                e.message_id,
-                e.thread_id,
-                e.org_id,
-                e.role,
-                e.content,
-                e.created_by_user_id,
-                e.run_id,
-                r.created_at,
-                r.position,
-            ),
-        )
+        conn.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _message_row(e, r))
         conn.execute("UPDATE threads SET version = ? WHERE thread_id = ?", (r.seq, e.thread_id))
 
     @staticmethod
@@ -185,3 +147,25 @@ class ThreadsProjection(TableProjection):
             "UPDATE threads SET active_run_id = NULL WHERE active_run_id = ?",
             (run_id_of(r.stream),),
         )
+
+
+# One row shape per table, for the per-event handlers and the bulk path alike.
+
+
+def _thread_row(e: ThreadCreated, r: RecordedEvent) -> tuple[Any, ...]:
+    """A new thread: no active run, version = the event's seq."""
+    return (e.thread_id, e.org_id, e.created_by_user_id, e.title, r.created_at, None, r.seq)
+
+
+def _message_row(e: MessageAdded, r: RecordedEvent) -> tuple[Any, ...]:
+    return (
+        e.message_id,
+        e.thread_id,
+        e.org_id,
+        e.role,
+        e.content,
+        e.created_by_user_id,
+        e.run_id,
+        r.created_at,
+        r.position,
+    )
