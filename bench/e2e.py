@@ -58,17 +58,15 @@ import os
 import pstats
 import resource
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from sse import cpu_seconds, subprocess_server
 
 THIS = Path(__file__).resolve()
 ROOT = THIS.parent.parent
@@ -78,18 +76,6 @@ WARMUP_SECONDS = 1.0
 DELTA = b'"type":"message.delta"'
 COMPLETED = b'"type":"run.completed"'
 ENDED = (b'"type":"run.failed"', b'"type":"run.cancelled"')
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_by_thread(pid: int) -> dict[str, float]:
@@ -112,38 +98,6 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # -- the servers ----------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def subprocess_server(argv: list[str], log: Path) -> AsyncIterator[tuple[str, int]]:
-    """Start ``argv`` (which listens on the port it is given after ``--port``), wait for
-    ``/healthz``; yield the base URL and pid; stop it with SIGTERM (so a profile is written)."""
-    port = free_port()
-    env = {**os.environ, "RUNLOG_BOOTSTRAP_API_KEY": KEY, "PYTHONPATH": str(ROOT)}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*argv, "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as session:
-            deadline = time.monotonic() + 30
-            while True:
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"{base}/healthz") as r:
-                        if r.status == 200:
-                            break
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
-                await asyncio.sleep(0.05)
-        yield base, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def real_server_argv(tmp: Path, clients: int) -> list[str]:
@@ -309,7 +263,9 @@ async def measure(clients: int, seconds: float, *, rounds: int = 2) -> dict[str,
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     with tempfile.TemporaryDirectory(prefix="runlog-bench-e2e-") as tmp_dir:
         tmp = Path(tmp_dir)
-        async with subprocess_server(real_server_argv(tmp, clients), tmp / "server.log") as (
+        async with subprocess_server(
+            real_server_argv(tmp, clients), tmp / "server.log", key=KEY, stop_timeout=60
+        ) as (
             base,
             pid,
         ):
@@ -317,7 +273,10 @@ async def measure(clients: int, seconds: float, *, rounds: int = 2) -> dict[str,
             bodies = tmp / "bodies.json"
             bodies.write_text(json.dumps(warm.bodies))
             null_argv = [sys.executable, str(THIS), "--null-server", str(bodies)]
-            async with subprocess_server(null_argv, tmp / "null.log") as (null_base, null_pid):
+            async with subprocess_server(null_argv, tmp / "null.log", key=KEY, stop_timeout=60) as (
+                null_base,
+                null_pid,
+            ):
                 await load(null_base, clients, WARMUP_SECONDS, null_pid)
                 real = Samples()
                 real_wall = real_cpu = null_wall = null_cpu = 0.0

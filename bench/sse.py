@@ -50,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -145,41 +145,31 @@ def created_epoch(created_at: str) -> float:
 
 
 @contextlib.asynccontextmanager
-async def server_process(
-    db: str, config: str, log: Path, workers: int = 1
+async def subprocess_server(
+    argv: list[str],
+    log: Path,
+    *,
+    key: str = KEY,
+    ready: Callable[[], bool] | None = None,
+    stop_timeout: float = 15.0,
 ) -> AsyncIterator[tuple[str, int]]:
-    """``runlog serve`` on ``db`` (with ``workers`` > 1: ``--workers``); yields its URL and
-    pid (the parent's with workers), once every worker listens."""
+    """Start ``argv`` with ``--port <a free port>`` added (``key`` as the bootstrap API key),
+    wait until ``/healthz`` answers 200 and ``ready()`` holds; yield the base URL and pid; stop
+    it with SIGTERM (waiting ``stop_timeout`` s, so a profiled server can write its profile)."""
     port = free_port()
-    env = {**os.environ, "RUNLOG_BOOTSTRAP_API_KEY": KEY}
+    env = {**os.environ, "RUNLOG_BOOTSTRAP_API_KEY": key, "PYTHONPATH": str(ROOT)}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "runs",
-                "--port",
-                str(port),
-                "--db",
-                db,
-                "--config",
-                config,
-                *(["--workers", str(workers)] if workers > 1 else []),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            [*argv, "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
         )
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 30
             while True:
                 with contextlib.suppress(aiohttp.ClientError):
                     async with session.get(f"{base}/healthz") as r:
-                        listening = log.read_text().count(" listening on ")
-                        if r.status == 200 and listening >= workers:
+                        if r.status == 200 and (ready is None or ready()):
                             break
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
@@ -188,10 +178,25 @@ async def server_process(
     finally:
         proc.terminate()
         try:
-            proc.wait(15)
+            proc.wait(stop_timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def server_process(
+    db: str, config: str, log: Path, workers: int = 1
+) -> AsyncIterator[tuple[str, int]]:
+    """``runlog serve`` on ``db`` (with ``workers`` > 1: ``--workers``); yields its URL and
+    pid (the parent's with workers), once every worker listens."""
+    argv = [sys.executable, "-m", "runs", "--db", db, "--config", config]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    async with subprocess_server(
+        argv, log, ready=lambda: log.read_text().count(" listening on ") >= workers
+    ) as served:
+        yield served
 
 
 def write_config(path: Path, **values: Any) -> str:
