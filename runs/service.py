@@ -149,8 +149,7 @@ class RunService:
         self._org_locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(
             asyncio.Lock
         )
-        #: Runs whose ``run.started`` is being appended, per org and by thread.
-        self._starting: collections.Counter[str] = collections.Counter()
+        #: Threads whose run's ``run.started`` is being appended.
         self._creating: dict[str, asyncio.Event] = {}
 
     async def create_thread(self, who: Principal, title: str | None) -> str:
@@ -293,9 +292,10 @@ class RunService:
         limit = self.max_live_runs_per_org
         for _ in range(_CONFLICT_RETRIES):
             # The checks run one at a time per org; the append does not hold the lock, so
-            # creations on several threads share commits. A run being appended counts towards
-            # the limit until its append returns (then the read model counts it), and another
-            # creation on its thread waits for that append before it looks at the thread.
+            # creations on several threads share commits. The limit read here is a quick
+            # refusal only: the append's cap, counted by the writer, is exact (runs being
+            # appended meanwhile are counted there, never twice). Another creation on the
+            # same thread waits for this append before it looks at the thread.
             async with self._org_locks[org_id]:
                 while (creating := self._creating.get(thread_id)) is not None:
                     await creating.wait()
@@ -314,10 +314,9 @@ class RunService:
                             code="runs.thread_busy",
                             active_run_id=active,
                         )
-                live = await self.queries.live_run_count(org_id) + self._starting[org_id]
+                live = await self.queries.live_run_count(org_id)
                 if live >= limit:
                     raise _limit_exceeded(live, limit)
-                self._starting[org_id] += 1
                 appending = self._creating[thread_id] = asyncio.Event()
             try:
                 await self.store.append_many(
@@ -345,7 +344,6 @@ class RunService:
                     counted if isinstance(counted, int) else limit, limit
                 ) from None
             finally:
-                self._starting[org_id] -= 1
                 del self._creating[thread_id]
                 appending.set()
             return
