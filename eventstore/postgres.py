@@ -491,6 +491,12 @@ class PostgresEventStore(GroupCommitStore):
             raise StoreClosedError("the event store is closed")
         return self._pool
 
+    _read_stream_wire_sql = (
+        "SELECT seq, convert_to(type, 'UTF8'), convert_to(data, 'UTF8'),"
+        " convert_to(created_at, 'UTF8')"
+        " FROM events WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?"
+    )
+
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         reader = self._reader()
         try:

@@ -45,6 +45,12 @@ class EventStore(Protocol):
         self, stream: str, after_seq: int = 0, limit: int = 500
     ) -> list[RecordedEvent]: ...
 
+    async def read_stream_wire(
+        self, stream: str, after_seq: int = 0, limit: int = 500
+    ) -> list[tuple[int, bytes, bytes, bytes]]:
+        """``read_stream`` as ``(seq, type, data, created_at)``, the texts as UTF-8 bytes."""
+        ...
+
     async def read_all(self, after_position: int = 0, limit: int = 500) -> list[RecordedEvent]: ...
 
     def subscribe(

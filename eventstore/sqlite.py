@@ -132,6 +132,11 @@ class SQLiteEventStore(GroupCommitStore):
 
     # -- reads ------------------------------------------------------------------------------
 
+    _read_stream_wire_sql = (
+        "SELECT seq, CAST(type AS BLOB), CAST(data AS BLOB), CAST(created_at AS BLOB)"
+        " FROM events WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?"
+    )
+
     def _reader(self) -> aiosqlite.Connection:
         if self._closed or not self._readers:
             raise StoreClosedError("the event store is closed")

@@ -22,11 +22,15 @@ from eventstore.sql import Database
 from eventstore.verify import VerifyReport, verify_database
 from eventstore.writer import BatchWriter, Outcome
 
-__all__ = ["MAX_BATCH", "CommitObserver", "GroupCommitStore"]
+__all__ = ["MAX_BATCH", "CommitObserver", "GroupCommitStore", "WireRow"]
 
 #: Called on the event loop after each commit with the events it recorded (possibly none, when
 #: every append of the batch was refused) and the seconds the batch took on the writer thread.
 CommitObserver = Callable[[Sequence[RecordedEvent], float], None]
+
+#: An event as :meth:`GroupCommitStore.read_stream_wire` gives it: ``(seq, type, data,
+#: created_at)``, the three texts exactly as stored, as UTF-8 bytes.
+WireRow = tuple[int, bytes, bytes, bytes]
 
 log = structlog.get_logger("runlog.store")
 
@@ -309,6 +313,17 @@ class GroupCommitStore:
     ) -> list[RecordedEvent]:
         """Up to ``limit`` events of ``stream`` with seq > ``after_seq``, in seq order."""
         return await self._read_log(_READ_STREAM, (stream, after_seq, limit))
+
+    async def read_stream_wire(
+        self, stream: str, after_seq: int = 0, limit: int = 500
+    ) -> list[WireRow]:
+        """The events :meth:`read_stream` would give, as :data:`WireRow` tuples, for code
+        that copies them onto a wire (SSE catch-up): no event object per row and no text
+        decoded only to be encoded again. The database hands over the bytes it stores."""
+        return await self.fetch_all(self._read_stream_wire_sql, (stream, after_seq, limit))
+
+    #: The backend's query for :meth:`read_stream_wire` (``?`` placeholders).
+    _read_stream_wire_sql = ""
 
     async def read_all(self, after_position: int = 0, limit: int = 500) -> list[RecordedEvent]:
         """Up to ``limit`` events with position > ``after_position``, in position order."""

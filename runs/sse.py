@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,11 +13,12 @@ import msgspec
 from aiohttp import web
 
 from eventstore import EventStore, RecordedEvent
+from eventstore.store import WireRow
 from runs import metrics
 from runs.events import TERMINAL_RUN_EVENTS, MessageDelta
 from runs.schemas import SseFrame
 
-__all__ = ["sse_frame", "sse_frames", "stream_events", "wire_data"]
+__all__ = ["sse_frame", "sse_frames", "stream_events", "wire_data", "wire_frames"]
 
 _frame = msgspec.json.Encoder()
 
@@ -27,6 +29,7 @@ class _DeltaText(msgspec.Struct):
 
 _delta_text = msgspec.json.Decoder(_DeltaText)
 _DELTA = MessageDelta.TYPE
+_TERMINAL_WIRE = frozenset(t.encode() for t in TERMINAL_RUN_EVENTS)
 
 
 def wire_data(type_: str, data: str) -> bytes:
@@ -50,29 +53,43 @@ def sse_frame(seq: int, type_: str, data: str, created_at: str) -> bytes:
 
 #: What :func:`sse_frame` writes, as one format: ``SseFrame``'s keys in its order.
 _FRAME = b'id: %d\ndata: {"seq":%d,"type":%b,"data":%b,"created_at":%b}\n\n'
-_encoded_types: dict[str, bytes] = {}
+_DELTA_WIRE = _DELTA.encode()
+#: Printable ASCII but ``"`` and ``\``: a JSON string of these is the text in quotes.
+_plain = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]*").fullmatch
+_quoted_types: dict[bytes, bytes] = {}
+
+
+def _quoted(text: bytes) -> bytes:
+    """``text`` (UTF-8) as a JSON string, as msgspec spells it."""
+    return b'"%b"' % text if _plain(text) else _frame.encode(text.decode())
+
+
+def wire_frames(rows: Iterable[WireRow]) -> bytes:
+    """The frames of ``rows`` (``store.read_stream_wire``), byte for byte what
+    :func:`sse_frame` makes of each event, in one loop: catch-up writes hundreds at a time,
+    and building the frames cost more than reading the rows."""
+    encode = _frame.encode
+    text_of = _delta_text.decode
+    types = _quoted_types
+    frames = []
+    for seq, type_, stored, created_at in rows:
+        quoted_type = types.get(type_)
+        if quoted_type is None:
+            quoted_type = _quoted(type_)
+            if len(types) < 256:  # the log's event types: a handful
+                types[type_] = quoted_type
+        data = stored
+        if type_ == _DELTA_WIRE and stored.endswith(b"}"):
+            data = b'%b,"content_delta":%b}' % (stored[:-1], encode(text_of(stored).content))
+        frames.append(_FRAME % (seq, seq, quoted_type, data, _quoted(created_at)))
+    return b"".join(frames)
 
 
 def sse_frames(events: Iterable[RecordedEvent]) -> bytes:
-    """The frames of ``events``, byte for byte what :func:`sse_frame` makes of each, in one
-    loop (catch-up writes hundreds at a time: a call per piece cost as much as the read)."""
-    encode = _frame.encode
-    text_of = _delta_text.decode
-    types = _encoded_types
-    frames = []
-    for event in events:
-        type_ = event.type
-        encoded_type = types.get(type_)
-        if encoded_type is None:
-            encoded_type = encode(type_)
-            if len(types) < 256:  # the log's event types: a handful
-                types[type_] = encoded_type
-        data = event.data.encode()
-        if type_ == _DELTA and data.endswith(b"}"):
-            data = b'%b,"content_delta":%b}' % (data[:-1], encode(text_of(data).content))
-        seq = event.seq
-        frames.append(_FRAME % (seq, seq, encoded_type, data, encode(event.created_at)))
-    return b"".join(frames)
+    """The frames of ``events`` (live events, from memory): :func:`wire_frames`."""
+    return wire_frames(
+        (e.seq, e.type.encode(), e.data.encode(), e.created_at.encode()) for e in events
+    )
 
 
 async def stream_events(
@@ -92,12 +109,12 @@ async def stream_events(
     # costs a send per frame and capped catch-up at a tenth of the log's read speed).
     cursor = after_seq
     while True:
-        batch = await store.read_stream(stream, cursor, batch_limit)
+        batch = await store.read_stream_wire(stream, cursor, batch_limit)
         if batch:
-            await response.write(sse_frames(batch))
+            await response.write(wire_frames(batch))
             metrics.SSE_FRAMES.inc(len(batch))
-            cursor = batch[-1].seq
-            if batch[-1].type in TERMINAL_RUN_EVENTS:
+            cursor = batch[-1][0]
+            if batch[-1][1] in _TERMINAL_WIRE:
                 return
         if len(batch) < batch_limit:
             break

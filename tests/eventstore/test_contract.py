@@ -278,6 +278,22 @@ async def test_read_stream_limits_and_cursors(store: Any) -> None:
     assert seqs == list(range(1, 11))
 
 
+async def test_read_stream_wire_gives_the_stored_texts_as_bytes(store: Any) -> None:
+    await store.append("a", [ev("Said", text='é "quoted"\n\\ 😀'), ev("Other", n=1)])
+    await store.append("b", [ev()])
+    await store.append("a", [ev("Third")])
+
+    events = await store.read_stream("a", 0)
+    rows = await store.read_stream_wire("a", 0)
+    assert rows == [
+        (e.seq, e.type.encode(), e.data.encode(), e.created_at.encode()) for e in events
+    ]
+    assert all(type(part) is bytes for row in rows for part in row[1:])
+    assert await store.read_stream_wire("a", 1, 1) == rows[1:2]
+    assert await store.read_stream_wire("a", 3) == []
+    assert await store.read_stream_wire("missing") == []
+
+
 async def test_head_and_last_seq(store: Any) -> None:
     assert await store.head() == 0
     assert await store.last_seq("a") == 0

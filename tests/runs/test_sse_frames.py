@@ -1,5 +1,6 @@
-"""Catch-up frames are built in one loop (``sse_frames``): byte for byte the frames that
-``sse_frame`` makes of each event, whatever the payload holds."""
+"""Frames are built in one loop, from events (``sse_frames``, live) or from the stored bytes
+(``wire_frames``, catch-up): byte for byte the frames that ``sse_frame`` makes of each event,
+whatever the payload, the type or the time holds."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eventstore import RecordedEvent
-from runs.sse import sse_frame, sse_frames
+from runs.sse import sse_frame, sse_frames, wire_frames
 
 texts = st.text(st.characters(codec="utf-8"), max_size=30)
 #: A delta's payload as the log holds it (msgspec's spelling, or another JSON encoder's).
@@ -41,6 +42,8 @@ events = st.lists(
 def test_the_batch_is_each_frame_in_turn(batch: list[RecordedEvent]) -> None:
     expected = b"".join(sse_frame(e.seq, e.type, e.data, e.created_at) for e in batch)
     assert sse_frames(batch) == expected
+    rows = [(e.seq, e.type.encode(), e.data.encode(), e.created_at.encode()) for e in batch]
+    assert wire_frames(rows) == expected
 
 
 def test_a_delta_carries_its_text_twice() -> None:
