@@ -311,12 +311,11 @@ async def measure(clients: int, seconds: float, *, rounds: int = 2) -> dict[str,
                 break
             await asyncio.sleep(0.1)
         calls = pstats.Stats(str(profile)).total_calls / real.runs  # type: ignore[attr-defined]
-        cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in sorted(by_thread.items()))
         print(
-            f"C = {clients}: server main-thread Python calls per run {calls:,.0f};"
-            f" CPU ms/run: {cpu}",
-            file=sys.stderr,
+            f"C = {clients}: server main-thread Python calls per run {calls:,.0f}", file=sys.stderr
         )
+    cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in sorted(by_thread.items()))
+    print(f"C = {clients}: server CPU ms/run by thread: {cpu}", file=sys.stderr)
     runs_s = real.runs / real_wall
     null_runs_s = null_runs / null_wall
     return {

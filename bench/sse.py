@@ -191,6 +191,12 @@ async def server_process(
     """``runlog serve`` on ``db`` (with ``workers`` > 1: ``--workers``); yields its URL and
     pid (the parent's with workers), once every worker listens."""
     argv = [sys.executable, "-m", "runs", "--db", db, "--config", config]
+    profile_dir = os.environ.get("RUNLOG_BENCH_PROFILE")
+    if profile_dir and workers == 1:
+        # cProfile writes the profile when the server returns from its SIGTERM shutdown.
+        Path(profile_dir).mkdir(parents=True, exist_ok=True)
+        out = Path(profile_dir) / f"{log.stem}.prof"
+        argv[1:1] = ["-m", "cProfile", "-o", str(out)]
     if workers > 1:
         argv += ["--workers", str(workers)]
     async with subprocess_server(
