@@ -15,7 +15,6 @@ import math
 import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -330,7 +329,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     try:
         check_declared_size(request)
     except ValidationFailed as exc:
-        trace_id = uuid.uuid4().hex
+        trace_id = new_trace_id()
         response = error_response(exc.status, exc.code, exc.message, trace_id, exc.details)
         response.headers["X-Trace-Id"] = trace_id
         response.force_close()
@@ -345,7 +344,7 @@ async def trace_and_errors(request: web.Request, handler: Handler) -> web.Stream
     """Trace id on every response, auth on ``/v1``, errors in the documented shape, and one
     log line and one sample of the request metrics per request."""
     incoming = request.headers.get("X-Trace-Id", "")
-    trace_id = incoming if _TRACE_ID_FORMAT.match(incoming) else uuid.uuid4().hex
+    trace_id = incoming if _TRACE_ID_FORMAT.match(incoming) else new_trace_id()
     request[TRACE_ID] = trace_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(trace_id=trace_id)
@@ -394,6 +393,18 @@ async def trace_and_errors(request: web.Request, handler: Handler) -> web.Stream
         log_request(request, status, time.perf_counter() - started)
 
 
+def new_trace_id() -> str:
+    """32 random hex digits."""
+    return os.urandom(16).hex()
+
+
+#: The request metrics' children by (route, method, status): ``labels()`` takes a lock and
+#: checks its arguments on every call. Routes and methods are the app's own (unmatched
+#: requests are one route), statuses a few dozen, so this stays small.
+_request_metrics: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def route_template(request: web.Request) -> str:
     """The matched route as declared (``/v1/runs/{run_id}``), never the raw path: ids would
     make every request its own series and put user input in the logs."""
@@ -405,8 +416,19 @@ def log_request(request: web.Request, status: int, seconds: float) -> None:
     """The request's log line, with what takes an operator from it to ``runlog export --run``
     (never a token), and its metrics."""
     route = route_template(request)
-    metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
-    metrics.HTTP_REQUEST_SECONDS.labels(route, request.method).observe(seconds)
+    # A method is any token a client sends: those the API does not know share one series.
+    method = request.method if request.method in _METHODS else "OTHER"
+    key = (route, method, status)
+    children = _request_metrics.get(key)
+    if children is None:
+        children = (
+            metrics.HTTP_REQUESTS.labels(route, method, str(status)),
+            metrics.HTTP_REQUEST_SECONDS.labels(route, method),
+        )
+        if len(_request_metrics) < 4096:
+            _request_metrics[key] = children
+    children[0].inc()
+    children[1].observe(seconds)
     who = request.get(PRINCIPAL)
     run_id = request.get(RUN_ID) or request.match_info.get("run_id")
     log.info(

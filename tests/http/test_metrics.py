@@ -311,3 +311,16 @@ async def test_metrics_token_is_required_when_configured(
 async def test_metrics_are_open_without_a_token_and_outside_v1_auth(api: Api) -> None:
     async with api.client.get("/metrics") as r:
         assert r.status == 200
+
+
+async def test_a_method_the_api_does_not_know_is_counted_as_other(api: Api) -> None:
+    before = await scrape(api)
+    for method in ("PROPFIND", "MKCOL"):
+        async with api.client.request(method, "/healthz") as r:
+            assert r.status == 405
+    after = await scrape(api)
+    labels = {"route": "unmatched", "method": "OTHER", "status": "405"}
+    assert moved(before, after, "runlog_http_requests_total", **labels) == 2
+    assert not any(dict(key[1]).get("method") in ("PROPFIND", "MKCOL") for key in after), (
+        "a client's method must not name a series"
+    )
