@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, Protocol
 
@@ -40,6 +41,10 @@ class EventStore(Protocol):
     ) -> list[RecordedEvent]: ...
 
     async def append_many(self, requests: Sequence[AppendRequest]) -> list[RecordedEvent]: ...
+
+    def submit_many(self, requests: Sequence[AppendRequest]) -> asyncio.Future[list[RecordedEvent]]:
+        """``append_many`` handed to the writer at once; the future is its outcome."""
+        ...
 
     async def read_stream(
         self, stream: str, after_seq: int = 0, limit: int = 500

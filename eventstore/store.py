@@ -190,6 +190,12 @@ class GroupCommitStore:
 
     async def append_many(self, requests: Sequence[AppendRequest]) -> list[RecordedEvent]:
         """Append to several streams atomically: all requests commit, or none does."""
+        return await self.submit_many(requests)
+
+    def submit_many(self, requests: Sequence[AppendRequest]) -> asyncio.Future[list[RecordedEvent]]:
+        """:meth:`append_many`, handed to the writer now: the future is its outcome. The
+        append goes ahead whatever becomes of the caller, so a caller that must not lose it
+        to a cancellation shields the future (no task needed)."""
         if self._closed:
             raise StoreClosedError("the event store is closed")
         for request in requests:
@@ -201,7 +207,7 @@ class GroupCommitStore:
                     )
         future: asyncio.Future[list[RecordedEvent]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(list(requests), future))
-        return await future
+        return future
 
     async def _run_writer(self) -> None:
         loop = asyncio.get_running_loop()

@@ -138,9 +138,7 @@ class RunExecutor:
         # cannot be written the same append is tried again (the run keeps its place), for
         # ``storage_retry_s`` at most.
         recorded = await while_unwritable(
-            lambda: asyncio.shield(
-                asyncio.create_task(self.store.append_many(requests), name=f"append-{self.run_id}")
-            ),
+            lambda: asyncio.shield(self.store.submit_many(requests)),
             give_up_after_s=self.storage_retry_s,
         )
         # Fold what we just wrote (the typed events, with the seqs and times the log gave).

@@ -563,7 +563,7 @@ async def test_disconnected_clients_release_everything_at_once(api: Api, gap_ms:
         timeout=1.0,
     )
     assert store.live.subscribers == 0
-    run_tasks = {f"run-{run_id}", f"provider-{run_id}", f"append-{run_id}"}
+    run_tasks = {f"run-{run_id}", f"provider-{run_id}"}
     leftover = {
         t
         for t in set(asyncio.all_tasks()) - before
