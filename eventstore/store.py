@@ -348,14 +348,30 @@ class GroupCommitStore:
     async def subscribe(
         self, stream: str, after_seq: int = 0, batch_limit: int = 500
     ) -> AsyncGenerator[RecordedEvent, None]:
-        """Events of ``stream`` after ``after_seq``: the log first, then live as they commit.
+        """Events of ``stream`` after ``after_seq``: the log first, then live as they commit
+        (:meth:`subscribe_batches`, one event at a time). Close the iterator (``aclose`` or
+        ``contextlib.aclosing``) to release the subscription at once."""
+        batches = self.subscribe_batches(stream, after_seq, batch_limit)
+        try:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+        finally:
+            await batches.aclose()
+
+    async def subscribe_batches(
+        self, stream: str, after_seq: int = 0, batch_limit: int = 500
+    ) -> AsyncGenerator[list[RecordedEvent], None]:
+        """:meth:`subscribe` as lists of consecutive events (at most ``batch_limit``, never
+        empty): whatever is there when the subscriber looks, so a writer can send a commit's
+        events at once.
 
         Catch-up and live tail are one loop over the same cursor, so there is no hand-over to
         get wrong: whatever committed after the cursor is read (from the shared in-memory
         window when it covers the cursor, else from the log), and only when nothing is left
         does the subscriber wait for the next commit. The wait is armed *before* the read, so
-        a commit that lands during the read is never missed. Close the iterator (``aclose``
-        or ``contextlib.aclosing``) to release the subscription at once.
+        a commit that lands during the read is never missed. Close the iterator to release
+        the subscription at once.
         """
         if self._closed:
             raise StoreClosedError("the event store is closed")
@@ -368,9 +384,8 @@ class GroupCommitStore:
                 if batch is None:
                     batch = await self.read_stream(stream, cursor, batch_limit)
                 if batch:
-                    for event in batch:
-                        cursor = event.seq
-                        yield event
+                    cursor = batch[-1].seq
+                    yield batch
                     continue
                 await changed.wait()
         finally:

@@ -125,7 +125,7 @@ async def stream_events(
     # after its status was read (then the last event *is* the terminal one).
     start = min(cursor, max(0, await store.last_seq(stream) - 1))
     pulse = _Pulse(asyncio.get_running_loop().time())
-    events = store.subscribe(stream, start, batch_limit)
+    batches = store.subscribe_batches(stream, start, batch_limit)
     owner = asyncio.current_task()
     assert owner is not None
     beat = asyncio.create_task(
@@ -135,16 +135,21 @@ async def stream_events(
     try:
         # No task, future or timer per event: the handler waits inside the subscription (on
         # the stream's shared notification) and a heartbeat task per connection fills silences.
-        async for event in events:
-            if event.seq > cursor:
-                await response.write(sse_frames((event,)))
-                metrics.SSE_FRAMES.inc()
+        # What arrived together (a commit's events) is sent in one write.
+        async for events in batches:
+            # Up to and with the terminal event (0: none in this batch).
+            end = next((i + 1 for i, e in enumerate(events) if e.type in TERMINAL_RUN_EVENTS), 0)
+            fresh = [e for e in (events[:end] if end else events) if e.seq > cursor]
+            if fresh:
+                await response.write(sse_frames(fresh))
+                metrics.SSE_FRAMES.inc(len(fresh))
+                cursor = fresh[-1].seq
                 pulse.last = asyncio.get_running_loop().time()
-            if event.type in TERMINAL_RUN_EVENTS:
+            if end:
                 return
     finally:
         beat.cancel()
-        await events.aclose()
+        await batches.aclose()
         with contextlib.suppress(BaseException):
             await beat
 

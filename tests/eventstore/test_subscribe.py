@@ -52,6 +52,25 @@ async def test_hand_over_from_log_to_live_has_no_gap_and_no_duplicate(store: Any
     assert store.live.followed_streams == 0
 
 
+async def test_batches_are_consecutive_and_a_commit_arrives_whole(store: Any) -> None:
+    await store.append("s", [ev(i) for i in range(7)])
+    async with asyncio.timeout(10), contextlib.aclosing(store.subscribe_batches("s", 2, 3)) as it:
+        # Catch-up in batches of at most the limit.
+        assert [[e.seq for e in b] for b in (await anext(it), await anext(it))] == [
+            [3, 4, 5],
+            [6, 7],
+        ]
+        waiting = asyncio.ensure_future(anext(it))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await store.append("s", [ev(7), ev(8), ev(9)])
+        assert [e.seq for e in await waiting] == [8, 9, 10]
+        await store.append("other", [ev(0)])
+        await store.append("s", [ev(10)])
+        assert [e.seq for e in await anext(it)] == [11]
+    assert store.live.followed_streams == 0
+
+
 async def test_subscribe_from_the_end_receives_only_later_events(store: Any) -> None:
     await store.append("s", [ev(i) for i in range(10)])
 
