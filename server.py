@@ -822,9 +822,10 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     # Counted before the first byte and uncounted before the last, so a client that has
     # seen the stream open (or end) sees the gauge agree.
     metrics.SSE_CONNECTIONS.inc()
+    last = b""
     try:
         await response.write(b": ping\n\n")
-        await stream_events(
+        last = await stream_events(
             runtime.store,
             response,
             run_stream(run_id),
@@ -845,7 +846,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
         if task is not None:
             runtime.streams.discard(task)
     with contextlib.suppress(ConnectionResetError):
-        await response.write_eof()
+        await response.write_eof(last)
     return response
 
 

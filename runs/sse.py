@@ -102,24 +102,30 @@ async def stream_events(
     ended: bool,
     batch_limit: int,
     heartbeat_s: float,
-) -> None:
+) -> bytes:
     """Write the stream's events after ``after_seq`` as SSE frames: history in batches, then
-    (with ``follow``, unless the run had ``ended``) live until its terminal event."""
+    (with ``follow``, unless the run had ``ended``) live until its terminal event.
+
+    The frames that end the stream (the batch with the terminal event) are returned, not
+    written, for the caller to send with the end of the response (``write_eof``): one send,
+    so a client that stops reading at the terminal event finds the response complete and
+    can keep its connection."""
     # History: batches of at most ``batch_limit`` rows, one write per batch (a write per frame
     # costs a send per frame and capped catch-up at a tenth of the log's read speed).
     cursor = after_seq
     while True:
         batch = await store.read_stream_wire(stream, cursor, batch_limit)
         if batch:
-            await response.write(wire_frames(batch))
+            frames = wire_frames(batch)
             metrics.SSE_FRAMES.inc(len(batch))
             cursor = batch[-1][0]
             if batch[-1][1] in _TERMINAL_WIRE:
-                return
+                return frames
+            await response.write(frames)
         if len(batch) < batch_limit:
             break
     if not follow or ended:
-        return
+        return b""
     # Live: follow from no later than the log's last event, so a cursor past the end still
     # sees the terminal event (not sent, but it ends the stream) — also when the run ended
     # after its status was read (then the last event *is* the terminal one).
@@ -140,13 +146,15 @@ async def stream_events(
             # Up to and with the terminal event (0: none in this batch).
             end = next((i + 1 for i, e in enumerate(events) if e.type in TERMINAL_RUN_EVENTS), 0)
             fresh = [e for e in (events[:end] if end else events) if e.seq > cursor]
+            frames = sse_frames(fresh)
+            metrics.SSE_FRAMES.inc(len(fresh))
+            if end:
+                return frames
             if fresh:
-                await response.write(sse_frames(fresh))
-                metrics.SSE_FRAMES.inc(len(fresh))
+                await response.write(frames)
                 cursor = fresh[-1].seq
                 pulse.last = asyncio.get_running_loop().time()
-            if end:
-                return
+        return b""
     finally:
         beat.cancel()
         await batches.aclose()

@@ -283,6 +283,25 @@ async def test_a_cursor_past_the_end_of_a_finished_run_closes_at_once(api: Api) 
             assert stream.items == [None], (after, follow)  # only the opening ping
 
 
+@pytest.mark.parametrize("live", [True, False], ids=["live", "history"])
+async def test_the_terminal_frame_comes_with_the_end_of_the_response(api: Api, live: bool) -> None:
+    """A client that stops reading at the terminal event finds the response complete, so
+    its connection can carry the next request."""
+    _, run_id = await api.start_run("short")
+    if not live:
+        await api.wait_for(run_id)
+    url = f"/v1/runs/{run_id}/events?after_seq=0"
+    async with api.client.get(url, headers=api.headers()) as r:
+        assert r.status == 200
+        seen = b""
+        async for chunk in r.content.iter_any():
+            seen += chunk
+            if b'"type":"run.completed"' in seen:
+                break
+        assert b'"type":"run.completed"' in seen
+        assert r.content.at_eof(), "the end of the response came apart from the last frame"
+
+
 # -- live ---------------------------------------------------------------------------------------
 
 
