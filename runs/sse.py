@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -64,13 +64,39 @@ def _quoted(text: bytes) -> bytes:
     return b'"%b"' % text if _plain(text) else _frame.encode(text.decode())
 
 
-def wire_frames(rows: Iterable[WireRow]) -> bytes:
+class _DeltaLiteral(msgspec.Struct):
+    content: msgspec.Raw
+
+
+_delta_literal = msgspec.json.Decoder(_DeltaLiteral)
+#: :data:`_FRAME` for a ``created_at`` that needs no escaping (the store writes
+#: ``2026-01-02T03:04:05.678Z``): the quotes are in the format.
+_FRAME_PLAIN_TIME = b'id: %d\ndata: {"seq":%d,"type":%b,"data":%b,"created_at":"%b"}\n\n'
+
+
+def wire_frames(rows: Sequence[WireRow]) -> bytes:
     """The frames of ``rows`` (``store.read_stream_wire``), byte for byte what
     :func:`sse_frame` makes of each event, in one loop: catch-up writes hundreds at a time,
-    and building the frames cost more than reading the rows."""
-    encode = _frame.encode
-    text_of = _delta_text.decode
+    and building the frames cost more than reading the rows.
+
+    Two checks are made once per batch instead of once per row: whether every time needs no
+    escaping, and whether no payload holds a backslash. Without one, a delta's text is a JSON
+    string with no escape in it, which is already spelt as msgspec would spell it again, so
+    it is copied as it is instead of decoded and encoded."""
     types = _quoted_types
+    plain_times = _plain(b"".join([row[3] for row in rows])) is not None
+    if b"\\" in b"".join([row[2] for row in rows]):
+        encode = _frame.encode
+        text_of = _delta_text.decode
+
+        def delta_text(data: bytes) -> bytes:
+            return encode(text_of(data).content)
+    else:
+        literal_of = _delta_literal.decode
+
+        def delta_text(data: bytes) -> bytes:
+            return literal_of(data).content  # msgspec.Raw: the literal's bytes
+
     frames = []
     for seq, type_, stored, created_at in rows:
         quoted_type = types.get(type_)
@@ -80,15 +106,18 @@ def wire_frames(rows: Iterable[WireRow]) -> bytes:
                 types[type_] = quoted_type
         data = stored
         if type_ == _DELTA_WIRE and stored.endswith(b"}"):
-            data = b'%b,"content_delta":%b}' % (stored[:-1], encode(text_of(stored).content))
-        frames.append(_FRAME % (seq, seq, quoted_type, data, _quoted(created_at)))
+            data = b'%b,"content_delta":%b}' % (stored[:-1], delta_text(stored))
+        if plain_times:
+            frames.append(_FRAME_PLAIN_TIME % (seq, seq, quoted_type, data, created_at))
+        else:
+            frames.append(_FRAME % (seq, seq, quoted_type, data, _quoted(created_at)))
     return b"".join(frames)
 
 
 def sse_frames(events: Iterable[RecordedEvent]) -> bytes:
     """The frames of ``events`` (live events, from memory): :func:`wire_frames`."""
     return wire_frames(
-        (e.seq, e.type.encode(), e.data.encode(), e.created_at.encode()) for e in events
+        [(e.seq, e.type.encode(), e.data.encode(), e.created_at.encode()) for e in events]
     )
 
 
