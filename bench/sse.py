@@ -27,6 +27,11 @@ idle RSS
     Server subprocess VmRSS before and after opening N SSE connections that follow a run
     parked in ``waiting_for_input`` (no traffic), after a warm-up of a few connections.
 
+profiling
+    ``RUNLOG_BENCH_PROFILE=<dir>`` runs each single-process server under cProfile and writes
+    ``<dir>/<log name>.prof`` when it stops (``fanout-server.prof`` for the fan-out); read it
+    with ``pstats``. Profiled figures are slower than plain ones.
+
 The last line is machine-readable: ``RESULT catchup_ratio=... fanout_p99_ms=... lost=...
 rss_kb_per_conn=...``.
 
