@@ -121,6 +121,26 @@ def sse_frames(events: Iterable[RecordedEvent]) -> bytes:
     )
 
 
+#: Recent live frames by (store, stream, first seq, last seq). Every follower of a run at the
+#: same cursor is handed the same events, and would otherwise encode them again; events never
+#: change, so the frames of a range are the same for all of them.
+_recent_frames: dict[tuple[int, str, int, int], bytes] = {}
+_RECENT_FRAMES = 2048
+
+
+def _live_frames(store: EventStore, stream: str, events: list[RecordedEvent]) -> bytes:
+    if not events:
+        return b""
+    key = (id(store), stream, events[0].seq, events[-1].seq)
+    frames = _recent_frames.get(key)
+    if frames is None:
+        frames = sse_frames(events)
+        if len(_recent_frames) >= _RECENT_FRAMES:
+            del _recent_frames[next(iter(_recent_frames))]  # the oldest
+        _recent_frames[key] = frames
+    return frames
+
+
 async def stream_events(
     store: EventStore,
     response: web.StreamResponse,
@@ -175,7 +195,7 @@ async def stream_events(
             # Up to and with the terminal event (0: none in this batch).
             end = next((i + 1 for i, e in enumerate(events) if e.type in TERMINAL_RUN_EVENTS), 0)
             fresh = [e for e in (events[:end] if end else events) if e.seq > cursor]
-            frames = sse_frames(fresh)
+            frames = _live_frames(store, stream, fresh)
             metrics.SSE_FRAMES.inc(len(fresh))
             if end:
                 return frames

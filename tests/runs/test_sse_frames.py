@@ -56,3 +56,18 @@ def test_a_delta_carries_its_text_twice() -> None:
         "data": {"content": "hé", "content_delta": "hé"},
         "created_at": "t",
     }
+
+
+def test_live_frames_are_encoded_once_per_range_and_the_cache_is_bounded() -> None:
+    from runs import sse
+
+    store = object()
+    events = [RecordedEvent(s, "run-x", s, "run.started", "{}", "t", "") for s in (4, 5)]
+    first = sse._live_frames(store, "run-x", events)  # type: ignore[arg-type]
+    assert first == sse_frames(events)
+    # Another follower at the same cursor gets the very same bytes, not a new encoding.
+    assert sse._live_frames(store, "run-x", list(events)) is first  # type: ignore[arg-type]
+    for seq in range(1, 3 * sse._RECENT_FRAMES):
+        one = [RecordedEvent(seq, "run-y", seq, "run.started", "{}", "t", "")]
+        assert sse._live_frames(store, "run-y", one) == sse_frames(one)  # type: ignore[arg-type]
+    assert len(sse._recent_frames) <= sse._RECENT_FRAMES
