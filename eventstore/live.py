@@ -56,6 +56,13 @@ class StreamTail:
         if seq + 1 < first:
             return None
         start = seq + 1 - first
+        behind = len(recent) - start  # events after the cursor, all in the window
+        if behind <= limit and behind <= start:
+            # A follower is usually a few events behind the newest: walk from that end
+            # (islice from the left steps over the whole window to get there).
+            newest_first = list(islice(reversed(recent), behind))
+            newest_first.reverse()
+            return newest_first
         return list(islice(recent, start, start + limit))
 
 
