@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -103,7 +104,8 @@ async def test_two_workers_share_the_port_are_restarted_and_stop_together(
         assert not Path(f"/proc/{pid}").exists()
     text = server.log.read_text()
     assert text.count("runlog: shutting down") >= 2
-    assert '"workers.stopped"' in text and '"clean": true' in text
+    stopped = [json.loads(line) for line in text.splitlines() if '"workers.stopped"' in line]
+    assert stopped and all(entry["clean"] is True for entry in stopped), stopped
 
 
 def test_workers_on_sqlite_are_refused(tmp_path: Path) -> None:
