@@ -147,7 +147,8 @@ class SqliteDatabase:
         return None if row is None else tuple(row)
 
     def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in self.conn.execute(sql, params).fetchall()]
+        # Rows are tuples already (no row factory is set on these connections).
+        return self.conn.execute(sql, params).fetchall()
 
     def execute_ddl(self, statement: str) -> None:
         # SQLite maps BIGINT to INTEGER and DOUBLE PRECISION to REAL affinity by itself.

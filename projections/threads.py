@@ -76,14 +76,18 @@ class ThreadsProjection(TableProjection):
 
     def apply_many(self, conn: SqlConnection, events: Sequence[Decoded]) -> None:
         """The handlers below, on the chunk's threads in memory (``TableProjection``)."""
-        events = [pair for pair in events if pair[0].type in self.event_types]
+        types = self.event_types
+        events = [pair for pair in events if pair[0].type in types]
         threads = RowCache("threads", _THREAD_COLUMNS)
+        # Dispatch on the recorded type (the decoded event is of that type's class).
+        created, added, run_started = ThreadCreated.TYPE, MessageAdded.TYPE, ThreadRunStarted.TYPE
         ids: set[str] = set()
         ended: set[str] = set()
         for r, e in events:
-            if isinstance(e, ThreadCreated | MessageAdded):
+            kind = r.type
+            if kind in (added, created):
                 ids.add(e.thread_id)
-            elif isinstance(e, ThreadRunStarted):
+            elif kind == run_started:
                 ids.add(r.stream.removeprefix("thread-"))
             else:
                 ended.add(run_id_of(r.stream))
@@ -96,19 +100,21 @@ class ThreadsProjection(TableProjection):
             if row is not None and row[_ACTIVE] is not None:
                 holding.setdefault(row[_ACTIVE], set()).add(thread_id)
         messages: list[tuple[Any, ...]] = []
+        get = threads.rows.get
         for r, e in events:
-            if isinstance(e, ThreadCreated):
-                if threads.get(e.thread_id) is not None:
-                    raise ValueError(f"thread {e.thread_id} created twice")
-                threads.put(list(_thread_row(e, r)))
-            elif isinstance(e, MessageAdded):
+            kind = r.type
+            if kind == added:
                 messages.append(_message_row(e, r))
-                row = threads.get(e.thread_id)
+                row = get(e.thread_id)
                 if row is not None:
                     row[_VERSION] = r.seq
-            elif isinstance(e, ThreadRunStarted):
+            elif kind == created:
+                if get(e.thread_id) is not None:
+                    raise ValueError(f"thread {e.thread_id} created twice")
+                threads.put(list(_thread_row(e, r)))
+            elif kind == run_started:
                 thread_id = r.stream.removeprefix("thread-")
-                row = threads.get(thread_id)
+                row = get(thread_id)
                 if row is not None:
                     if row[_ACTIVE] is not None:
                         holding[row[_ACTIVE]].discard(thread_id)
@@ -117,7 +123,7 @@ class ThreadsProjection(TableProjection):
                     holding.setdefault(e.run_id, set()).add(thread_id)
             else:
                 for thread_id in holding.pop(run_id_of(r.stream), ()):
-                    row = threads.get(thread_id)
+                    row = get(thread_id)
                     assert row is not None
                     row[_ACTIVE] = None
         threads.flush(conn)
