@@ -204,6 +204,14 @@ class SqliteDatabase:
     def table_columns(self, table: str) -> list[str]:
         return [row[1] for row in self.conn.execute(f'PRAGMA table_info("{table}")')]
 
+    def copy_from(self, source: SqliteDatabase, schema: str) -> None:
+        """Make the database attached here as ``schema`` (``ATTACH DATABASE ':memory:'``,
+        before this connection's transaction began) a copy of ``source``'s main database, so
+        that one query can compare tables of both (``rebuild --check``). Allowed inside a read
+        transaction that has not touched ``schema``."""
+        image = source.conn.serialize()
+        self.conn.deserialize(image, name=schema)
+
     def table_exists(self, table: str) -> bool:
         row = self.conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)

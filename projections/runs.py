@@ -185,20 +185,22 @@ class RunsProjection(TableProjection):
         calls = RowCache("run_call_usage", _CALL_COLUMNS, key_size=2)
         types = self.event_types
         events = [pair for pair in events if pair[0].type in types]
-        # Dispatch on the recorded type (the decoded event is of that type's class).
-        started, usage, prefix = RunStarted.TYPE, RunUsage.TYPE, RUN_STREAM_PREFIX
-        ids = {e.run_id if r.type == started else r.stream.removeprefix(prefix) for r, e in events}
+        prefix = RUN_STREAM_PREFIX
+        ids = {
+            e.run_id if isinstance(e, RunStarted) else r.stream.removeprefix(prefix)
+            for r, e in events
+        }
         runs.load(conn, ids)
         calls.load(conn, ids)
         get = runs.rows.get
         for r, e in events:
             kind = r.type
-            if kind == usage:
+            if isinstance(e, RunUsage):
                 run_id = r.stream.removeprefix(prefix)
                 row = get(run_id)
                 assert row is not None, f"run.usage before run.started in {r.stream}"
                 _count_usage(row, calls, run_id, e)
-            elif kind == started:
+            elif isinstance(e, RunStarted):
                 if get(e.run_id) is not None:
                     raise ValueError(f"run {e.run_id} started twice")
                 runs.put(_new_run(e, r.created_at))

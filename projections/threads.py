@@ -79,15 +79,12 @@ class ThreadsProjection(TableProjection):
         types = self.event_types
         events = [pair for pair in events if pair[0].type in types]
         threads = RowCache("threads", _THREAD_COLUMNS)
-        # Dispatch on the recorded type (the decoded event is of that type's class).
-        created, added, run_started = ThreadCreated.TYPE, MessageAdded.TYPE, ThreadRunStarted.TYPE
         ids: set[str] = set()
         ended: set[str] = set()
         for r, e in events:
-            kind = r.type
-            if kind in (added, created):
+            if isinstance(e, ThreadCreated | MessageAdded):
                 ids.add(e.thread_id)
-            elif kind == run_started:
+            elif isinstance(e, ThreadRunStarted):
                 ids.add(r.stream.removeprefix("thread-"))
             else:
                 ended.add(run_id_of(r.stream))
@@ -102,17 +99,16 @@ class ThreadsProjection(TableProjection):
         messages: list[tuple[Any, ...]] = []
         get = threads.rows.get
         for r, e in events:
-            kind = r.type
-            if kind == added:
+            if isinstance(e, MessageAdded):
                 messages.append(_message_row(e, r))
                 row = get(e.thread_id)
                 if row is not None:
                     row[_VERSION] = r.seq
-            elif kind == created:
+            elif isinstance(e, ThreadCreated):
                 if get(e.thread_id) is not None:
                     raise ValueError(f"thread {e.thread_id} created twice")
                 threads.put(list(_thread_row(e, r)))
-            elif kind == run_started:
+            elif isinstance(e, ThreadRunStarted):
                 thread_id = r.stream.removeprefix("thread-")
                 row = get(thread_id)
                 if row is not None:

@@ -152,9 +152,11 @@ class UsageProjection(TableProjection):
         usage = RowCache("usage", _USAGE_COLUMNS, key_size=5)
         live = RowCache("usage_live_runs", _LIVE_COLUMNS)
         calls = RowCache("usage_calls", _CALLS_COLUMNS, key_size=2)
-        # Dispatch on the recorded type (the decoded event is of that type's class).
-        started, reported, prefix = RunStarted.TYPE, RunUsage.TYPE, RUN_STREAM_PREFIX
-        ids = {e.run_id if r.type == started else r.stream.removeprefix(prefix) for r, e in events}
+        prefix = RUN_STREAM_PREFIX
+        ids = {
+            e.run_id if isinstance(e, RunStarted) else r.stream.removeprefix(prefix)
+            for r, e in events
+        }
         live.load(conn, ids)
         calls.load(conn, ids)
         usage_rows, live_get, calls_get = usage.rows, live.rows.get, calls.rows.get
@@ -173,8 +175,7 @@ class UsageProjection(TableProjection):
                 row[index] = row[index] + value
 
         for r, e in events:
-            kind = r.type
-            if kind == started:
+            if isinstance(e, RunStarted):
                 if live_get(e.run_id) is not None:
                     raise ValueError(f"run {e.run_id} started twice")
                 live.put(
@@ -191,7 +192,7 @@ class UsageProjection(TableProjection):
                 add((e.org_id, day, e.model, e.created_by_user_id, e.route_id), (1, *_NOTHING_USED))
                 continue
             run_id = r.stream.removeprefix(prefix)
-            if kind != reported:  # the run ended
+            if not isinstance(e, RunUsage):  # the run ended
                 live.drop(run_id)
                 for call in calls.under(run_id):
                     calls.drop((run_id, call[1]))
