@@ -152,12 +152,14 @@ class RowCache:
 
     def put(self, row: list[Any]) -> None:
         """Insert or replace a row (its key must be known: loaded, or known absent)."""
-        key = self._key(row)
-        if key not in self.rows:
+        size = self.key_size
+        key = row[0] if size == 1 else tuple(row[:size])
+        rows = self.rows
+        if key not in rows:
             self.before[key] = None
-            if self.key_size > 1:
+            if size > 1:
                 self._under.setdefault(key[0], set()).add(key)
-        self.rows[key] = row
+        rows[key] = row
 
     def drop(self, key: Any) -> None:
         if key in self.rows:
