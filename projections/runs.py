@@ -190,6 +190,9 @@ class RunsProjection(TableProjection):
             e.run_id if isinstance(e, RunStarted) else r.stream.removeprefix(prefix)
             for r, e in events
         }
+        started = [e.run_id for _, e in events if isinstance(e, RunStarted)]
+        runs.absent(started)
+        calls.absent(started)
         runs.load(conn, ids)
         calls.load(conn, ids)
         get = runs.rows.get

@@ -88,6 +88,7 @@ class ThreadsProjection(TableProjection):
                 ids.add(r.stream.removeprefix("thread-"))
             else:
                 ended.add(run_id_of(r.stream))
+        threads.absent(e.thread_id for _, e in events if isinstance(e, ThreadCreated))
         threads.load(conn, ids)
         threads.load(conn, ended, column="active_run_id")
         # The threads each run holds, of those read or written here: every thread whose

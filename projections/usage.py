@@ -157,6 +157,9 @@ class UsageProjection(TableProjection):
             e.run_id if isinstance(e, RunStarted) else r.stream.removeprefix(prefix)
             for r, e in events
         }
+        started = [e.run_id for _, e in events if isinstance(e, RunStarted)]
+        live.absent(started)
+        calls.absent(started)
         live.load(conn, ids)
         calls.load(conn, ids)
         usage_rows, live_get, calls_get = usage.rows, live.rows.get, calls.rows.get
