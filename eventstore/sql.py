@@ -147,7 +147,8 @@ class SqliteDatabase:
         return None if row is None else tuple(row)
 
     def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in self.conn.execute(sql, params).fetchall()]
+        # Rows are tuples already (no row factory is set on these connections).
+        return self.conn.execute(sql, params).fetchall()
 
     def execute_ddl(self, statement: str) -> None:
         # SQLite maps BIGINT to INTEGER and DOUBLE PRECISION to REAL affinity by itself.
@@ -202,6 +203,14 @@ class SqliteDatabase:
 
     def table_columns(self, table: str) -> list[str]:
         return [row[1] for row in self.conn.execute(f'PRAGMA table_info("{table}")')]
+
+    def copy_from(self, source: SqliteDatabase, schema: str) -> None:
+        """Make the database attached here as ``schema`` (``ATTACH DATABASE ':memory:'``,
+        before this connection's transaction began) a copy of ``source``'s main database, so
+        that one query can compare tables of both (``rebuild --check``). Allowed inside a read
+        transaction that has not touched ``schema``."""
+        image = source.conn.serialize()
+        self.conn.deserialize(image, name=schema)
 
     def table_exists(self, table: str) -> bool:
         row = self.conn.execute(

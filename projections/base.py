@@ -117,6 +117,20 @@ class RowCache:
                         self.before[key] = None
                         self.rows[key] = None
 
+    def absent(self, keys: Iterable[Any]) -> None:
+        """Know, without reading the table, that no row has one of ``keys`` as its first key
+        value: keys created by an event of the chunk (a run's ``run.started``, a thread's
+        ``thread.created``), which a valid log holds once. Should a row be there after all,
+        the INSERT of ``flush`` fails on the primary key, and the caller applies the chunk
+        again event by event, which names the event."""
+        rows, before = self.rows, self.before
+        for key in keys:
+            if key not in self.loaded:
+                self.loaded.add(key)
+                if self.key_size == 1 and key not in rows:
+                    before[key] = None
+                    rows[key] = None
+
     def load_key(self, conn: SqlConnection, key: tuple[Any, ...]) -> None:
         """Read the row of one whole key (of a table with a longer key), unless it is known."""
         if key in self.rows or key[0] in self.loaded:
@@ -152,12 +166,14 @@ class RowCache:
 
     def put(self, row: list[Any]) -> None:
         """Insert or replace a row (its key must be known: loaded, or known absent)."""
-        key = self._key(row)
-        if key not in self.rows:
+        size = self.key_size
+        key = row[0] if size == 1 else tuple(row[:size])
+        rows = self.rows
+        if key not in rows:
             self.before[key] = None
-            if self.key_size > 1:
+            if size > 1:
                 self._under.setdefault(key[0], set()).add(key)
-        self.rows[key] = row
+        rows[key] = row
 
     def drop(self, key: Any) -> None:
         if key in self.rows:

@@ -12,6 +12,7 @@ from typing import Any
 from eventstore import Cap, RecordedEvent, SqlConnection
 from projections.base import Decoded, Handler, RowCache, TableProjection
 from runs.events import (
+    RUN_STREAM_PREFIX,
     DomainEvent,
     RunCancelled,
     RunCompleted,
@@ -88,6 +89,9 @@ _ERROR_CLASS = _COLUMN["error_class"]
 _ERROR_MESSAGE = _COLUMN["error_message"]
 _INPUTS = _COLUMN["total_input_tokens"]
 _MULTIPLIER = _COLUMN["credits_multiplier"]
+_RETRY_OF = _COLUMN["retry_of"]
+_CREDITS = _COLUMN["credits_used"]
+_USAGE_ESTIMATED = _COLUMN["usage_estimated"]
 _ENDED_AT = {
     "completed": _COLUMN["completed_at"],
     "failed": _COLUMN["failed_at"],
@@ -179,27 +183,38 @@ class RunsProjection(TableProjection):
         """The handlers below, on the chunk's rows in memory (``TableProjection``)."""
         runs = RowCache("runs", RUN_COLUMNS)
         calls = RowCache("run_call_usage", _CALL_COLUMNS, key_size=2)
-        events = [pair for pair in events if pair[0].type in self.event_types]
-        ids = {e.run_id if isinstance(e, RunStarted) else run_id_of(r.stream) for r, e in events}
+        types = self.event_types
+        events = [pair for pair in events if pair[0].type in types]
+        prefix = RUN_STREAM_PREFIX
+        ids = {
+            e.run_id if isinstance(e, RunStarted) else r.stream.removeprefix(prefix)
+            for r, e in events
+        }
+        started = [e.run_id for _, e in events if isinstance(e, RunStarted)]
+        runs.absent(started)
+        calls.absent(started)
         runs.load(conn, ids)
         calls.load(conn, ids)
+        get = runs.rows.get
         for r, e in events:
-            if isinstance(e, RunStarted):
-                if runs.get(e.run_id) is not None:
-                    raise ValueError(f"run {e.run_id} started twice")
-                runs.put(_new_run(e, r.created_at))
-                continue
-            run_id = run_id_of(r.stream)
-            row = runs.get(run_id)
+            kind = r.type
             if isinstance(e, RunUsage):
+                run_id = r.stream.removeprefix(prefix)
+                row = get(run_id)
                 assert row is not None, f"run.usage before run.started in {r.stream}"
                 _count_usage(row, calls, run_id, e)
-            elif r.type in _PAUSES:
+            elif isinstance(e, RunStarted):
+                if get(e.run_id) is not None:
+                    raise ValueError(f"run {e.run_id} started twice")
+                runs.put(_new_run(e, r.created_at))
+            elif kind in _PAUSES:
+                row = get(r.stream.removeprefix(prefix))
                 if row is not None:
-                    row[_STATUS] = _PAUSES[r.type]
+                    row[_STATUS] = _PAUSES[kind]
             else:
-                assert row is not None, f"{r.type} before run.started in {r.stream}"
-                status = _ENDS[r.type]
+                row = get(r.stream.removeprefix(prefix))
+                assert row is not None, f"{kind} before run.started in {r.stream}"
+                status = _ENDS[kind]
                 row[_STATUS] = status
                 row[_ENDED_AT[status]] = r.created_at
                 row[_DURATION] = ms_between(row[_CREATED_AT], r.created_at)
@@ -333,28 +348,37 @@ class RunsProjection(TableProjection):
 
 def _new_run(e: RunStarted, created_at: str) -> list[Any]:
     """The row ``_started`` inserts (the columns it leaves out take their defaults)."""
-    values: dict[str, Any] = {
-        "run_id": e.run_id,
-        "org_id": e.org_id,
-        "thread_id": e.thread_id,
-        "status": "running",
-        "route_id": e.route_id,
-        "model": e.model,
-        "persona_id": e.persona_id,
-        "trace_id": e.trace_id,
-        "created_by_user_id": e.created_by_user_id,
-        "created_at": created_at,
+    row = _RUN_DEFAULTS.copy()
+    row[: _CREATED_AT + 1] = (
+        e.run_id,
+        e.org_id,
+        e.thread_id,
+        "running",
+        e.route_id,
+        e.model,
+        e.persona_id,
+        e.trace_id,
+        e.created_by_user_id,
+        created_at,
+    )
+    row[_MULTIPLIER] = e.credits_multiplier
+    row[_RETRY_OF] = e.retry_of
+    return row
+
+
+#: A new run's row before ``_new_run`` fills in the event's values: the table's defaults.
+_RUN_DEFAULTS: list[Any] = [
+    {
         "total_input_tokens": 0,
         "total_output_tokens": 0,
         "cache_read_tokens": 0,
         "cache_write_tokens": 0,
         "total_cost_usd": 0.0,
-        "credits_multiplier": e.credits_multiplier,
         "credits_used": 0,
         "usage_estimated": 0,
-        "retry_of": e.retry_of,
-    }
-    return [values.get(column) for column in RUN_COLUMNS]
+    }.get(column)
+    for column in RUN_COLUMNS
+]
 
 
 _INSERT_CALL = "INSERT INTO run_call_usage VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -405,15 +429,19 @@ def _count_usage(row: list[Any], calls: RowCache, run_id: str, e: RunUsage) -> N
     reads += e.cache_read_tokens
     writes += e.cache_write_tokens
     cost += e.cost_usd
-    estimated = int(any(call[2] == 1 for call in calls.under(run_id)))
+    estimated = 0
+    for call in calls.under(run_id):
+        if call[2] == 1:
+            estimated = 1
+            break
     denominator = inputs + reads + writes
-    row[_INPUTS : _INPUTS + 6] = [
+    row[_INPUTS : _INPUTS + 6] = (
         inputs,
         outputs,
         reads,
         writes,
         cost,
         None if denominator == 0 else reads / denominator,
-    ]
-    row[_COLUMN["credits_used"]] = credits_for(cost, multiplier)
-    row[_COLUMN["usage_estimated"]] = estimated
+    )
+    row[_CREDITS] = credits_for(cost, multiplier)
+    row[_USAGE_ESTIMATED] = estimated

@@ -76,7 +76,8 @@ class ThreadsProjection(TableProjection):
 
     def apply_many(self, conn: SqlConnection, events: Sequence[Decoded]) -> None:
         """The handlers below, on the chunk's threads in memory (``TableProjection``)."""
-        events = [pair for pair in events if pair[0].type in self.event_types]
+        types = self.event_types
+        events = [pair for pair in events if pair[0].type in types]
         threads = RowCache("threads", _THREAD_COLUMNS)
         ids: set[str] = set()
         ended: set[str] = set()
@@ -87,6 +88,7 @@ class ThreadsProjection(TableProjection):
                 ids.add(r.stream.removeprefix("thread-"))
             else:
                 ended.add(run_id_of(r.stream))
+        threads.absent(e.thread_id for _, e in events if isinstance(e, ThreadCreated))
         threads.load(conn, ids)
         threads.load(conn, ended, column="active_run_id")
         # The threads each run holds, of those read or written here: every thread whose
@@ -96,19 +98,20 @@ class ThreadsProjection(TableProjection):
             if row is not None and row[_ACTIVE] is not None:
                 holding.setdefault(row[_ACTIVE], set()).add(thread_id)
         messages: list[tuple[Any, ...]] = []
+        get = threads.rows.get
         for r, e in events:
-            if isinstance(e, ThreadCreated):
-                if threads.get(e.thread_id) is not None:
-                    raise ValueError(f"thread {e.thread_id} created twice")
-                threads.put(list(_thread_row(e, r)))
-            elif isinstance(e, MessageAdded):
+            if isinstance(e, MessageAdded):
                 messages.append(_message_row(e, r))
-                row = threads.get(e.thread_id)
+                row = get(e.thread_id)
                 if row is not None:
                     row[_VERSION] = r.seq
+            elif isinstance(e, ThreadCreated):
+                if get(e.thread_id) is not None:
+                    raise ValueError(f"thread {e.thread_id} created twice")
+                threads.put(list(_thread_row(e, r)))
             elif isinstance(e, ThreadRunStarted):
                 thread_id = r.stream.removeprefix("thread-")
-                row = threads.get(thread_id)
+                row = get(thread_id)
                 if row is not None:
                     if row[_ACTIVE] is not None:
                         holding[row[_ACTIVE]].discard(thread_id)
@@ -117,7 +120,7 @@ class ThreadsProjection(TableProjection):
                     holding.setdefault(e.run_id, set()).add(thread_id)
             else:
                 for thread_id in holding.pop(run_id_of(r.stream), ()):
-                    row = threads.get(thread_id)
+                    row = get(thread_id)
                     assert row is not None
                     row[_ACTIVE] = None
         threads.flush(conn)

@@ -25,6 +25,7 @@ from typing import Any
 from eventstore import RecordedEvent, SqlConnection
 from projections.base import Decoded, Handler, RowCache, TableProjection
 from runs.events import (
+    RUN_STREAM_PREFIX,
     DomainEvent,
     RunCancelled,
     RunCompleted,
@@ -146,27 +147,39 @@ class UsageProjection(TableProjection):
 
     def apply_many(self, conn: SqlConnection, events: Sequence[Decoded]) -> None:
         """The handlers below, on the chunk's rows in memory (``TableProjection``)."""
-        events = [pair for pair in events if pair[0].type in self.event_types]
+        types = self.event_types
+        events = [pair for pair in events if pair[0].type in types]
         usage = RowCache("usage", _USAGE_COLUMNS, key_size=5)
         live = RowCache("usage_live_runs", _LIVE_COLUMNS)
         calls = RowCache("usage_calls", _CALLS_COLUMNS, key_size=2)
-        ids = {e.run_id if isinstance(e, RunStarted) else run_id_of(r.stream) for r, e in events}
+        prefix = RUN_STREAM_PREFIX
+        ids = {
+            e.run_id if isinstance(e, RunStarted) else r.stream.removeprefix(prefix)
+            for r, e in events
+        }
+        started = [e.run_id for _, e in events if isinstance(e, RunStarted)]
+        live.absent(started)
+        calls.absent(started)
         live.load(conn, ids)
         calls.load(conn, ids)
+        usage_rows, live_get, calls_get = usage.rows, live.rows.get, calls.rows.get
 
         def add(key: tuple[str, str, str, str, str], figures: Sequence[Any]) -> None:
             # INSERT ... ON CONFLICT DO UPDATE SET column = usage.column + excluded.column
-            usage.load_key(conn, key)
-            row = usage.get(key)
+            row = usage_rows.get(key)
             if row is None:
-                usage.put([*key, *figures])
-            else:
-                for index, value in enumerate(figures, start=5):
-                    row[index] = row[index] + value
+                if key not in usage_rows:
+                    usage.load_key(conn, key)
+                    row = usage_rows[key]
+                if row is None:
+                    usage.put([*key, *figures])
+                    return
+            for index, value in enumerate(figures, start=5):
+                row[index] = row[index] + value
 
         for r, e in events:
             if isinstance(e, RunStarted):
-                if live.get(e.run_id) is not None:
+                if live_get(e.run_id) is not None:
                     raise ValueError(f"run {e.run_id} started twice")
                 live.put(
                     [
@@ -181,16 +194,16 @@ class UsageProjection(TableProjection):
                 day = utc_day(r.created_at)
                 add((e.org_id, day, e.model, e.created_by_user_id, e.route_id), (1, *_NOTHING_USED))
                 continue
-            run_id = run_id_of(r.stream)
+            run_id = r.stream.removeprefix(prefix)
             if not isinstance(e, RunUsage):  # the run ended
                 live.drop(run_id)
                 for call in calls.under(run_id):
                     calls.drop((run_id, call[1]))
                 continue
-            row = live.get(run_id)
+            row = live_get(run_id)
             assert row is not None  # run.started comes first; no usage follows a terminal event
             _, org_id, user_id, route_id, multiplier, before = row
-            known = calls.get((run_id, e.call))
+            known = calls_get((run_id, e.call))
             if e.estimated and known is not None:
                 continue  # the call is counted already
             cost, taken_back = before, 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from datetime import datetime
 
 import msgspec
 
@@ -150,12 +151,11 @@ def credits_for(cost_usd: float, multiplier: float) -> int:
 
 def ms_between(start: str, end: str) -> int:
     """Milliseconds between two of the store's RFC 3339 timestamps."""
-    from datetime import datetime
-
-    def parse(value: str) -> datetime:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-    return round((parse(end) - parse(start)).total_seconds() * 1000)
+    parse = datetime.fromisoformat
+    return round(
+        (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))).total_seconds()
+        * 1000
+    )
 
 
 def evolve(state: RunState | None, event: DomainEvent, seq: int, at: str) -> RunState:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -411,3 +412,47 @@ def test_a_damaged_event_in_a_chunk_is_named(tmp_path: Path) -> None:
     finally:
         source.close()
         target.close()
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5000])
+def test_a_run_or_thread_created_twice_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """The bulk path does not read the rows of runs and threads created in the chunk (they
+    cannot be there yet); a log that creates one twice, in one chunk or in two, still fails
+    at the second creation, as applying it event by event does."""
+    monkeypatch.setattr(sys.modules["projections.rebuild"], "_BATCH", chunk)
+    started = RunStarted(
+        run_id="r1",
+        thread_id="t1",
+        org_id="org-a",
+        created_by_user_id="user-1",
+        trace_id="x",
+        route_id="scripted",
+        provider="scripted",
+        model="m",
+    )
+    created = ThreadCreated(thread_id="t1", org_id="org-a", created_by_user_id="user-1")
+    for events, twice in (
+        ([(run_stream("r1"), started), (run_stream("r1"), RunCompleted())], started),
+        ([(thread_stream("t1"), created)], created),
+    ):
+        log = str(tmp_path / f"{twice.TYPE}-{chunk}.db")
+        source = connect_database(log)
+        target = connect_database(log + ".target")
+        try:
+            source.begin_schema()
+            source.create_log_schema()
+            stream = events[0][0]
+            rows = [
+                (i, s, i, encode_event(e).type, encode_event(e).data.decode(), "2026-01-01", "h")
+                for i, (s, e) in enumerate([*events, (stream, twice)], start=1)
+            ]
+            source.insert_events(rows)
+            source.commit()
+            with pytest.raises(ReplayError) as raised:
+                rebuild(source, target, all_projections())
+            assert raised.value.position == len(rows)
+        finally:
+            source.close()
+            target.close()
