@@ -77,6 +77,15 @@ class Queries:
             ("key_id", "org_id", "user_id", "key_sha256", "revoked_at", "user_deleted_at"), row
         )
 
+    async def api_key_standing(self, key_id: str) -> dict[str, Any] | None:
+        """Whether a key still opens doors: its revocation and its user's deletion."""
+        row = await self.store.fetch_one(
+            "SELECT k.key_id, k.org_id, k.revoked_at, u.deleted_at"
+            " FROM api_keys k JOIN users u ON u.user_id = k.user_id WHERE k.key_id = ?",
+            (key_id,),
+        )
+        return _row(("key_id", "org_id", "revoked_at", "user_deleted_at"), row)
+
     async def user(self, user_id: str) -> dict[str, Any] | None:
         row = await self.store.fetch_one(
             "SELECT user_id, org_id, name, email, password_hash, deleted_at FROM users"

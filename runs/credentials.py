@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -83,13 +82,16 @@ class KeyCache:
 
 
 async def _still_valid(queries: Queries, who: Principal) -> bool:
-    user = await queries.user(who.user_id)
-    if user is None or user["deleted_at"] is not None:
-        return False
-    if who.key_id is None:
-        return True
-    keys = await queries.api_keys(who.org_id)
-    return any(k["key_id"] == who.key_id and k["revoked_at"] is None for k in keys)
+    if who.key_id is None:  # an access token: its user
+        user = await queries.user(who.user_id)
+        return user is not None and user["deleted_at"] is None
+    key = await queries.api_key_standing(who.key_id)
+    return (
+        key is not None
+        and key["org_id"] == who.org_id
+        and key["revoked_at"] is None
+        and key["user_deleted_at"] is None
+    )
 
 
 async def guard_credential(
@@ -104,25 +106,22 @@ async def guard_credential(
         log.info("stream.credential_ended", reason="revoked")
         owner.cancel()
         return
-    expiry = None
+    deadline = None
     if who.expires_at is not None:
-        expiry = asyncio.create_task(asyncio.sleep(max(0.0, who.expires_at - time.time())))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, who.expires_at - time.time())
+    # Waits in this task (no task of its own for the subscription or the expiry).
     events = store.subscribe(stream, cursor)
-    revoked = asyncio.create_task(_first_ending(events, who))
     try:
-        done, _ = await asyncio.wait(
-            [t for t in (expiry, revoked) if t is not None], return_when=asyncio.FIRST_COMPLETED
-        )
-        if any(not t.cancelled() and t.exception() is None for t in done):
-            log.info("stream.credential_ended", reason="expired" if expiry in done else "revoked")
-            owner.cancel()
+        async with asyncio.timeout_at(deadline):
+            await _first_ending(events, who)
+        reason = "revoked"
+    except TimeoutError:
+        reason = "expired"
     finally:
-        for task in (expiry, revoked):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
         await events.aclose()
+    log.info("stream.credential_ended", reason=reason)
+    owner.cancel()
 
 
 async def _first_ending(events: Any, who: Principal) -> None:

@@ -169,6 +169,7 @@ async def test_every_query_the_api_issues_uses_an_index(
         "Queries.org": lambda: queries.org(org_id),
         "Queries.org_count": queries.org_count,
         "Queries.api_keys": lambda: queries.api_keys(org_id),
+        "Queries.api_key_standing": lambda: queries.api_key_standing(admin["key_id"]),
         "Queries.name_or_email_taken": lambda: queries.name_or_email_taken("x", "x@y.org"),
         "Queries.message": lambda: queries.message(message[0]["id"]),
         "Queries.last_message_position": lambda: queries.last_message_position(thread_id),
