@@ -1,0 +1,67 @@
+"""What ``runlog serve`` on a SQLite file has imported once it answers ``/readyz``: start-up time
+is mostly imports (README.md, "Deploy"), so the modules that only some requests or another
+backend need must still be absent then."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.durability.server_process import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Runs `runlog serve` in this interpreter, and once /readyz answers 200 prints the names of the
+# imported modules as JSON and stops the server the way systemd does (SIGTERM).
+PROBE = """
+import http.client, json, os, signal, sys, threading, time
+
+def probe(port):
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                break
+        except OSError:
+            pass
+        time.sleep(0.02)
+    print("MODULES " + json.dumps(sorted(sys.modules)), flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=probe, args=(int(sys.argv[2]),), daemon=True).start()
+from runs.cli import main
+sys.exit(main(["serve", "--db", sys.argv[1], "--port", sys.argv[2]]))
+"""
+
+
+def modules_when_ready(tmp_path: Path) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(tmp_path / "runlog.db"), str(free_port())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("MODULES "))
+    return set(json.loads(line.removeprefix("MODULES ")))
+
+
+def test_a_sqlite_server_is_ready_without_the_modules_it_does_not_need(tmp_path: Path) -> None:
+    modules = modules_when_ready(tmp_path)
+    assert "server" in modules  # the probe did see a started server
+    unneeded = {
+        # the PostgreSQL backend and its drivers (eventstore/backends.py)
+        "eventstore.postgres",
+        "psycopg",
+        "asyncpg",
+        # anchors' signing keys (runs/anchors.py), the model SDK, the API document
+        "cryptography",
+        "anthropic",
+        "runs.openapi",
+    }
+    assert not modules & unneeded, sorted(modules & unneeded)
