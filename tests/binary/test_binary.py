@@ -271,15 +271,19 @@ def test_packages_unpacked_at_first_import_load_from_the_binary(
     assert "cannot connect to PostgreSQL" in copied.stderr, copied.stderr
     assert "Connection refused" in copied.stderr, copied.stderr  # libpq's own words
 
-    # The model and MCP SDKs (pydantic-core, jiter, rpds), cryptography and its cffi, imported
-    # as tool modules: a module without TOOLS is refused once it has been imported.
-    for module in (
+    # The model and MCP SDKs (pydantic-core, jiter, rpds), cryptography and its cffi, and
+    # standard library extension modules (a CJK codec, expat), imported as tool modules: a
+    # module without TOOLS is refused once it has been imported.
+    deferred = (
         "anthropic",
         "mcp",
         "jsonschema",
         "cryptography.hazmat.bindings._rust",
         "_cffi_backend",
-    ):
+        "encodings.shift_jis",
+        "xml.parsers.expat",
+    )
+    for module in deferred:
         (tmp_path / "tools.toml").write_text(f'tool_modules = ["{module}"]\n')
         refused = bare(binary, "serve", "--config", "tools.toml", "--db", "t.db", cwd=tmp_path)
         assert refused.returncode == 2, refused.stdout + refused.stderr
