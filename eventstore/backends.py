@@ -162,9 +162,11 @@ def log_exists(location: str) -> bool:
 
 def describe(location: str) -> str:
     """``location`` fit for a message: a URL loses its password."""
+    if not is_postgres_url(location):
+        return location
     from eventstore.postgres import _display
 
-    return _display(location) if is_postgres_url(location) else location
+    return _display(location)
 
 
 @contextlib.contextmanager

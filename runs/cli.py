@@ -210,6 +210,11 @@ def serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from runs.client_tls import import_aiohttp
+
+    # Before anything imports aiohttp: its client's CA store is read at the first outbound
+    # HTTPS request, not at every start (runs/client_tls.py).
+    import_aiohttp()
     from runs.logs import configure_logging
 
     configure_logging()

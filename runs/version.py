@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import subprocess
-from importlib import metadata
 from pathlib import Path
 
 __all__ = ["BUILD_INFO_FILE", "build_info", "version_line"]
@@ -37,6 +36,10 @@ def version_line() -> str:
 
 
 def _installed_version() -> str:
+    # Only a source checkout asks the installed metadata: importlib.metadata (with zipfile,
+    # email and csv) is a large import that the binary's start-up has no use for.
+    from importlib import metadata
+
     try:
         return metadata.version("runlog")
     except metadata.PackageNotFoundError:

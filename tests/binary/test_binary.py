@@ -257,6 +257,39 @@ async def test_served_by_the_binary_in_an_empty_environment(
     assert "no log at nothing.db" in missing.stderr
 
 
+def test_packages_unpacked_at_first_import_load_from_the_binary(
+    binary: Path, tmp_path: Path
+) -> None:
+    """The compiled libraries that start-up never loads are written out of the binary's
+    runlog-deferred.zip when their package is first imported (scripts/runlog.spec): each
+    such package must still import and work."""
+    # The PostgreSQL backend: psycopg (libpq and the libraries of its wheel) and asyncpg.
+    copied = bare(
+        binary, "copy", "--from", "postgresql://u@127.0.0.1:1/x", "--to", "y.db", cwd=tmp_path
+    )
+    assert copied.returncode == 1, copied.stderr
+    assert "cannot connect to PostgreSQL" in copied.stderr, copied.stderr
+    assert "Connection refused" in copied.stderr, copied.stderr  # libpq's own words
+
+    # The model and MCP SDKs (pydantic-core, jiter, rpds), cryptography and its cffi, and
+    # standard library extension modules (a CJK codec, expat), imported as tool modules: a
+    # module without TOOLS is refused once it has been imported.
+    deferred = (
+        "anthropic",
+        "mcp",
+        "jsonschema",
+        "cryptography.hazmat.bindings._rust",
+        "_cffi_backend",
+        "encodings.shift_jis",
+        "xml.parsers.expat",
+    )
+    for module in deferred:
+        (tmp_path / "tools.toml").write_text(f'tool_modules = ["{module}"]\n')
+        refused = bare(binary, "serve", "--config", "tools.toml", "--db", "t.db", cwd=tmp_path)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert f"tool module {module!r} must define TOOLS" in refused.stderr, refused.stderr
+
+
 def source_routes() -> set[tuple[str, str]]:
     """The routes the app built from source serves: the binary must serve the same."""
     app = create_app(load_config(None, env={}, overrides={"db": "unused.db"}))
