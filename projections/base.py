@@ -14,9 +14,9 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from eventstore import RecordedEvent, SqlConnection
-from runs.events import DomainEvent, decode_event
+from runs.events import RUN_STREAM_PREFIX, DomainEvent, RunStarted, decode_event
 
-__all__ = ["Decoded", "Handler", "RowCache", "TableProjection"]
+__all__ = ["Decoded", "Handler", "RowCache", "TableProjection", "chunk_runs"]
 
 Handler = Callable[[SqlConnection, Any, RecordedEvent], None]
 #: A recorded event with its decoded domain event.
@@ -212,3 +212,13 @@ class RowCache:
         self.rows.clear()
         self.loaded.clear()
         self._under.clear()
+
+
+def chunk_runs(events: Sequence[Decoded]) -> tuple[set[str], list[str]]:
+    """The runs a chunk of run events touches, and those it starts (whose rows cannot be in
+    the tables yet): what the bulk paths of the run projections load and mark absent."""
+    touched = {
+        e.run_id if isinstance(e, RunStarted) else r.stream.removeprefix(RUN_STREAM_PREFIX)
+        for r, e in events
+    }
+    return touched, [e.run_id for _, e in events if isinstance(e, RunStarted)]

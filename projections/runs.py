@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from eventstore import Cap, RecordedEvent, SqlConnection
-from projections.base import Decoded, Handler, RowCache, TableProjection
+from projections.base import Decoded, Handler, RowCache, TableProjection, chunk_runs
 from runs.events import (
     RUN_STREAM_PREFIX,
     DomainEvent,
@@ -185,12 +185,8 @@ class RunsProjection(TableProjection):
         calls = RowCache("run_call_usage", _CALL_COLUMNS, key_size=2)
         types = self.event_types
         events = [pair for pair in events if pair[0].type in types]
+        ids, started = chunk_runs(events)
         prefix = RUN_STREAM_PREFIX
-        ids = {
-            e.run_id if isinstance(e, RunStarted) else r.stream.removeprefix(prefix)
-            for r, e in events
-        }
-        started = [e.run_id for _, e in events if isinstance(e, RunStarted)]
         runs.absent(started)
         calls.absent(started)
         runs.load(conn, ids)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from eventstore import RecordedEvent, SqlConnection
-from projections.base import Decoded, Handler, RowCache, TableProjection
+from projections.base import Decoded, Handler, RowCache, TableProjection, chunk_runs
 from runs.events import (
     RUN_STREAM_PREFIX,
     DomainEvent,
@@ -152,12 +152,8 @@ class UsageProjection(TableProjection):
         usage = RowCache("usage", _USAGE_COLUMNS, key_size=5)
         live = RowCache("usage_live_runs", _LIVE_COLUMNS)
         calls = RowCache("usage_calls", _CALLS_COLUMNS, key_size=2)
+        ids, started = chunk_runs(events)
         prefix = RUN_STREAM_PREFIX
-        ids = {
-            e.run_id if isinstance(e, RunStarted) else r.stream.removeprefix(prefix)
-            for r, e in events
-        }
-        started = [e.run_id for _, e in events if isinstance(e, RunStarted)]
         live.absent(started)
         calls.absent(started)
         live.load(conn, ids)

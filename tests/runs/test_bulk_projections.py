@@ -293,6 +293,19 @@ def logs(draw: st.DrawFn) -> list[RecordedEvent]:
     return world.log
 
 
+#: A run's start, for the replay-failure tests.
+R1_STARTED = RunStarted(
+    run_id="r1",
+    thread_id="t1",
+    org_id="org-a",
+    created_by_user_id="user-1",
+    trace_id="x",
+    route_id="scripted",
+    provider="scripted",
+    model="m",
+)
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
 def two_locations(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -386,16 +399,7 @@ def test_a_damaged_event_in_a_chunk_is_named(tmp_path: Path) -> None:
     try:
         source.begin_schema()
         source.create_log_schema()
-        started = RunStarted(
-            run_id="r1",
-            thread_id="t1",
-            org_id="org-a",
-            created_by_user_id="user-1",
-            trace_id="x",
-            route_id="scripted",
-            provider="scripted",
-            model="m",
-        )
+        started = R1_STARTED
         events = [encode_event(started), encode_event(RunCompleted())]
         rows = [
             (1, run_stream("r1"), 1, events[0].type, events[0].data.decode(), "2026-01-01", "h"),
@@ -422,16 +426,7 @@ def test_a_run_or_thread_created_twice_is_named(
     cannot be there yet); a log that creates one twice, in one chunk or in two, still fails
     at the second creation, as applying it event by event does."""
     monkeypatch.setattr(sys.modules["projections.rebuild"], "_BATCH", chunk)
-    started = RunStarted(
-        run_id="r1",
-        thread_id="t1",
-        org_id="org-a",
-        created_by_user_id="user-1",
-        trace_id="x",
-        route_id="scripted",
-        provider="scripted",
-        model="m",
-    )
+    started = R1_STARTED
     created = ThreadCreated(thread_id="t1", org_id="org-a", created_by_user_id="user-1")
     for events, twice in (
         ([(run_stream("r1"), started), (run_stream("r1"), RunCompleted())], started),
