@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 import bench.sse  # noqa: E402
 from bench.pg import bench_database  # noqa: E402
-from bench.sse import fanout  # noqa: E402
+from bench.sse import fanout, print_rows  # noqa: E402
 from eventstore import NewEvent  # noqa: E402
 from eventstore.postgres import PostgresEventStore  # noqa: E402
 
@@ -261,17 +261,7 @@ async def main() -> None:
             (f"fan-out {label}: lost / duplicated", f"{f['lost']} / {f['dup']}", "target 0"),
             (f"fan-out {label}: server CPU", f"{f['server_cpu']:.2f}", "cores, all workers"),
         ]
-    rows += [
-        (
-            "machine load average (1 min) before / after",
-            f"{load_before:.2f} / {os.getloadavg()[0]:.2f}",
-            f"{os.cpu_count()} cores",
-        ),
-        ("bench wall time", f"{time.perf_counter() - started:.0f} s", ""),
-    ]
-    width = max(len(r[0]) for r in rows)
-    for name, value, note in rows:
-        print(f"{name:<{width}}  {value:>18}  {note}")
+    print_rows(rows, load_before, started, value_width=18)
     print(
         f"RESULT xproc_p99_ms={x['p99']:.0f} fanout2_eps={f2['rate']:.0f}"
         f" fanout2_p99_ms={f2['p99']:.0f} lost={lost} append_scale={ratio:.2f}"

@@ -591,6 +591,25 @@ async def fanout(
     }
 
 
+def print_rows(
+    rows: list[tuple[str, str, str]], load_before: float, started: float, value_width: int
+) -> None:
+    """A bench's table (name, value, note), closed by the machine's load before and after and
+    the wall time since ``started`` (``time.perf_counter``)."""
+    rows = [
+        *rows,
+        (
+            "machine load average (1 min) before / after",
+            f"{load_before:.2f} / {os.getloadavg()[0]:.2f}",
+            f"{os.cpu_count()} cores",
+        ),
+        ("bench wall time", f"{time.perf_counter() - started:.0f} s", ""),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:>{value_width}}  {note}")
+
+
 async def main() -> None:
     # The in-process app (catch-up build) logs every request: keep the table readable.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -623,16 +642,8 @@ async def main() -> None:
         ),
         ("server RSS at start / during fan-out", f"{f['rss_start']:,} / {f['rss_peak']:,} kB", ""),
         ("server RSS per idle SSE connection", f"{f['rss_per_conn']:.1f} kB", "subprocess"),
-        (
-            "machine load average (1 min) before / after",
-            f"{load_before:.2f} / {os.getloadavg()[0]:.2f}",
-            f"{os.cpu_count()} cores",
-        ),
-        ("bench wall time", f"{time.perf_counter() - started:.0f} s", ""),
     ]
-    width = max(len(r[0]) for r in rows)
-    for name, value, note in rows:
-        print(f"{name:<{width}}  {value:>22}  {note}")
+    print_rows(rows, load_before, started, value_width=22)
     print(
         f"RESULT catchup_ratio={ratio:.2f} fanout_p99_ms={f['p99']:.0f} lost={f['lost']}"
         f" rss_kb_per_conn={f['rss_per_conn']:.0f}"

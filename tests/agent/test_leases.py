@@ -14,12 +14,17 @@ from tests.conftest import ADMIN_KEY, Api, app_factory
 from tests.postgres import fresh_schema
 
 
+async def short_lease_api(aiohttp_client: Any, pg_url: str) -> tuple[str, Api]:
+    """The app on a fresh PostgreSQL schema with leases of 0.6 s (renewed every 0.2 s)."""
+    location = fresh_schema(pg_url)
+    client = await aiohttp_client(app_factory(location)(lease_seconds=0.6))
+    return location, Api(client, ADMIN_KEY)
+
+
 async def test_a_task_that_lost_its_lease_stops_without_appending(
     aiohttp_client: Any, pg_url: str
 ) -> None:
-    location = fresh_schema(pg_url)
-    client = await aiohttp_client(app_factory(location)(lease_seconds=0.6))
-    api = Api(client, ADMIN_KEY)
+    location, api = await short_lease_api(aiohttp_client, pg_url)
     supervisor = api.runtime.supervisor
     _, run_id = await api.start_run("/slow 100\n" + " ".join(f"w{i}" for i in range(200)))
     await api.wait_for(run_id, {"running"}, timeout=60)
@@ -50,9 +55,7 @@ async def test_a_task_that_lost_its_lease_stops_without_appending(
 
 
 async def test_a_lease_without_a_task_is_given_up(aiohttp_client: Any, pg_url: str) -> None:
-    location = fresh_schema(pg_url)
-    client = await aiohttp_client(app_factory(location)(lease_seconds=0.6))
-    api = Api(client, ADMIN_KEY)
+    _, api = await short_lease_api(aiohttp_client, pg_url)
     supervisor = api.runtime.supervisor
     assert await supervisor.leases.acquire("stray-run")  # no claim, no task
     async with asyncio.timeout(30):
@@ -63,9 +66,7 @@ async def test_a_lease_without_a_task_is_given_up(aiohttp_client: Any, pg_url: s
 async def test_input_while_another_process_holds_the_lease_is_not_stranded(
     aiohttp_client: Any, pg_url: str
 ) -> None:
-    location = fresh_schema(pg_url)
-    client = await aiohttp_client(app_factory(location)(lease_seconds=0.6))
-    api = Api(client, ADMIN_KEY)
+    location, api = await short_lease_api(aiohttp_client, pg_url)
     supervisor = api.runtime.supervisor
     _, run_id = await api.start_run("/ask what colour?")
     await api.wait_for(run_id, {"waiting_for_input"}, timeout=60)
