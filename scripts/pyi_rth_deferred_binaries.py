@@ -1,5 +1,6 @@
 # PyInstaller runtime hook of dist/runlog; scripts/runlog.spec puts DEFERRED above this line
-# (package name -> "package", or "module" for a top-level extension module).
+# (group -> "package" for a package's files, "module" for a top-level extension module, or
+# "metadata" for the packages' .dist-info folders).
 #
 # The one-file bootloader writes every file of its archive to a new folder at every start. The
 # compiled libraries of the packages that start-up never imports (the PostgreSQL drivers,
@@ -7,7 +8,9 @@
 # finder below writes a package's files out of it, to where they would have been, when the
 # first of its submodules is looked for. Not the package itself: its __init__ is in the PYZ
 # archive like any Python module, and it may be looked for without being imported (yarl checks
-# whether pydantic_core is installed). README.md, "Deploy", says what this buys.
+# whether pydantic_core is installed). The .dist-info folders are written out when
+# importlib.metadata first asks the finders for a distribution. README.md, "Deploy", says what
+# this buys.
 
 
 def _install_deferred_binaries() -> None:
@@ -19,6 +22,17 @@ def _install_deferred_binaries() -> None:
     archive = os.path.join(home, "runlog-deferred.zip")
     pending = dict(DEFERRED)  # noqa: F821 (defined above by scripts/runlog.spec)
     lock = threading.Lock()
+
+    def unpack(group: str, fullname: str) -> None:
+        with lock:
+            if group in pending:
+                try:
+                    extract(group)
+                except Exception as exc:  # a short write, a damaged zip: say which
+                    raise ImportError(
+                        f"cannot unpack {group} from {archive}: {exc}", name=fullname
+                    ) from exc
+                del pending[group]
 
     def extract(group: str) -> None:
         import importlib
@@ -58,17 +72,17 @@ def _install_deferred_binaries() -> None:
         @staticmethod
         def find_spec(fullname: str, path: object = None, target: object = None) -> None:
             top, dot, _ = fullname.partition(".")
-            if top in pending and (dot or pending[top] == "module"):
-                with lock:
-                    if top in pending:
-                        try:
-                            extract(top)
-                        except Exception as exc:  # a short write, a damaged zip: say which
-                            raise ImportError(
-                                f"cannot unpack {top}'s libraries from {archive}: {exc}",
-                                name=fullname,
-                            ) from exc
-                        del pending[top]
+            if pending.get(top) in (("package", "module") if dot else ("module",)):
+                unpack(top, fullname)
+
+        @staticmethod
+        def find_distributions(context: object = None) -> tuple[()]:
+            # importlib.metadata asks every finder on sys.meta_path, this one first: write
+            # the .dist-info folders out, and let the path finder that follows find them.
+            for group, kind in list(pending.items()):
+                if kind == "metadata":
+                    unpack(group, group)
+            return ()
 
         @staticmethod
         def invalidate_caches() -> None:

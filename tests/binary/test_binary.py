@@ -273,7 +273,9 @@ def test_packages_unpacked_at_first_import_load_from_the_binary(
 
     # The model and MCP SDKs (pydantic-core, jiter, rpds), cryptography and its cffi, and
     # standard library extension modules (a CJK codec, expat), imported as tool modules: a
-    # module without TOOLS is refused once it has been imported.
+    # module without TOOLS is refused once it has been imported. Importing anthropic asks
+    # importlib.metadata for httpx2's version (its .dist-info is deferred too), and jsonschema
+    # lists jsonschema_specifications' metaschema files, also written out of the zip.
     deferred = (
         "anthropic",
         "mcp",
