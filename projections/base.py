@@ -36,6 +36,12 @@ class TableProjection:
     name: str = ""
     tables: tuple[str, ...] = ()
     ddl: str = ""
+    #: The projections (by name) whose tables this one reads: a rebuild on two processes
+    #: (``projections.parallel``) keeps them in the same process.
+    reads: tuple[str, ...] = ()
+    #: Roughly how much of a rebuild's time this projection takes, relative to the others
+    #: (measured on a log of realistic runs), to share a rebuild evenly between processes.
+    rebuild_cost: int = 1
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {

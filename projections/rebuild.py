@@ -9,20 +9,30 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eventstore import Database, Projection, RecordedEvent, SqlConnection
 from eventstore.schema import EVENT_COLUMNS
 from projections.base import Decoded, TableProjection
 from runs.events import decode_event
 
-__all__ = ["ReplayError", "apply_chunk", "diff_tables", "rebuild", "rebuild_in_place", "table_rows"]
+if TYPE_CHECKING:
+    from projections.parallel import ReplayHelper
+
+__all__ = [
+    "ReplayError",
+    "apply_chunk",
+    "diff_tables",
+    "rebuild",
+    "rebuild_in_place",
+    "table_rows",
+]
 
 #: Events per chunk: read with one query, applied in one savepoint.
 _BATCH = 5000
 Progress = Callable[[int], None]
 #: The page cache of a SQLite rebuild in place, in KiB (``rebuild_in_place``).
-_SQLITE_CACHE_KIB = 64 * 1024
+SQLITE_CACHE_KIB = 64 * 1024
 
 
 class ReplayError(Exception):
@@ -43,9 +53,10 @@ def _replay(
     target: Database,
     projections: Sequence[Projection],
     progress: Progress | None,
+    head: int | None = None,
 ) -> int:
-    """Apply every event of ``source``'s log (up to its head now) to ``projections`` in
-    ``target``; returns how many events the log holds.
+    """Apply every event of ``source``'s log up to ``head`` (its head now, by default) to
+    ``projections`` in ``target``; returns how many events the log holds up to there.
 
     When every projection is a :class:`TableProjection` (all of runlog's are) only the events
     of the types they handle are read (most of a log is ``message.delta``, which no read model
@@ -55,7 +66,8 @@ def _replay(
     bulk = len(tables) == len(projections)
     for projection in projections:
         projection.create(target)
-    head = _head(source)
+    if head is None:
+        head = _head(source)
     sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? AND position <= ?"
     types: tuple[str, ...] = ()
     if bulk:
@@ -134,12 +146,15 @@ def rebuild(
     target: Database,
     projections: Sequence[Projection],
     progress: Progress | None = None,
+    *,
+    head: int | None = None,
 ) -> int:
-    """Replay every event of ``source``'s log through ``projections`` into ``target``, a
-    database without the projections' tables (a scratch one). Returns the events replayed."""
+    """Replay every event of ``source``'s log (up to ``head``, by default its head now) through
+    ``projections`` into ``target``, a database without the projections' tables (a scratch
+    one). Returns the events replayed."""
     target.begin_schema()
     try:
-        count = _replay(source, target, projections, progress)
+        count = _replay(source, target, projections, progress, head)
         target.commit()
     except BaseException:
         target.rollback()
@@ -151,9 +166,15 @@ def rebuild_in_place(
     db: Database,
     projections: Sequence[Projection],
     progress: Progress | None = None,
+    *,
+    helper: ReplayHelper | None = None,
 ) -> int:
     """Drop and rebuild the projections of ``db``'s own log in one write transaction that holds
-    the head (writers of other processes wait for it), checkpoints included."""
+    the head (writers of other processes wait for it), checkpoints included.
+
+    ``helper``: a process forked to replay some of ``projections`` side by side with this one
+    (``projections.parallel``); it is started with the head once the head is held, and its
+    tables are copied in before the commit."""
     cache = None
     if db.dialect == "sqlite":
         # The rebuild writes every page of the read models in this one transaction (about 50 MB
@@ -161,16 +182,19 @@ def rebuild_in_place(
         # B-trees being filled are read back again and again. Set for this rebuild only.
         row = db.fetch_one("PRAGMA cache_size")
         cache = int(row[0]) if row else None
-        db.execute(f"PRAGMA cache_size = -{_SQLITE_CACHE_KIB}")
+        db.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
     try:
-        return _rebuild_in_place(db, projections, progress)
+        return _rebuild_in_place(db, projections, progress, helper)
     finally:
         if cache is not None:
             db.execute(f"PRAGMA cache_size = {cache}")
 
 
 def _rebuild_in_place(
-    db: Database, projections: Sequence[Projection], progress: Progress | None
+    db: Database,
+    projections: Sequence[Projection],
+    progress: Progress | None,
+    helper: ReplayHelper | None,
 ) -> int:
     db.begin_write()
     try:
@@ -178,7 +202,13 @@ def _rebuild_in_place(
         for projection in projections:
             for table in projection.tables:
                 db.execute(f'DROP TABLE IF EXISTS "{table}"')
-        count = _replay(db, db, projections, progress)
+        mine: Sequence[Projection] = projections
+        if helper is not None:
+            mine, progress = helper.begin(head, projections, progress)
+        count = _replay(db, db, mine, progress, head)
+        if helper is not None:
+            helper.wait(progress)
+            helper.adopt(db)
         for projection in projections:
             db.execute(
                 "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)"
@@ -189,6 +219,9 @@ def _rebuild_in_place(
     except BaseException:
         db.rollback()
         raise
+    finally:
+        if helper is not None:
+            helper.detach(db)
     return count
 
 

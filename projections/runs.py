@@ -103,6 +103,7 @@ _PAUSES = {RunWaitingForInput.TYPE: "waiting_for_input", RunInputProvided.TYPE: 
 
 class RunsProjection(TableProjection):
     name = "runs"
+    rebuild_cost = 3
     tables: tuple[str, ...] = ("runs", "run_call_usage")
     ddl = """
     CREATE TABLE IF NOT EXISTS runs (

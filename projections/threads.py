@@ -37,6 +37,7 @@ class ThreadsProjection(TableProjection):
     """``version`` is the thread stream's last seq: the ``expected_seq`` of the next append."""
 
     name = "threads"
+    rebuild_cost = 5
     tables: tuple[str, ...] = ("threads", "messages")
     ddl = """
     CREATE TABLE IF NOT EXISTS threads (

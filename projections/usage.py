@@ -95,6 +95,7 @@ def utc_day(created_at: str) -> str:
 
 class UsageProjection(TableProjection):
     name = "usage"
+    rebuild_cost = 3
     tables: tuple[str, ...] = ("usage", "usage_live_runs", "usage_calls")
     ddl = """
     CREATE TABLE IF NOT EXISTS usage (

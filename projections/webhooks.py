@@ -80,6 +80,7 @@ _RUN_EVENTS = frozenset(
 
 class WebhooksProjection(TableProjection):
     name = "webhooks"
+    reads = ("runs",)
     tables: tuple[str, ...] = ("webhook_endpoints", "webhook_deliveries")
     ddl = """
     CREATE TABLE IF NOT EXISTS webhook_endpoints (

@@ -5,24 +5,29 @@ the head of the log)."""
 from __future__ import annotations
 
 import heapq
+import sqlite3
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 import msgspec
 
 from eventstore import (
     GENESIS_HASH,
     Database,
+    Projection,
     connect_database,
     copy_log,
     describe,
+    is_postgres_url,
     scratch_database,
     verify_events,
 )
 from eventstore.schema import iter_events
 from eventstore.sql import SqliteDatabase
 from projections import all_projections, diff_tables, rebuild, rebuild_in_place
+from projections.parallel import HELPER_SCHEMA, ReplayHelper, helper_for
 from projections.rebuild import ReplayError
 from runs.anchors import anchor_problems, watching
 from runs.events import delivery_stream, org_stream, run_stream, thread_stream, webhook_stream
@@ -119,9 +124,9 @@ def run_verify(
     return 0 if report.ok and not problems else 1
 
 
-def run_rebuild(location: str, check: bool, out: TextIO) -> int:
+def run_rebuild(location: str, check: bool, out: TextIO, jobs: int | None = None) -> int:
     try:
-        return _rebuild(location, check, out)
+        return _rebuild(location, check, out, jobs)
     except ReplayError as exc:
         print(
             f"FAILED at position {exc.position}: the event cannot be applied"
@@ -135,40 +140,29 @@ def run_rebuild(location: str, check: bool, out: TextIO) -> int:
 _ATTACHED = "runlog_scratch"
 
 
-def _rebuild(location: str, check: bool, out: TextIO) -> int:
+def _rebuild(location: str, check: bool, out: TextIO, jobs: int | None) -> int:
     projections = all_projections()
-    # The check only reads (it works on a read-only copy); a rebuild writes the projections.
-    db = connect_database(location, read_only=check)
-    try:
-        if not check:
-            count = rebuild_in_place(
-                db, projections, progress_printer("rebuilding", event_count(db))
-            )
-            print(f"rebuilt {len(projections)} projections from {count} events", file=out)
-            return 0
-        with scratch_database(location) as scratch:
-            # On SQLite a copy of the rebuilt tables is attached to the log's connection after
-            # the replay, so each table is compared by one join inside SQLite (diff_tables).
-            pair = None
-            if isinstance(db, SqliteDatabase) and isinstance(scratch, SqliteDatabase):
-                pair = (db, scratch)
-                db.execute(f"ATTACH DATABASE ':memory:' AS {_ATTACHED}")
-            db.begin_snapshot()  # one snapshot for the replay and the live tables alike
-            try:
-                count = rebuild(
-                    db, scratch, projections, progress_printer("rebuilding", event_count(db))
-                )
-                if pair is not None:
-                    pair[0].copy_from(pair[1], _ATTACHED)
-                differences = diff_tables(
-                    db, scratch, projections, _ATTACHED if pair is not None else None
-                )
-            finally:
-                db.rollback()
-    finally:
-        db.close()
+    with tempfile.TemporaryDirectory(prefix="runlog-rebuild-") as folder:
+        # On a large SQLite log a second process replays part of the projections (forked
+        # now, before this one opens the log: projections/parallel.py).
+        helper = None
+        if not is_postgres_url(location):
+            helper = helper_for(location, projections, folder, jobs)
+        try:
+            if not check:
+                return _rebuild_here(location, projections, helper, out)
+            differences, count = _check(location, projections, helper)
+            processes = _processes(helper)
+        finally:
+            if helper is not None:
+                helper.close()
+            if sys.stderr.isatty():  # end the progress bar's line
+                print(file=sys.stderr)
     if not differences:
-        print(f"ok: every projection rebuilt from {count} events equals the live one", file=out)
+        print(
+            f"ok: every projection rebuilt from {count} events equals the live one{processes}",
+            file=out,
+        )
         return 0
     for table, (only_live, only_rebuilt) in differences.items():
         print(
@@ -181,6 +175,78 @@ def _rebuild(location: str, check: bool, out: TextIO) -> int:
         for row in only_rebuilt[:5]:
             print(f"  rebuilt: {row}", file=out)
     return 1
+
+
+def _rebuild_here(
+    location: str, projections: list[Projection], helper: ReplayHelper | None, out: TextIO
+) -> int:
+    db = connect_database(location)
+    try:
+        count = rebuild_in_place(
+            db, projections, progress_printer("rebuilding", event_count(db)), helper=helper
+        )
+    finally:
+        db.close()
+    print(
+        f"rebuilt {len(projections)} projections from {count} events{_processes(helper)}",
+        file=out,
+    )
+    return 0
+
+
+def _processes(helper: ReplayHelper | None) -> str:
+    return "" if helper is None else " (in 2 processes)"
+
+
+def _check(
+    location: str, projections: list[Projection], helper: ReplayHelper | None
+) -> tuple[dict[str, tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]], int]:
+    """The differences between the live tables and a rebuild into scratch tables, and the
+    events replayed. The check only reads: the log is opened read-only."""
+    db = connect_database(location, read_only=True)
+    try:
+        with scratch_database(location) as scratch:
+            # On SQLite a copy of the rebuilt tables is attached to the log's connection after
+            # the replay, so each table is compared by one join inside SQLite (diff_tables).
+            pair = None
+            if isinstance(db, SqliteDatabase) and isinstance(scratch, SqliteDatabase):
+                pair = (db, scratch)
+                db.execute(f"ATTACH DATABASE ':memory:' AS {_ATTACHED}")
+            db.begin_snapshot()  # one snapshot for the replay and the live tables alike
+            try:
+                head = event_count(db)
+                progress = progress_printer("rebuilding", head)
+                mine: Sequence[Projection] = projections
+                if helper is not None:
+                    mine, progress = helper.begin(head, projections, progress)
+                count = rebuild(db, scratch, mine, progress, head=head)
+                if pair is not None:
+                    pair[0].copy_from(pair[1], _ATTACHED)
+                differences = diff_tables(
+                    db, scratch, mine, _ATTACHED if pair is not None else None
+                )
+                if helper is not None:
+                    helper.wait(progress)
+                    differences.update(_check_helper(db, helper))
+            finally:
+                db.rollback()
+    finally:
+        db.close()
+    return differences, count
+
+
+def _check_helper(
+    db: Database, helper: ReplayHelper
+) -> dict[str, tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
+    """The helper's tables compared with the live ones: its file attached to the log's
+    connection (in the check's snapshot), and opened on its own for the rows of a table
+    that differs."""
+    db.execute(f"ATTACH DATABASE ? AS {HELPER_SCHEMA}", (helper.path,))
+    rebuilt = SqliteDatabase(sqlite3.connect(helper.path, isolation_level=None))
+    try:
+        return diff_tables(db, rebuilt, helper.projections, HELPER_SCHEMA)
+    finally:
+        rebuilt.close()
 
 
 class ExportedEvent(msgspec.Struct):

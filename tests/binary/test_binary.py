@@ -252,6 +252,11 @@ async def test_served_by_the_binary_in_an_empty_environment(
         assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
     in_place = bare(binary, "rebuild", "--db", "runlog.db", cwd=tmp_path)
     assert in_place.returncode == 0, in_place.stderr
+    # The same on two processes (a forked helper replays part of the projections).
+    for check in ([], ["--check"]):
+        two = bare(binary, "rebuild", *check, "--jobs", "2", "--db", "runlog.db", cwd=tmp_path)
+        assert two.returncode == 0, two.stdout + two.stderr
+        assert two.stdout.endswith(" (in 2 processes)\n"), two.stdout
     missing = bare(binary, "verify", "--db", "nothing.db", cwd=tmp_path)
     assert missing.returncode == 2
     assert "no log at nothing.db" in missing.stderr
