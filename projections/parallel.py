@@ -151,16 +151,22 @@ class ReplayHelper:
 
     def begin(
         self, head: int, projections: Sequence[Projection], progress: Progress | None
-    ) -> tuple[list[Projection], Progress | None]:
+    ) -> tuple[list[Projection], Progress]:
         """Start the helper on the log up to ``head``: (the projections this process replays,
-        its progress bar now showing the position both processes have replayed up to)."""
+        the progress to report as it does). That progress also takes in the helper's reports
+        (so the pipe never fills), and shows on ``progress`` the position both processes have
+        replayed up to."""
         os.write(self._to_helper, b"%d\n" % head)
         theirs = {id(p) for p in self.projections}
         mine = [p for p in projections if id(p) not in theirs]
-        if progress is None:
-            return mine, None
         shown = progress
-        return mine, lambda position: shown(min(position, self.position()))
+
+        def both(position: int) -> None:
+            helper = self.position()
+            if shown is not None:
+                shown(min(position, helper))
+
+        return mine, both
 
     def position(self) -> int:
         """The last position the helper reported having replayed (read without waiting)."""

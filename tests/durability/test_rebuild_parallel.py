@@ -1,15 +1,14 @@
 """``runlog rebuild`` on two processes (SQLite, ``--jobs 2``): a forked helper replays part of
 the projections (projections/parallel.py). The tables it leaves must be the very rows a
 rebuild by one process leaves, a drift in either process's tables must be found by
-``--check``, and an event the helper cannot apply must stop the rebuild with nothing changed."""
+``--check``, and an event either process cannot apply must stop the rebuild with nothing
+changed."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +18,8 @@ from eventstore import connect_database
 from projections import all_projections, table_rows
 from projections.parallel import HelperFailed, ReplayHelper, split
 from tests.conftest import Api
+from tests.durability.test_audit import runlog
 from tests.http.test_projections_rebuild import build_varied_log
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def runlog(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runs", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def every_table(db_path: str) -> dict[str, list[tuple[Any, ...]]]:
