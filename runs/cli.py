@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from eventstore import EventStoreError, describe, is_postgres_url, log_exists, open_event_store
 from projections import all_projections
@@ -21,9 +22,6 @@ from runs.anchors import load_public_key, parse_expect, read_checkpoints
 from runs.audit import export_events, run_copy, run_head, run_rebuild, run_verify
 from runs.config import Config, load_config
 from runs.errors import RunsError
-
-if TYPE_CHECKING:
-    from aiohttp import web
 
 # Each command imports what it uses when it runs: `runlog verify` never loads the HTTP stack,
 # and `--version` loads nothing (README.md, "Deploy": start-up time).
@@ -165,6 +163,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["serve", *argv]
     args = build_parser().parse_args(argv)
+    # Starting the server allocates many objects that live as long as the process (modules,
+    # the app, the store): the cyclic garbage collector is held off until it listens
+    # (``python -m runs`` holds it off from its first import), then those objects are frozen
+    # out of its reach (``_serve``). Other commands run with it on.
+    if args.command == "serve":
+        gc.disable()
+    else:
+        gc.enable()
     try:
         if args.command == "serve":
             return serve(args)
@@ -192,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a cut tail, a schema from a newer runlog): one line.
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        gc.enable()
     build_parser().print_help()
     return 2
 
@@ -227,6 +235,7 @@ def serve(args: argparse.Namespace) -> int:
     configure_logging()
     if args.workers == 1:
         return _run(_serve(config))
+    gc.enable()  # the supervisor of the workers runs for as long as they do
     from runs.version import version_line
     from runs.workers import serve_workers
 
@@ -258,7 +267,6 @@ def _print_bootstrap_key(url: str, key: str) -> None:
 
 async def _serve(
     config: Config,
-    ready: Callable[[web.AppRunner], None] | None = None,
     *,
     reuse_port: bool = False,
     worker: int | None = None,
@@ -283,6 +291,8 @@ async def _serve(
     # new connections over them.
     site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port or None)
     await site.start()
+    gc.freeze()
+    gc.enable()
     runtime = app[RUNTIME]
     url = f"http://{config.host}:{config.port}"
     if worker is None:

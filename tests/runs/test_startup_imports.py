@@ -16,10 +16,10 @@ from tests.durability.server_process import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 # Runs `runlog serve` in this interpreter and, once /readyz answers 200, prints as JSON the names
-# of the imported modules and how many CA certificates aiohttp's default client context holds,
-# then stops the server the way systemd does (SIGTERM).
+# of the imported modules, how many CA certificates aiohttp's default client context holds and
+# the state of the cyclic garbage collector, then stops the server the way systemd does (SIGTERM).
 PROBE = """
-import http.client, json, os, signal, sys, threading, time
+import gc, http.client, json, os, signal, sys, threading, time
 
 def probe(port):
     while True:
@@ -33,7 +33,9 @@ def probe(port):
         time.sleep(0.02)
     import aiohttp.connector
     ca = aiohttp.connector._SSL_CONTEXT_VERIFIED.cert_store_stats()["x509_ca"]
-    print("READY " + json.dumps({"modules": sorted(sys.modules), "ca": ca}), flush=True)
+    state = {"modules": sorted(sys.modules), "ca": ca}
+    state["gc"] = {"enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}
+    print("READY " + json.dumps(state), flush=True)
     os.kill(os.getpid(), signal.SIGTERM)
 
 threading.Thread(target=probe, args=(int(sys.argv[2]),), daemon=True).start()
@@ -79,3 +81,13 @@ def test_a_sqlite_server_is_ready_without_the_modules_it_does_not_need(tmp_path:
     }
     assert not modules & unneeded, sorted(modules & unneeded)
     assert state["ca"] == 0
+
+
+def test_the_garbage_collector_is_on_once_ready_with_start_up_objects_frozen(
+    tmp_path: Path,
+) -> None:
+    """``runlog serve`` holds the collector off while it starts (runs/cli.py, ``main``): it must
+    be on again once the server answers, with what start-up made frozen out of its reach."""
+    state = state_when_ready(tmp_path)
+    assert state["gc"]["enabled"] is True
+    assert state["gc"]["frozen"] > 10_000  # the modules, the app, the store
