@@ -22,6 +22,7 @@ import contextlib
 import os
 import signal
 import sqlite3
+import sys
 from collections.abc import Sequence
 
 import msgspec
@@ -279,15 +280,17 @@ def helper_for(
 ) -> ReplayHelper | None:
     """A helper for a rebuild of the SQLite log at ``location``, forked now into ``folder``, or
     None when the rebuild is done by one process: ``jobs`` 1, projections that do not split,
-    or by default (``jobs`` None) a log under PARALLEL_FROM_BYTES or a machine of one core."""
+    or by default (``jobs`` None) a log under PARALLEL_FROM_BYTES, a machine of one core, or a
+    system other than Linux (macOS advises against a fork without an exec)."""
     if jobs == 1:
         return None
     if jobs is None:
-        try:
-            small = os.path.getsize(location) < PARALLEL_FROM_BYTES
-        except OSError:  # no log there: let the rebuild say so
+        if sys.platform != "linux" or len(os.sched_getaffinity(0)) < 2:
             return None
-        if small or len(os.sched_getaffinity(0)) < 2:
+        try:
+            if os.path.getsize(location) < PARALLEL_FROM_BYTES:
+                return None
+        except OSError:  # no log there: let the rebuild say so
             return None
     halves = split(projections)
     if halves is None:

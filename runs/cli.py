@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         choices=(1, 2),
         help="processes that replay the log (SQLite): 1, or 2 to use two cores; by default 2"
-        " on a log of 16 MiB or more when the machine has two cores",
+        " on a log of 16 MiB or more on Linux with two cores",
     )
 
     export = sub.add_parser("export", help="events of a run, thread or org as JSON lines")

@@ -16,7 +16,7 @@ import pytest
 
 from eventstore import connect_database
 from projections import all_projections, table_rows
-from projections.parallel import HelperFailed, ReplayHelper, split
+from projections.parallel import HelperFailed, ReplayHelper, helper_for, split
 from tests.conftest import Api
 from tests.durability.test_audit import runlog
 from tests.http.test_projections_rebuild import build_varied_log
@@ -185,4 +185,24 @@ def test_a_helper_that_fails_or_dies_is_reported(tmp_path: Path) -> None:
         with pytest.raises(HelperFailed, match="stopped without a word"):
             helper.wait()
     finally:
+        helper.close()
+
+
+def test_two_processes_by_default_only_on_a_large_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = str(tmp_path / "log.db")
+    db = connect_database(log)
+    db.begin_schema()
+    db.create_log_schema()
+    db.commit()
+    db.close()
+    projections = all_projections()
+    assert helper_for(log, projections, str(tmp_path)) is None  # a small log
+    assert helper_for(log, projections, str(tmp_path), jobs=1) is None
+    assert helper_for(str(tmp_path / "none.db"), projections, str(tmp_path)) is None
+    monkeypatch.setattr("projections.parallel.PARALLEL_FROM_BYTES", os.path.getsize(log))
+    for jobs in (None, 2):
+        helper = helper_for(log, projections, str(tmp_path), jobs)
+        assert helper is not None
         helper.close()
