@@ -19,14 +19,35 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def runlog(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runs", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "runs", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        # A command that waits on PostgreSQL: say who holds what it waits for.
+        urls = [a for a in args if a.startswith("postgresql://")]
+        raise AssertionError(f"{exc}\n{_sessions(urls[0]) if urls else ''}") from exc
+
+
+def _sessions(url: str) -> str:
+    """The database's sessions, what each waits for and holds (for a command that hung)."""
+    conn = connect_database(url)
+    try:
+        rows = conn.fetch_all(
+            "SELECT a.pid, a.state, a.wait_event_type, a.wait_event, a.xact_start,"
+            " left(a.query, 100), (SELECT string_agg(l.locktype || ':' || l.mode"
+            " || CASE WHEN l.granted THEN '' ELSE '(waiting)' END, ', ')"
+            " FROM pg_locks l WHERE l.pid = a.pid)"
+            " FROM pg_stat_activity a WHERE a.datname = current_database()"
+        )
+    finally:
+        conn.close()
+    return "\n".join(repr(row) for row in rows)
 
 
 async def _varied_log(api: Api) -> tuple[str, str]:
