@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,19 +21,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from eventstore import canonical_bytes, chain_hash
 from tests.conftest import ADMIN_KEY, Api
 from tests.durability.disks import remount_read_only, small_disk
+from tests.durability.test_audit import runlog
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def runlog(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runs", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 async def _some_runs(api: Api, count: int = 2) -> None:

@@ -34,6 +34,16 @@ def every_table(db_path: str) -> dict[str, list[tuple[Any, ...]]]:
         db.close()
 
 
+def empty_log(folder: Path) -> str:
+    log = str(folder / "log.db")
+    db = connect_database(log)
+    db.begin_schema()
+    db.create_log_schema()
+    db.commit()
+    db.close()
+    return log
+
+
 async def varied_log(api: Api) -> None:
     """Runs that touch the tables of both halves: threads and messages, runs with a tool
     call, usage, a failure, a cancelled run."""
@@ -159,12 +169,7 @@ async def test_an_event_either_process_cannot_apply_stops_the_rebuild_with_nothi
 
 
 def test_a_helper_that_fails_or_dies_is_reported(tmp_path: Path) -> None:
-    log = str(tmp_path / "log.db")
-    db = connect_database(log)
-    db.begin_schema()
-    db.create_log_schema()
-    db.commit()
-    db.close()
+    log = empty_log(tmp_path)
     projections = all_projections()
     halves = split(projections)
     assert halves is not None
@@ -191,12 +196,7 @@ def test_a_helper_that_fails_or_dies_is_reported(tmp_path: Path) -> None:
 def test_two_processes_by_default_only_on_a_large_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    log = str(tmp_path / "log.db")
-    db = connect_database(log)
-    db.begin_schema()
-    db.create_log_schema()
-    db.commit()
-    db.close()
+    log = empty_log(tmp_path)
     projections = all_projections()
     assert helper_for(log, projections, str(tmp_path)) is None  # a small log
     assert helper_for(log, projections, str(tmp_path), jobs=1) is None
