@@ -13,7 +13,8 @@ SQLite's memory of one, crosses the fork. The helper then waits on a pipe for th
 replay to, opens the log read-only, writes its tables into a scratch file and reports its
 progress and its outcome (done, or the position of an event it could not apply) on another
 pipe. This process takes the tables afterwards: copied into the log inside its rebuild
-transaction (:meth:`ReplayHelper.adopt`), or attached and compared (``rebuild --check``).
+transaction (:meth:`ReplayHelper.adopt`), or attached and compared (:meth:`ReplayHelper.compare`,
+``rebuild --check``).
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ import signal
 import sqlite3
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
 from eventstore import Database, Projection, connect_database
 from eventstore.sql import SqliteDatabase
 from projections.base import TableProjection
-from projections.rebuild import SQLITE_CACHE_KIB, Progress, ReplayError, rebuild
+from projections.rebuild import SQLITE_CACHE_KIB, Progress, ReplayError, diff_tables, rebuild
 
 __all__ = [
-    "HELPER_SCHEMA",
     "PARALLEL_FROM_BYTES",
     "HelperFailed",
     "ReplayHelper",
@@ -45,7 +46,7 @@ __all__ = [
 #: tables back, cost more than they save on a small log (about 100,000 events of real runs).
 PARALLEL_FROM_BYTES = 16 * 1024 * 1024
 #: The schema name under which the helper's file is attached to the log's connection.
-HELPER_SCHEMA = "runlog_helper"
+_HELPER_SCHEMA = "runlog_helper"
 
 
 def split(
@@ -90,13 +91,12 @@ def split(
 
 class _Message(msgspec.Struct, omit_defaults=True):
     """One line from the helper: progress (``at``), success (``done``: events replayed), or a
-    failure (``replay``: the position of an event it could not apply; ``error``: anything
-    else), with ``cause`` the exception's repr."""
+    failure (``replay``: the position of an event it could not apply; neither: anything else),
+    with ``cause`` the exception's repr."""
 
     at: int | None = None
     done: int | None = None
     replay: int | None = None
-    error: bool = False
     cause: str = ""
 
 
@@ -131,6 +131,7 @@ class ReplayHelper:
         self._buffer = b""
         self._position = 0
         self._outcome: _Message | None = None
+        self._attached = False
 
     @classmethod
     def fork(cls, location: str, projections: list[TableProjection], path: str) -> ReplayHelper:
@@ -196,17 +197,34 @@ class ReplayHelper:
         """Create the helper's tables in ``db`` (inside its rebuild transaction, where they were
         dropped) and fill them from the helper's file, attached to ``db``'s connection until
         :meth:`detach` (SQLite detaches a database only once the transaction is over)."""
-        db.execute(f"ATTACH DATABASE ? AS {HELPER_SCHEMA}", (self.path,))
+        self._attach(db)
         for projection in self.projections:
             projection.create(db)
             for table in projection.tables:
-                db.execute(f'INSERT INTO main."{table}" SELECT * FROM {HELPER_SCHEMA}."{table}"')
+                db.execute(f'INSERT INTO main."{table}" SELECT * FROM {_HELPER_SCHEMA}."{table}"')
 
-    @staticmethod
-    def detach(db: Database) -> None:
-        """Detach the helper's file from ``db``'s connection, if it is attached."""
-        if db.fetch_one("SELECT 1 FROM pragma_database_list WHERE name = ?", (HELPER_SCHEMA,)):
-            db.execute(f"DETACH DATABASE {HELPER_SCHEMA}")
+    def compare(
+        self, db: Database
+    ) -> dict[str, tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
+        """The helper's tables against the live ones of ``db`` (``rebuild --check``, in its
+        snapshot), as :func:`diff_tables` gives them: compared inside SQLite with the helper's
+        file attached, and a table that differs read from the file on a connection of its own."""
+        self._attach(db)
+        rebuilt = SqliteDatabase(sqlite3.connect(self.path, isolation_level=None))
+        try:
+            return diff_tables(db, rebuilt, self.projections, _HELPER_SCHEMA)
+        finally:
+            rebuilt.close()
+
+    def _attach(self, db: Database) -> None:
+        db.execute(f"ATTACH DATABASE ? AS {_HELPER_SCHEMA}", (self.path,))
+        self._attached = True
+
+    def detach(self, db: Database) -> None:
+        """Detach the helper's file from ``db``'s connection, if it was attached."""
+        if self._attached:
+            db.execute(f"DETACH DATABASE {_HELPER_SCHEMA}")
+            self._attached = False
 
     def close(self) -> None:
         if self.pid:
@@ -271,7 +289,7 @@ def _helper_main(
         send(_Message(replay=exc.position, cause=repr(exc.__cause__)))
     except BaseException as exc:
         with contextlib.suppress(OSError):
-            send(_Message(error=True, cause=repr(exc)))
+            send(_Message(cause=repr(exc)))
     return 1
 
 

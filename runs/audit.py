@@ -5,7 +5,6 @@ the head of the log)."""
 from __future__ import annotations
 
 import heapq
-import sqlite3
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,7 +26,7 @@ from eventstore import (
 from eventstore.schema import iter_events
 from eventstore.sql import SqliteDatabase
 from projections import all_projections, diff_tables, rebuild, rebuild_in_place
-from projections.parallel import HELPER_SCHEMA, ReplayHelper, helper_for
+from projections.parallel import ReplayHelper, helper_for
 from projections.rebuild import ReplayError
 from runs.anchors import anchor_problems, watching
 from runs.events import delivery_stream, org_stream, run_stream, thread_stream, webhook_stream
@@ -227,26 +226,12 @@ def _check(
                 )
                 if helper is not None:
                     helper.wait(progress)
-                    differences.update(_check_helper(db, helper))
+                    differences.update(helper.compare(db))
             finally:
                 db.rollback()
     finally:
         db.close()
     return differences, count
-
-
-def _check_helper(
-    db: Database, helper: ReplayHelper
-) -> dict[str, tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
-    """The helper's tables compared with the live ones: its file attached to the log's
-    connection (in the check's snapshot), and opened on its own for the rows of a table
-    that differs."""
-    db.execute(f"ATTACH DATABASE ? AS {HELPER_SCHEMA}", (helper.path,))
-    rebuilt = SqliteDatabase(sqlite3.connect(helper.path, isolation_level=None))
-    try:
-        return diff_tables(db, rebuilt, helper.projections, HELPER_SCHEMA)
-    finally:
-        rebuilt.close()
 
 
 class ExportedEvent(msgspec.Struct):

@@ -18,14 +18,14 @@ from tests.conftest import Api
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def runlog(*args: str) -> subprocess.CompletedProcess[str]:
+def runlog(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(
             [sys.executable, "-m", "runs", *args],
             cwd=ROOT,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=timeout,
             check=False,
         )
     except subprocess.TimeoutExpired as exc:

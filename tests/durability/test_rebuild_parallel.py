@@ -44,9 +44,10 @@ def empty_log(folder: Path) -> str:
     return log
 
 
-async def varied_log(api: Api) -> None:
+async def varied_log(api: Api) -> str:
     """Runs that touch the tables of both halves: threads and messages, runs with a tool
-    call, usage, a failure, a cancelled run."""
+    call, usage, a failure, a cancelled run. The store is closed after (a file the commands
+    read as it is); returns the log's path."""
     _, run_id = await api.start_run('/tool calculator {"expression": "6*7"}')
     await api.wait_for(run_id)
     _, failed = await api.start_run("/fail")
@@ -55,6 +56,8 @@ async def varied_log(api: Api) -> None:
     await api.request("POST", f"/v1/runs/{slow}/cancel", expect=200)
     await api.wait_for(slow)
     await api.add_message(thread_id, "one more")
+    await api.runtime.store.close()
+    return api.runtime.config.db
 
 
 def test_the_projections_split_into_two_halves_that_read_nothing_of_each_other() -> None:
@@ -121,9 +124,7 @@ DRIFTS = [
 async def test_two_processes_find_and_mend_a_drift_in_either_half(
     api: Api, table: str, drift: str
 ) -> None:
-    db_path = api.runtime.config.db
-    await varied_log(api)
-    await api.runtime.store.close()
+    db_path = await varied_log(api)
     before = every_table(db_path)
     conn = connect_database(db_path)
     conn.execute(drift)
@@ -143,9 +144,7 @@ async def test_two_processes_find_and_mend_a_drift_in_either_half(
 async def test_an_event_either_process_cannot_apply_stops_the_rebuild_with_nothing_changed(
     api: Api, half: int, check: bool
 ) -> None:
-    db_path = api.runtime.config.db
-    await varied_log(api)
-    await api.runtime.store.close()
+    db_path = await varied_log(api)
     halves = split(all_projections())
     assert halves is not None
     read = [set().union(*(p.event_types for p in projections)) for projections in halves]

@@ -6,13 +6,13 @@ from __future__ import annotations
 import re
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 from eventstore import connect_database
 from projections import all_projections, table_rows
 from runs.auth import key_sha256
 from tests.conftest import ADMIN_KEY, Api
+from tests.durability.test_audit import runlog as audit_runlog
 from tests.postgres import fresh_schema
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,14 +20,7 @@ HEAD = re.compile(r"head position (\d+) hash ([0-9a-f]{64})")
 
 
 def runlog(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runs", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return audit_runlog(*args, timeout=120)  # a copy of a whole log takes longer
 
 
 async def varied_log(api: Api) -> str:
