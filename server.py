@@ -834,6 +834,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
             ended=row["status"] in TERMINAL_STATUSES,
             batch_limit=runtime.config.sse_batch_limit,
             heartbeat_s=runtime.config.sse_heartbeat_seconds,
+            transport=request.transport,
         )
     except (ConnectionResetError, asyncio.CancelledError):
         pass  # the client left, the credential ended, or the server is stopping

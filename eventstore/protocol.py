@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, Protocol
 
-from eventstore.live import LiveHub
+from eventstore.live import Deliver, LiveHub
 from eventstore.model import AppendRequest, NewEvent, RecordedEvent
 from eventstore.verify import VerifyReport
 
@@ -63,7 +63,11 @@ class EventStore(Protocol):
     ) -> AsyncGenerator[RecordedEvent, None]: ...
 
     def subscribe_batches(
-        self, stream: str, after_seq: int = 0, batch_limit: int = 500
+        self,
+        stream: str,
+        after_seq: int = 0,
+        batch_limit: int = 500,
+        deliver: Deliver | None = None,
     ) -> AsyncGenerator[list[RecordedEvent], None]: ...
 
     async def head(self) -> int: ...

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from eventstore.errors import EventStoreError, StorageError, StorageUnavailable, StoreClosedError
-from eventstore.live import LiveHub
+from eventstore.live import Deliver, LiveHub
 from eventstore.model import AppendRequest, NewEvent, RecordedEvent, utc_now
 from eventstore.projection import Projection
 from eventstore.sql import Database
@@ -360,7 +360,11 @@ class GroupCommitStore:
             await batches.aclose()
 
     async def subscribe_batches(
-        self, stream: str, after_seq: int = 0, batch_limit: int = 500
+        self,
+        stream: str,
+        after_seq: int = 0,
+        batch_limit: int = 500,
+        deliver: Deliver | None = None,
     ) -> AsyncGenerator[list[RecordedEvent], None]:
         """:meth:`subscribe` as lists of consecutive events (at most ``batch_limit``, never
         empty): whatever is there when the subscriber looks, so a writer can send a commit's
@@ -372,6 +376,10 @@ class GroupCommitStore:
         does the subscriber wait for the next commit. The wait is armed *before* the read, so
         a commit that lands during the read is never missed. Close the iterator to release
         the subscription at once.
+
+        With ``deliver``, a subscriber that has caught up leaves it on the stream's tail
+        (eventstore/live.py) and the events it takes are not yielded: only what it could not
+        take is, read from its cursor as above.
         """
         if self._closed:
             raise StoreClosedError("the event store is closed")
@@ -387,7 +395,11 @@ class GroupCommitStore:
                     cursor = batch[-1].seq
                     yield batch
                     continue
-                await changed.wait()
+                if deliver is None:
+                    await changed.wait()
+                elif tail.changed is changed:
+                    # Nothing was published since the read began: the sink misses nothing.
+                    cursor = await tail.follow(cursor, deliver)
         finally:
             self.live.release(stream, tail)
 

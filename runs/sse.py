@@ -13,6 +13,7 @@ import msgspec
 from aiohttp import web
 
 from eventstore import EventStore, RecordedEvent
+from eventstore.live import Deliver
 from eventstore.store import WireRow
 from runs import metrics
 from runs.events import TERMINAL_RUN_EVENTS, MessageDelta
@@ -121,24 +122,80 @@ def sse_frames(events: Iterable[RecordedEvent]) -> bytes:
     )
 
 
-#: Recent live frames by (store, stream, first seq, last seq). Every follower of a run at the
-#: same cursor is handed the same events, and would otherwise encode them again; events never
-#: change, so the frames of a range are the same for all of them.
-_recent_frames: dict[tuple[int, str, int, int], bytes] = {}
+#: Recent live frames by (store, stream, first seq, last seq), with the same as one chunk of
+#: HTTP/1.1's chunked encoding. Every follower of a run at the same cursor is handed the same
+#: events, and would otherwise encode them again; events never change, so the frames of a
+#: range are the same for all of them.
+_recent_frames: dict[tuple[int, str, int, int], tuple[bytes, bytes]] = {}
 _RECENT_FRAMES = 2048
+#: Bytes waiting in a connection's socket buffer beyond which live frames are no longer written
+#: straight from the commit: its task takes over and waits for the client to drain them.
+_DIRECT_BUFFER_LIMIT = 1 << 16
+
+
+def _live(store: EventStore, stream: str, events: list[RecordedEvent]) -> tuple[bytes, bytes]:
+    key = (id(store), stream, events[0].seq, events[-1].seq)
+    cached = _recent_frames.get(key)
+    if cached is None:
+        frames = sse_frames(events)
+        cached = (frames, b"%x\r\n%b\r\n" % (len(frames), frames))
+        if len(_recent_frames) >= _RECENT_FRAMES:
+            del _recent_frames[next(iter(_recent_frames))]  # the oldest
+        _recent_frames[key] = cached
+    return cached
 
 
 def _live_frames(store: EventStore, stream: str, events: list[RecordedEvent]) -> bytes:
-    if not events:
-        return b""
-    key = (id(store), stream, events[0].seq, events[-1].seq)
-    frames = _recent_frames.get(key)
-    if frames is None:
-        frames = sse_frames(events)
-        if len(_recent_frames) >= _RECENT_FRAMES:
-            del _recent_frames[next(iter(_recent_frames))]  # the oldest
-        _recent_frames[key] = frames
-    return frames
+    return _live(store, stream, events)[0] if events else b""
+
+
+class _Follower:
+    """What one live SSE connection has sent: its cursor and when it last wrote."""
+
+    __slots__ = ("cursor", "last")
+
+    def __init__(self, cursor: int, last: float) -> None:
+        self.cursor = cursor
+        self.last = last
+
+
+def _direct(
+    store: EventStore,
+    stream: str,
+    response: web.StreamResponse,
+    transport: asyncio.Transport | None,
+    follower: _Follower,
+) -> Deliver | None:
+    """A sink that writes a caught-up connection's live frames straight to its socket as they
+    are published (eventstore/live.py), or None where the response's own writer is needed:
+    a compressed body, or no transport. The frames are the same bytes ``response.write``
+    would send, framed as a chunk when the response is chunked (HTTP/1.1). It declines, and
+    the connection's task takes over, for a batch with the run's terminal event (the task
+    ends the stream) and while the client is slow to read."""
+    if transport is None or response.compression:
+        return None
+    chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+    time = asyncio.get_running_loop().time
+    frames_inc = metrics.SSE_FRAMES.inc
+
+    def deliver(events: list[RecordedEvent]) -> bool:
+        if transport.is_closing() or transport.get_write_buffer_size() > _DIRECT_BUFFER_LIMIT:
+            return False
+        for event in events:
+            if event.type in TERMINAL_RUN_EVENTS:
+                return False
+        if events[0].seq <= follower.cursor:
+            events = [e for e in events if e.seq > follower.cursor]
+            if not events:
+                return True
+        frames, chunk = _live(store, stream, events)
+        transport.write(chunk if chunked else frames)
+        frames_inc(len(events))
+        follower.cursor = events[-1].seq
+        follower.last = time()
+        return True
+
+    return deliver
 
 
 async def stream_events(
@@ -151,6 +208,7 @@ async def stream_events(
     ended: bool,
     batch_limit: int,
     heartbeat_s: float,
+    transport: asyncio.Transport | None = None,
 ) -> bytes:
     """Write the stream's events after ``after_seq`` as SSE frames: history in batches, then
     (with ``follow``, unless the run had ``ended``) live until its terminal event.
@@ -158,7 +216,10 @@ async def stream_events(
     The frames that end the stream (the batch with the terminal event) are returned, not
     written, for the caller to send with the end of the response (``write_eof``): one send,
     so a client that stops reading at the terminal event finds the response complete and
-    can keep its connection."""
+    can keep its connection.
+
+    With the connection's ``transport`` (its headers already sent), a follower that has
+    caught up has its live frames written straight from each commit (:func:`_direct`)."""
     # History: batches of at most ``batch_limit`` rows, one write per batch (a write per frame
     # costs a send per frame and capped catch-up at a tenth of the log's read speed).
     cursor = after_seq
@@ -179,12 +240,13 @@ async def stream_events(
     # sees the terminal event (not sent, but it ends the stream) — also when the run ended
     # after its status was read (then the last event *is* the terminal one).
     start = min(cursor, max(0, await store.last_seq(stream) - 1))
-    pulse = _Pulse(asyncio.get_running_loop().time())
-    batches = store.subscribe_batches(stream, start, batch_limit)
+    follower = _Follower(cursor, asyncio.get_running_loop().time())
+    deliver = _direct(store, stream, response, transport, follower)
+    batches = store.subscribe_batches(stream, start, batch_limit, deliver)
     owner = asyncio.current_task()
     assert owner is not None
     beat = asyncio.create_task(
-        _heartbeat(response, pulse, heartbeat_s, owner),
+        _heartbeat(response, follower, heartbeat_s, owner),
         name="sse-heartbeat",
     )
     try:
@@ -194,15 +256,15 @@ async def stream_events(
         async for events in batches:
             # Up to and with the terminal event (0: none in this batch).
             end = next((i + 1 for i, e in enumerate(events) if e.type in TERMINAL_RUN_EVENTS), 0)
-            fresh = [e for e in (events[:end] if end else events) if e.seq > cursor]
+            fresh = [e for e in (events[:end] if end else events) if e.seq > follower.cursor]
             frames = _live_frames(store, stream, fresh)
             metrics.SSE_FRAMES.inc(len(fresh))
             if end:
                 return frames
             if fresh:
                 await response.write(frames)
-                cursor = fresh[-1].seq
-                pulse.last = asyncio.get_running_loop().time()
+                follower.cursor = fresh[-1].seq
+                follower.last = asyncio.get_running_loop().time()
         return b""
     finally:
         beat.cancel()
@@ -211,17 +273,8 @@ async def stream_events(
             await beat
 
 
-class _Pulse:
-    """When a stream last sent something (loop time), for its heartbeat."""
-
-    __slots__ = ("last",)
-
-    def __init__(self, last: float) -> None:
-        self.last = last
-
-
 async def _heartbeat(
-    response: web.StreamResponse, pulse: _Pulse, interval: float, owner: asyncio.Task[Any]
+    response: web.StreamResponse, pulse: _Follower, interval: float, owner: asyncio.Task[Any]
 ) -> None:
     """``: ping`` whenever nothing was sent for ``interval`` seconds (one timer per interval,
     not per event). A failed write means the client left: end its stream at once."""

@@ -198,3 +198,125 @@ async def test_watchers_see_every_committed_batch_and_cannot_stop_the_writer(sto
     await store.append("a", [ev(5)])  # no longer watched; the writer still works
     assert sorted(seen) == [("a", 1), ("a", 2), ("b", 1), ("c", 1)]
     assert await store.last_seq("a") == 3
+
+
+class Sink:
+    """A ``deliver`` for subscribe_batches that records what it takes and can be told to
+    decline."""
+
+    def __init__(self) -> None:
+        self.taken: list[list[int]] = []
+        self.declined: list[list[int]] = []
+        self.accept = True
+
+    def __call__(self, events: list[RecordedEvent]) -> bool:
+        seqs = [e.seq for e in events]
+        (self.taken if self.accept else self.declined).append(seqs)
+        return self.accept
+
+
+def sinks(store: Any, stream: str) -> int:
+    tail = store.live._tails.get(stream)
+    return 0 if tail is None else len(tail.sinks)
+
+
+async def parked(store: Any, stream: str) -> None:
+    """Wait until the one subscriber of ``stream`` has left its sink (its reads done)."""
+    while sinks(store, stream) != 1:
+        await asyncio.sleep(0.005)
+
+
+async def test_a_caught_up_subscriber_hands_live_events_to_its_sink(store: Any) -> None:
+    """Once caught up, a subscriber with ``deliver`` leaves it on the stream's tail: later
+    commits go to it without being yielded. A batch it declines is yielded, from its cursor,
+    and after that the sink takes over again. Nothing is lost or given twice."""
+    await store.append("s", [ev(i) for i in range(3)])
+    sink = Sink()
+    it = store.subscribe_batches("s", 1, 500, sink)
+    async with asyncio.timeout(10), contextlib.aclosing(it):
+        assert [e.seq for e in await anext(it)] == [2, 3]  # catch-up is yielded
+        waiting = asyncio.ensure_future(anext(it))
+        await parked(store, "s")
+        await store.append("s", [ev(3), ev(4)])
+        await store.append("s", [ev(5)])
+        assert sink.taken == [[4, 5], [6]]
+        assert not waiting.done()
+        sink.accept = False
+        await store.append("s", [ev(6), ev(7)])
+        assert sink.declined == [[7, 8]]
+        assert [e.seq for e in await waiting] == [7, 8]
+        assert sinks(store, "s") == 0  # declined: its task reads on
+        sink.accept = True
+        waiting = asyncio.ensure_future(anext(it))
+        await parked(store, "s")
+        await store.append("s", [ev(8)])
+        assert sink.taken == [[4, 5], [6], [9]]
+        assert not waiting.done()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    assert store.live.followed_streams == 0
+
+
+async def test_a_sink_is_not_handed_events_that_do_not_follow_its_cursor(
+    store: Any, monkeypatch: Any
+) -> None:
+    """Events published after a gap (another process's commit seen late, say) wake the
+    subscriber instead, which reads the log from its cursor and parks its sink again."""
+    log_reads: list[int] = []
+    read_stream = store.read_stream
+
+    async def counting_read_stream(stream: str, after_seq: int = 0, limit: int = 500) -> Any:
+        log_reads.append(after_seq)
+        return await read_stream(stream, after_seq, limit)
+
+    monkeypatch.setattr(store, "read_stream", counting_read_stream)
+    await store.append("s", [ev(0)])
+    sink = Sink()
+    it = store.subscribe_batches("s", 1, 500, sink)
+    async with asyncio.timeout(10), contextlib.aclosing(it):
+        waiting = asyncio.ensure_future(anext(it))
+        await parked(store, "s")
+        assert log_reads == [1]  # its catch-up
+        _, three = await store.append("s", [ev(1), ev(2)])
+        assert sink.taken == [[2, 3]]
+        # seq 5 published without seq 4, and neither is in the log.
+        gap = RecordedEvent(three.position + 2, "s", 5, "T", "{}", "t", "h")
+        store.live._tails["s"].push([gap])
+        assert sinks(store, "s") == 0  # woken
+        await parked(store, "s")  # and parked again, having read the log from its cursor
+        assert log_reads == [1, 3]
+        await store.append("s", [ev(3)])  # seq 4
+        assert sink.taken == [[2, 3], [4]]
+        assert sink.declined == []
+        assert not waiting.done()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    assert store.live.followed_streams == 0
+
+
+async def test_a_sink_that_raises_hands_over_to_its_task(store: Any) -> None:
+    def broken(events: list[RecordedEvent]) -> bool:
+        raise RuntimeError("a bug in a sink")
+
+    it = store.subscribe_batches("s", 0, 500, broken)
+    async with asyncio.timeout(10), contextlib.aclosing(it):
+        waiting = asyncio.ensure_future(anext(it))
+        await parked(store, "s")
+        await store.append("s", [ev(1)])
+        assert [e.seq for e in await waiting] == [1]
+    assert store.live.followed_streams == 0
+
+
+async def test_a_subscriber_parked_on_its_sink_ends_when_the_store_closes(store: Any) -> None:
+    sink = Sink()
+    it = store.subscribe_batches("s", 0, 500, sink)
+    async with asyncio.timeout(10), contextlib.aclosing(it):
+        waiting = asyncio.ensure_future(anext(it))
+        await parked(store, "s")
+        await store.close()
+        with pytest.raises(StopAsyncIteration):
+            await waiting
+    assert sink.taken == []
+    assert store.live.followed_streams == 0

@@ -634,6 +634,62 @@ async def test_a_stalled_client_blocks_neither_the_run_nor_other_streams(
         assert await stalled.read_to_end(timeout=30) == log
 
 
+def parked_followers(api: Api, run_id: str) -> int:
+    """Connections whose live frames are written straight from each commit (eventstore/live.py
+    sinks), on the run's stream."""
+    tail = api.runtime.store.live._tails.get(run_stream(run_id))
+    return 0 if tail is None else len(tail.sinks)
+
+
+async def test_caught_up_followers_are_written_from_each_commit(api_on_both: Api) -> None:
+    """A follower that has caught up is written from the commit itself, without waking its
+    handler: the same bytes as the log's frames, each once, and the terminal frame (which its
+    handler sends) still ends every stream."""
+    api = api_on_both
+    _, run_id = await api.start_run("/slow 40\n" + TEXT[:60])
+    await wait_for_seq(api, run_id, 2)
+    async with (
+        connect(api, run_id) as first,
+        connect(api, run_id, params={"after_seq": "2"}) as rest,
+    ):
+        await until(lambda: parked_followers(api, run_id) == 2, timeout=TIMEOUT)
+        frames = await first.read_to_end(), await rest.read_to_end()
+    log = await log_frames(api, run_id)
+    assert log[-1].type == "run.completed"
+    assert len(log) > 10
+    assert frames == (log, log[2:])
+    assert parked_followers(api, run_id) == 0
+    assert api.runtime.store.live.followed_streams == 0
+
+
+async def test_an_http_1_0_client_gets_the_frames_unchunked_until_the_close(api: Api) -> None:
+    """HTTP/1.0 has no chunked encoding: the body is the frames themselves, live ones written
+    from the commit included, and the server closes the connection after the terminal one."""
+    _, run_id = await api.start_run("/slow 40\n" + TEXT[:60])
+    await wait_for_seq(api, run_id, 2)
+    server = api.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(
+            f"GET /v1/runs/{run_id}/events HTTP/1.0\r\nHost: test\r\n"
+            f"Authorization: Bearer {api.key}\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        await until(lambda: parked_followers(api, run_id) == 1, timeout=TIMEOUT)
+        async with asyncio.timeout(TIMEOUT):
+            body = await reader.read()  # to the server's close
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.0 200"), head
+    assert b"transfer-encoding" not in head.lower(), head
+    blocks = body.split(b"\n\n")
+    assert blocks[0] == b": ping" and blocks[-1] == b"", body[:200]
+    frames = [parse_block(block) for block in blocks[1:-1]]
+    log = await log_frames(api, run_id)
+    assert log[-1].type == "run.completed"
+    assert [frame for frame in frames if frame is not None] == log
+
+
 async def test_twenty_concurrent_subscribers_get_identical_complete_lists(api: Api) -> None:
     _, run_id = await api.start_run("/slow 20\n" + TEXT[:80])
     await wait_for_seq(api, run_id, 2)
