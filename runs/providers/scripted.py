@@ -2,7 +2,8 @@
 
 It answers the last user message. Directives, each on a line of its own:
 
-- ``/slow MS``: wait MS milliseconds between deltas;
+- ``/slow MS``: one delta every MS milliseconds (paced from the first, so a busy event loop
+  delays deltas without lowering their rate, up to :data:`CATCH_UP_DELTAS` behind);
 - ``/fail``: the call raises (the run ends with ``provider.error``);
 - ``/tool NAME {json}``: call tool NAME with those arguments, then reply
   ``tool NAME returned: <output>``;
@@ -32,6 +33,8 @@ from runs.providers.base import (
 __all__ = ["ScriptedProvider", "parse_directives"]
 
 CHUNK = 4
+#: How many deltas ``/slow`` may fall behind its pace before it stops catching up.
+CATCH_UP_DELTAS = 10
 
 
 def _text_of(content: Any) -> str:
@@ -116,9 +119,15 @@ class ScriptedProvider:
         else:
             reply = f"echo: {text}"
 
+        clock = asyncio.get_running_loop().time
+        due = clock()
         for start in range(0, len(reply), CHUNK):
             if delay:
-                await asyncio.sleep(delay)
+                due += delay
+                now = clock()
+                if now - due > CATCH_UP_DELTAS * delay:
+                    due = now  # too far behind (a stalled loop): start the pace again
+                await asyncio.sleep(max(0.0, due - now))
             yield TextDelta(reply[start : start + CHUNK])
         yield Usage(
             input_tokens=input_tokens,
