@@ -535,7 +535,15 @@ async def fanout(
         port = int(base.rsplit(":", 1)[1])
         rss_per_conn = await idle_rss(session, base, port, pid) if idle else 0.0
         rss_start = rss_kb(pid)
-        run_ids = [await start_run(session, base, f"/slow {SLOW_MS}\n{text}") for _ in range(RUNS)]
+        # A connection per request, as from many users: with several workers the kernel
+        # spreads them, so each worker drives its share of the runs (a run is driven by the
+        # process that created it), rather than one worker driving all of them.
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True)
+        ) as creator:
+            run_ids = [
+                await start_run(creator, base, f"/slow {SLOW_MS}\n{text}") for _ in range(RUNS)
+            ]
         latencies: list[float] = []
         requests = [sse_request(r) for r in run_ids for _ in range(CLIENTS_PER_RUN)]
         clients = await open_clients(port, requests, latencies)

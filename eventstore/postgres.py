@@ -131,6 +131,16 @@ def _copy_in(pgconn: PGconn, data: bytes) -> PQGen[None]:
             continue
 
 
+def _text_rows(result: PGresult) -> list[tuple[Any, ...]]:
+    """The rows of a simple query's result, every value as text (None for NULL)."""
+    columns = range(result.nfields)
+    rows = []
+    for row in range(result.ntuples):
+        values = [result.get_value(row, column) for column in columns]
+        rows.append(tuple(None if v is None else bytes(v).decode() for v in values))
+    return rows
+
+
 _placeholders: dict[str, str] = {}
 _numbered: dict[str, str] = {}
 
@@ -188,6 +198,7 @@ class PostgresDatabase:
         # with the head's lock, and the head's update and the notification with COMMIT.
         self._begin_pending = False
         self._new_head: tuple[int, str] | None = None
+        self._checkpoints = b""  # the projections' checkpoint update, sent with the commit
         # Rows from insert_events not sent yet, in COPY's text format: they travel with the
         # commit (one COPY, the head's update, the notification and COMMIT in one query)
         # unless a statement of the transaction needs them in the table first.
@@ -297,6 +308,7 @@ class PostgresDatabase:
         self._reconnect_if_lost()
         self._begin_pending = True
         self._new_head = None
+        self._checkpoints = b""
 
     def insert_events(self, rows: Sequence[Sequence[Any]]) -> None:
         """The rows as one COPY (measured on the reference machine, 50 rows take about 0.6 ms
@@ -320,6 +332,7 @@ class PostgresDatabase:
             self._begin_pending = False
             self._exchange(b"BEGIN")
         query = b"COMMIT"
+        checkpoints, self._checkpoints = self._checkpoints, b""
         if self._new_head is not None:
             position, digest = self._new_head
             self._new_head = None
@@ -330,6 +343,7 @@ class PostgresDatabase:
                 f" WHERE id = 1; SELECT pg_notify('{NOTIFY_CHANNEL}', '{position:d}');"
                 " COMMIT"
             ).encode()
+        query = checkpoints + query
         if self._pending:
             self._exchange(_COPY_EVENTS + b"; " + query, self._take_rows())
         else:
@@ -338,6 +352,7 @@ class PostgresDatabase:
     def rollback(self) -> None:
         self._begin_pending = False
         self._new_head = None
+        self._checkpoints = b""
         self._pending.clear()
         self._pending_bytes = 0
         self._savepoints = 0
@@ -362,21 +377,39 @@ class PostgresDatabase:
         self._savepoints = max(0, self._savepoints - 1)
 
     def head(self) -> tuple[int, str]:
+        return self.head_and()[0]
+
+    def head_and(self, *queries: str) -> tuple[tuple[int, str], list[list[tuple[Any, ...]]]]:
         # The row lock is held until commit: this is what serialises writers of every
         # process, once per batch. In READ COMMITTED the locked row is re-read after the
-        # wait, so the head seen is the one the previous holder committed.
+        # wait, so the head seen is the one the previous holder committed, and the queries
+        # that follow it see every commit up to it.
+        query = b"".join([_LOCK_HEAD, *(b"; " + q.encode() for q in queries)])
         if self._begin_pending:
             self._begin_pending = False
-            result = self._exchange(b"BEGIN; " + _LOCK_HEAD)[-1]
+            results = self._exchange(b"BEGIN; " + query)
         else:
             self._begin()
-            result = self._exchange(_LOCK_HEAD)[-1]
+            results = self._exchange(query)
+        results = results[len(results) - 1 - len(queries) :]
+        result = results[0]
         if result.ntuples != 1:
             raise StorageError("the events_head row is missing: the schema is damaged")
         position, digest = result.get_value(0, 0), result.get_value(0, 1)
         if position is None or digest is None:
             raise StorageError("the events_head row is damaged")
-        return int(bytes(position)), bytes(digest).decode("ascii")
+        return (int(bytes(position)), bytes(digest).decode("ascii")), [
+            _text_rows(r) for r in results[1:]
+        ]
+
+    def set_checkpoints(self, position: int, names: Sequence[str]) -> None:
+        """Written by :meth:`commit`, in the same round trip: literals, as for the head (an
+        int, and the projections' names quoted)."""
+        quoted = ", ".join("'" + name.replace("'", "''") + "'" for name in names)
+        self._checkpoints = (
+            f"UPDATE projection_checkpoints SET position = {int(position):d}"
+            f" WHERE name IN ({quoted}); "
+        ).encode()
 
     def set_head(self, position: int, hash_: str) -> None:
         """Written by :meth:`commit`, in the same round trip (and notified at commit)."""

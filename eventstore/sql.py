@@ -95,12 +95,23 @@ class Database(SqlConnection, Protocol):
         """Position and hash of the last event (inside ``begin_write``)."""
         ...
 
+    def head_and(self, *queries: str) -> tuple[tuple[int, str], list[list[tuple[Any, ...]]]]:
+        """:meth:`head`, and the rows of ``queries`` (read-only SQL with no parameters) run
+        right after it in the same transaction; on PostgreSQL in the same round trip. Values
+        may come back as text: the caller converts them."""
+        ...
+
     def insert_events(self, rows: Sequence[Sequence[Any]]) -> None:
         """Insert rows of the events table (every column, in order)."""
         ...
 
     def set_head(self, position: int, hash_: str) -> None:
         """Record a new head at the end of a write transaction (and announce it)."""
+        ...
+
+    def set_checkpoints(self, position: int, names: Sequence[str]) -> None:
+        """Record that the projections ``names`` have applied the log up to ``position``
+        (inside the write transaction; PostgreSQL sends it with the commit)."""
         ...
 
     def table_exists(self, table: str) -> bool: ...
@@ -194,6 +205,16 @@ class SqliteDatabase:
             "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
         ).fetchone()
         return (row[0], row[1]) if row else (0, GENESIS_HASH)
+
+    def head_and(self, *queries: str) -> tuple[tuple[int, str], list[list[tuple[Any, ...]]]]:
+        return self.head(), [self.fetch_all(query) for query in queries]
+
+    def set_checkpoints(self, position: int, names: Sequence[str]) -> None:
+        self.conn.execute(
+            "UPDATE projection_checkpoints SET position = ? WHERE name IN"
+            f" ({','.join('?' * len(names))})",
+            (position, *names),
+        )
 
     def set_head(self, position: int, hash_: str) -> None:
         """The head is the last row itself on SQLite (the write lock covers the file)."""

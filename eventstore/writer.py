@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 from eventstore.errors import (
     AppendRefused,
@@ -36,6 +37,11 @@ _SEQ_CACHE_LIMIT = 200_000
 #: Events written by other processes since our last commit beyond which the seq cache is
 #: dropped rather than brought up to date.
 _SEQ_REFRESH_LIMIT = 10_000
+#: For this many batches after one that found another process's commit, the queries that
+#: bring the seq cache and the projections up to date travel with the head's lock.
+_SHARED_BATCHES = 16
+
+_CHECKPOINTS = "SELECT name, position FROM projection_checkpoints"
 
 Outcome = list[RecordedEvent] | EventStoreError
 _Row = tuple[int, str, int, str, str, str, str]
@@ -67,6 +73,8 @@ class BatchWriter:
         # written: every batch compares the head it reads with the head we last committed.
         self._seq_cache: dict[str, int] = {}
         self._cached_head = -1
+        # Batches left in which another process is taken to be writing too (_SHARED_BATCHES).
+        self._shared = 0
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -128,7 +136,7 @@ class BatchWriter:
         db = self._db
         try:
             db.begin_write()
-            head_position, head_hash = db.head()
+            (head_position, head_hash), ahead = self._lock_head()
         except db.errors as exc:
             with contextlib.suppress(*db.errors):
                 db.rollback()
@@ -141,8 +149,11 @@ class BatchWriter:
             if head_position != self._cached_head:
                 # Another process wrote since our last commit: our seq cache is stale and our
                 # projections may have missed its events.
-                self._refresh_seq_cache(head_position)
-                self._catch_up_projections(head_position)
+                self._shared = _SHARED_BATCHES
+                self._refresh_seq_cache(head_position, ahead[0] if ahead else None)
+                self._catch_up_projections(head_position, ahead[1] if len(ahead) > 1 else None)
+            elif self._shared:
+                self._shared -= 1
             outcomes: list[Outcome] = []
             first_position = head_position + 1
             rows: list[_Row] = []
@@ -193,11 +204,7 @@ class BatchWriter:
             if head_position >= first_position:
                 db.set_head(head_position, head_hash)
             if self._projections and head_position >= first_position:
-                db.execute(
-                    "UPDATE projection_checkpoints SET position = ? WHERE name IN"
-                    f" ({','.join('?' * len(self._projections))})",
-                    (head_position, *(p.name for p in self._projections)),
-                )
+                db.set_checkpoints(head_position, [p.name for p in self._projections])
             try:
                 db.commit()
             except InsertRefused as exc:
@@ -295,29 +302,54 @@ class BatchWriter:
         )
         return int(row[0]) if row else 0
 
-    def _refresh_seq_cache(self, head_position: int) -> None:
+    def _lock_head(self) -> tuple[tuple[int, str], list[list[tuple[Any, ...]]]]:
+        """Lock the head and read it. While another process is writing too, the rows that
+        :meth:`_refresh_seq_cache` and :meth:`_catch_up_projections` need come with it (on
+        PostgreSQL in the same round trip): with two processes taking turns, they are needed
+        for every batch, and each round trip under the head's lock holds up the other.
+        The query of streams is bounded; beyond its bound the cache is dropped anyway."""
+        db = self._db
+        if not self._shared or self._cached_head < 0:
+            return db.head(), []
+        since = self._cached_head
+        streams = (
+            f"SELECT stream, max(seq) FROM events WHERE position > {since:d}"
+            f" AND position <= {since + _SEQ_REFRESH_LIMIT:d} GROUP BY stream"
+        )
+        return db.head_and(streams, _CHECKPOINTS) if self._projections else db.head_and(streams)
+
+    def _refresh_seq_cache(
+        self, head_position: int, rows: list[tuple[Any, ...]] | None = None
+    ) -> None:
         """Bring the seq cache from our last commit's head to ``head_position``: the last seq
         of each cached stream that the other writers' events touched, in one query (with two
         processes taking turns this is every batch, and a query per stream under the head's
-        lock would serialise them). After a long gap the cache is dropped instead."""
+        lock would serialise them), unless ``rows`` already hold its answer. After a long gap
+        the cache is dropped instead."""
         if self._cached_head < 0 or head_position - self._cached_head > _SEQ_REFRESH_LIMIT:
             self._seq_cache.clear()
             return
-        rows = self._db.fetch_all(
-            "SELECT stream, max(seq) FROM events WHERE position > ? GROUP BY stream",
-            (self._cached_head,),
-        )
+        if rows is None:
+            rows = self._db.fetch_all(
+                "SELECT stream, max(seq) FROM events WHERE position > ? GROUP BY stream",
+                (self._cached_head,),
+            )
         cache = self._seq_cache
         for stream, seq in rows:
             if stream in cache:
                 cache[stream] = int(seq)
 
-    def _catch_up_projections(self, head_position: int) -> None:
-        """Apply events a projection has not seen yet (written by a process without it)."""
+    def _catch_up_projections(
+        self, head_position: int, checkpoint_rows: list[tuple[Any, ...]] | None = None
+    ) -> None:
+        """Apply events a projection has not seen yet (written by a process without it).
+        ``checkpoint_rows``: the checkpoints table, when already read."""
         if not self._projections:
             return
         db = self._db
-        checkpoints = dict(db.fetch_all("SELECT name, position FROM projection_checkpoints"))
+        if checkpoint_rows is None:
+            checkpoint_rows = db.fetch_all(_CHECKPOINTS)
+        checkpoints = {name: int(position) for name, position in checkpoint_rows}
         for projection in self._projections:
             done = checkpoints.get(projection.name, 0)
             if done >= head_position:

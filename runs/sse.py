@@ -159,6 +159,51 @@ class _Follower:
         self.last = last
 
 
+class _Handed:
+    """The batch last handed to sinks, with its frames. The tail hands every follower of a
+    stream the same list, so this is worked out once per commit, not once per connection."""
+
+    __slots__ = ("chunk", "ends", "events", "frames")
+
+    def __init__(self) -> None:
+        self.events: list[RecordedEvent] | None = None
+        self.ends = False
+        self.frames = self.chunk = b""
+
+    def of(self, store: EventStore, stream: str, events: list[RecordedEvent]) -> _Handed:
+        if events is not self.events:
+            self.events = events
+            self.ends = any(e.type in TERMINAL_RUN_EVENTS for e in events)
+            self.frames, self.chunk = (b"", b"") if self.ends else _live(store, stream, events)
+        return self
+
+
+class _FrameCount:
+    """``SSE_FRAMES`` for frames written by sinks: counted here, and added to the metric once
+    per turn of the event loop rather than once per connection."""
+
+    __slots__ = ("count", "due")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.due = False
+
+    def add(self, frames: int) -> None:
+        self.count += frames
+        if not self.due:
+            self.due = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        count, self.count, self.due = self.count, 0, False
+        if count:
+            metrics.SSE_FRAMES.inc(count)
+
+
+_handed = _Handed()
+_frame_count = _FrameCount()
+
+
 def _direct(
     store: EventStore,
     stream: str,
@@ -176,21 +221,22 @@ def _direct(
         return None
     chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
     time = asyncio.get_running_loop().time
-    frames_inc = metrics.SSE_FRAMES.inc
 
     def deliver(events: list[RecordedEvent]) -> bool:
         if transport.is_closing() or transport.get_write_buffer_size() > _DIRECT_BUFFER_LIMIT:
             return False
-        for event in events:
-            if event.type in TERMINAL_RUN_EVENTS:
-                return False
-        if events[0].seq <= follower.cursor:
+        handed = _handed.of(store, stream, events)
+        if handed.ends:
+            return False
+        if events[0].seq > follower.cursor:
+            frames, chunk = handed.frames, handed.chunk
+        else:  # the cursor is past the sink's (a client's cursor beyond the end)
             events = [e for e in events if e.seq > follower.cursor]
             if not events:
                 return True
-        frames, chunk = _live(store, stream, events)
+            frames, chunk = _live(store, stream, events)
         transport.write(chunk if chunked else frames)
-        frames_inc(len(events))
+        _frame_count.add(len(events))
         follower.cursor = events[-1].seq
         follower.last = time()
         return True
