@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -75,6 +75,26 @@ _delta_literal = msgspec.json.Decoder(_DeltaLiteral)
 _FRAME_PLAIN_TIME = b'id: %d\ndata: {"seq":%d,"type":%b,"data":%b,"created_at":"%b"}\n\n'
 
 
+#: How msgspec spells a delta's payload (``MessageDelta``: its text first), up to the text.
+_DELTA_START = b'{"content":"'
+#: :data:`_FRAME_PLAIN_TIME` of a delta, its payload (without its closing brace) and its
+#: text's literal filled in.
+_DELTA_FRAME = (
+    b'id: %d\ndata: {"seq":%d,"type":"message.delta","data":%b,"content_delta":%b},'
+    b'"created_at":"%b"}\n\n'
+)
+
+
+def _escaped_delta_text(data: bytes) -> bytes:
+    """A delta's text as a JSON string, decoded and encoded again (its payload has escapes)."""
+    return _frame.encode(_delta_text.decode(data).content)
+
+
+def _literal_delta_text(data: bytes) -> bytes:
+    """A delta's text as it is spelt in its payload (no escapes: already msgspec's spelling)."""
+    return _delta_literal.decode(data).content  # msgspec.Raw: the literal's bytes
+
+
 def wire_frames(rows: Sequence[WireRow]) -> bytes:
     """The frames of ``rows`` (``store.read_stream_wire``), byte for byte what
     :func:`sse_frame` makes of each event, in one loop: catch-up writes hundreds at a time,
@@ -84,35 +104,51 @@ def wire_frames(rows: Sequence[WireRow]) -> bytes:
     escaping, and whether no payload holds a backslash. Without one, a delta's text is a JSON
     string with no escape in it, which is already spelt as msgspec would spell it again, so
     it is copied as it is instead of decoded and encoded."""
-    types = _quoted_types
     plain_times = _plain(b"".join([row[3] for row in rows])) is not None
-    if b"\\" in b"".join([row[2] for row in rows]):
-        encode = _frame.encode
-        text_of = _delta_text.decode
+    escaped = b"\\" in b"".join([row[2] for row in rows])
+    delta_text = _escaped_delta_text if escaped else _literal_delta_text
 
-        def delta_text(data: bytes) -> bytes:
-            return encode(text_of(data).content)
-    else:
-        literal_of = _delta_literal.decode
-
-        def delta_text(data: bytes) -> bytes:
-            return literal_of(data).content  # msgspec.Raw: the literal's bytes
-
-    frames = []
+    frames: list[bytes] = []
+    if plain_times and delta_text is not _escaped_delta_text:
+        # The common case, in a loop of its own: a delta in msgspec's spelling (its text
+        # first) has its text's literal found with two searches (no backslash: the next
+        # quote closes it), and its frame made with one format.
+        append = frames.append
+        for seq, type_, stored, created_at in rows:
+            if type_ == _DELTA_WIRE and stored.startswith(_DELTA_START) and stored[-1:] == b"}":
+                end = stored.find(b'"', len(_DELTA_START))
+                if end > 0:
+                    literal = stored[len(_DELTA_START) - 1 : end + 1]
+                    append(_DELTA_FRAME % (seq, seq, stored[:-1], literal, created_at))
+                    continue
+            append(_frame_of(seq, type_, stored, created_at, delta_text, True))
+        return b"".join(frames)
     for seq, type_, stored, created_at in rows:
-        quoted_type = types.get(type_)
-        if quoted_type is None:
-            quoted_type = _quoted(type_)
-            if len(types) < 256:  # the log's event types: a handful
-                types[type_] = quoted_type
-        data = stored
-        if type_ == _DELTA_WIRE and stored.endswith(b"}"):
-            data = b'%b,"content_delta":%b}' % (stored[:-1], delta_text(stored))
-        if plain_times:
-            frames.append(_FRAME_PLAIN_TIME % (seq, seq, quoted_type, data, created_at))
-        else:
-            frames.append(_FRAME % (seq, seq, quoted_type, data, _quoted(created_at)))
+        frames.append(_frame_of(seq, type_, stored, created_at, delta_text, plain_times))
     return b"".join(frames)
+
+
+def _frame_of(
+    seq: int,
+    type_: bytes,
+    stored: bytes,
+    created_at: bytes,
+    delta_text: Callable[[bytes], bytes],
+    plain_time: bool,
+) -> bytes:
+    """One row's frame (:func:`wire_frames`)."""
+    types = _quoted_types
+    quoted_type = types.get(type_)
+    if quoted_type is None:
+        quoted_type = _quoted(type_)
+        if len(types) < 256:  # the log's event types: a handful
+            types[type_] = quoted_type
+    data = stored
+    if type_ == _DELTA_WIRE and stored.endswith(b"}"):
+        data = b'%b,"content_delta":%b}' % (stored[:-1], delta_text(stored))
+    if plain_time:
+        return _FRAME_PLAIN_TIME % (seq, seq, quoted_type, data, created_at)
+    return _FRAME % (seq, seq, quoted_type, data, _quoted(created_at))
 
 
 def sse_frames(events: Iterable[RecordedEvent]) -> bytes:
