@@ -526,8 +526,10 @@ async def fanout(
         delta_coalesce_ms=0,
         max_live_runs_per_org=RUNS + 10,
     )
-    # Long enough to keep appending through the measured window (4 characters per delta).
-    text = ("x" * 79 + " ") * int((FANOUT_SECONDS + 4) * 1000 / SLOW_MS * 4 / 80)
+    # Long enough to keep appending through the measured window (4 characters per delta),
+    # however long the runs' creation and the 1,000 clients' attaching take before it: the
+    # runs are cancelled after it.
+    text = ("x" * 79 + " ") * int((FANOUT_SECONDS + 60) * 1000 / SLOW_MS * 4 / 80)
     async with (
         server_process(db, config, tmp / f"{name}-server.log", workers) as (base, pid),
         aiohttp.ClientSession() as session,

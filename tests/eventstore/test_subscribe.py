@@ -105,7 +105,8 @@ async def test_subscribe_to_a_new_stream_waits_for_its_first_event(store: Any) -
     assert (received.stream, received.seq, received.position) == ("new", 1, 2)
 
 
-async def test_slow_subscriber_falls_back_to_the_log(store: Any, monkeypatch: Any) -> None:
+def count_log_reads(store: Any, monkeypatch: Any) -> list[int]:
+    """The cursors of the store's reads of a stream from the log, from now on."""
     log_reads: list[int] = []
     read_stream = store.read_stream
 
@@ -114,6 +115,11 @@ async def test_slow_subscriber_falls_back_to_the_log(store: Any, monkeypatch: An
         return await read_stream(stream, after_seq, limit)
 
     monkeypatch.setattr(store, "read_stream", counting_read_stream)
+    return log_reads
+
+
+async def test_slow_subscriber_falls_back_to_the_log(store: Any, monkeypatch: Any) -> None:
+    log_reads = count_log_reads(store, monkeypatch)
     total = 3 * TAIL_WINDOW + 7
 
     async with asyncio.timeout(30), contextlib.aclosing(store.subscribe("s", 0)) as events:
@@ -263,14 +269,7 @@ async def test_a_sink_is_not_handed_events_that_do_not_follow_its_cursor(
 ) -> None:
     """Events published after a gap (another process's commit seen late, say) wake the
     subscriber instead, which reads the log from its cursor and parks its sink again."""
-    log_reads: list[int] = []
-    read_stream = store.read_stream
-
-    async def counting_read_stream(stream: str, after_seq: int = 0, limit: int = 500) -> Any:
-        log_reads.append(after_seq)
-        return await read_stream(stream, after_seq, limit)
-
-    monkeypatch.setattr(store, "read_stream", counting_read_stream)
+    log_reads = count_log_reads(store, monkeypatch)
     await store.append("s", [ev(0)])
     sink = Sink()
     it = store.subscribe_batches("s", 1, 500, sink)
