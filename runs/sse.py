@@ -216,22 +216,24 @@ class _Handed:
 
 class _FrameCount:
     """``SSE_FRAMES`` for frames written by sinks: counted here, and added to the metric once
-    per turn of the event loop rather than once per connection."""
+    per turn of the event loop rather than once per connection. The flush is due on the loop
+    it was asked of: one that closed before running it (a test's) does not stop the next."""
 
-    __slots__ = ("count", "due")
+    __slots__ = ("count", "due_on")
 
     def __init__(self) -> None:
         self.count = 0
-        self.due = False
+        self.due_on: asyncio.AbstractEventLoop | None = None
 
     def add(self, frames: int) -> None:
         self.count += frames
-        if not self.due:
-            self.due = True
-            asyncio.get_running_loop().call_soon(self.flush)
+        loop = asyncio.get_running_loop()
+        if self.due_on is not loop:
+            self.due_on = loop
+            loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        count, self.count, self.due = self.count, 0, False
+        count, self.count, self.due_on = self.count, 0, None
         if count:
             metrics.SSE_FRAMES.inc(count)
 

@@ -71,3 +71,40 @@ def test_live_frames_are_encoded_once_per_range_and_the_cache_is_bounded() -> No
         one = [RecordedEvent(seq, "run-y", seq, "run.started", "{}", "t", "")]
         assert sse._live_frames(store, "run-y", one) == sse_frames(one)  # type: ignore[arg-type]
     assert len(sse._recent_frames) <= sse._RECENT_FRAMES
+
+
+def test_frames_written_from_commits_are_counted_on_every_event_loop() -> None:
+    """Sinks count their frames and add them to the metric once per turn of the loop; a count
+    left due on a loop that closed first (one test's) is not lost to the next loop's."""
+    import asyncio
+
+    from prometheus_client import REGISTRY
+
+    from runs import sse
+
+    def sent() -> float:
+        return REGISTRY.get_sample_value("runlog_sse_frames_sent_total") or 0.0
+
+    async def count(frames: int, turns: int) -> None:
+        for _ in range(frames):
+            sse._frame_count.add(1)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+
+    before = sent()
+    asyncio.run(count(3, 1))
+    assert sent() == before + 3
+    # Left due on a loop that stops before its flush runs...
+    loop = asyncio.new_event_loop()
+
+    def add_and_stop() -> None:
+        sse._frame_count.add(2)
+        loop.stop()
+
+    loop.call_soon(add_and_stop)
+    loop.run_forever()
+    loop.close()
+    assert sent() == before + 3
+    # ...the next loop still counts: its own and the ones left over.
+    asyncio.run(count(4, 1))
+    assert sent() == before + 3 + 2 + 4
