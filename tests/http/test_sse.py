@@ -646,13 +646,15 @@ async def test_caught_up_followers_are_written_from_each_commit(api_on_both: Api
     handler: the same bytes as the log's frames, each once, and the terminal frame (which its
     handler sends) still ends every stream."""
     api = api_on_both
-    _, run_id = await api.start_run("/slow 40\n" + TEXT[:60])
-    await wait_for_seq(api, run_id, 2)
+    # The run waits for input, so both followers are parked before anything more is written.
+    _, run_id = await api.start_run("/ask ready?\n/slow 5")
+    await api.wait_for(run_id, {"waiting_for_input"})
     async with (
         connect(api, run_id) as first,
         connect(api, run_id, params={"after_seq": "2"}) as rest,
     ):
         await until(lambda: parked_followers(api, run_id) == 2, timeout=TIMEOUT)
+        await api.request("POST", f"/v1/runs/{run_id}/input", json={"content": TEXT}, expect=200)
         frames = await first.read_to_end(), await rest.read_to_end()
     log = await log_frames(api, run_id)
     assert log[-1].type == "run.completed"
@@ -665,8 +667,8 @@ async def test_caught_up_followers_are_written_from_each_commit(api_on_both: Api
 async def test_an_http_1_0_client_gets_the_frames_unchunked_until_the_close(api: Api) -> None:
     """HTTP/1.0 has no chunked encoding: the body is the frames themselves, live ones written
     from the commit included, and the server closes the connection after the terminal one."""
-    _, run_id = await api.start_run("/slow 40\n" + TEXT[:60])
-    await wait_for_seq(api, run_id, 2)
+    _, run_id = await api.start_run("/ask ready?\n/slow 5")
+    await api.wait_for(run_id, {"waiting_for_input"})
     server = api.client.server
     reader, writer = await asyncio.open_connection(server.host, server.port)
     try:
@@ -676,6 +678,7 @@ async def test_an_http_1_0_client_gets_the_frames_unchunked_until_the_close(api:
         )
         head = await reader.readuntil(b"\r\n\r\n")
         await until(lambda: parked_followers(api, run_id) == 1, timeout=TIMEOUT)
+        await api.request("POST", f"/v1/runs/{run_id}/input", json={"content": TEXT}, expect=200)
         async with asyncio.timeout(TIMEOUT):
             body = await reader.read()  # to the server's close
     finally:
