@@ -136,7 +136,7 @@ class BatchWriter:
         db = self._db
         try:
             db.begin_write()
-            (head_position, head_hash), ahead = self._lock_head()
+            (head_position, head_hash), streams, checkpoints = self._lock_head()
         except db.errors as exc:
             with contextlib.suppress(*db.errors):
                 db.rollback()
@@ -150,8 +150,8 @@ class BatchWriter:
                 # Another process wrote since our last commit: our seq cache is stale and our
                 # projections may have missed its events.
                 self._shared = _SHARED_BATCHES
-                self._refresh_seq_cache(head_position, ahead[0] if ahead else None)
-                self._catch_up_projections(head_position, ahead[1] if len(ahead) > 1 else None)
+                self._refresh_seq_cache(head_position, streams)
+                self._catch_up_projections(head_position, checkpoints)
             elif self._shared:
                 self._shared -= 1
             outcomes: list[Outcome] = []
@@ -302,21 +302,32 @@ class BatchWriter:
         )
         return int(row[0]) if row else 0
 
-    def _lock_head(self) -> tuple[tuple[int, str], list[list[tuple[Any, ...]]]]:
+    def _lock_head(
+        self,
+    ) -> tuple[tuple[int, str], list[tuple[Any, ...]] | None, list[tuple[Any, ...]] | None]:
         """Lock the head and read it. While another process is writing too, the rows that
         :meth:`_refresh_seq_cache` and :meth:`_catch_up_projections` need come with it (on
         PostgreSQL in the same round trip): with two processes taking turns, they are needed
         for every batch, and each round trip under the head's lock holds up the other.
-        The query of streams is bounded; beyond its bound the cache is dropped anyway."""
+        Returns the head, and those rows when they were read (else None)."""
         db = self._db
         if not self._shared or self._cached_head < 0:
-            return db.head(), []
+            return db.head(), None, None
+        if not self._projections:
+            head, (streams,) = db.head_and(self._streams_sql())
+            return head, streams, None
+        head, (streams, checkpoints) = db.head_and(self._streams_sql(), _CHECKPOINTS)
+        return head, streams, checkpoints
+
+    def _streams_sql(self) -> str:
+        """The last seq of every stream written since our last commit, up to the refresh
+        limit (beyond it the seq cache is dropped anyway). Literals, so that it can travel in
+        one simple query with the head's lock: the positions are our own integers."""
         since = self._cached_head
-        streams = (
+        return (
             f"SELECT stream, max(seq) FROM events WHERE position > {since:d}"
             f" AND position <= {since + _SEQ_REFRESH_LIMIT:d} GROUP BY stream"
         )
-        return db.head_and(streams, _CHECKPOINTS) if self._projections else db.head_and(streams)
 
     def _refresh_seq_cache(
         self, head_position: int, rows: list[tuple[Any, ...]] | None = None
@@ -330,10 +341,7 @@ class BatchWriter:
             self._seq_cache.clear()
             return
         if rows is None:
-            rows = self._db.fetch_all(
-                "SELECT stream, max(seq) FROM events WHERE position > ? GROUP BY stream",
-                (self._cached_head,),
-            )
+            rows = self._db.fetch_all(self._streams_sql())
         cache = self._seq_cache
         for stream, seq in rows:
             if stream in cache:

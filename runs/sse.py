@@ -109,7 +109,7 @@ def wire_frames(rows: Sequence[WireRow]) -> bytes:
     delta_text = _escaped_delta_text if escaped else _literal_delta_text
 
     frames: list[bytes] = []
-    if plain_times and delta_text is not _escaped_delta_text:
+    if plain_times and not escaped:
         # The common case, in a loop of its own: a delta in msgspec's spelling (its text
         # first) has its text's literal found with two searches (no backslash: the next
         # quote closes it), and its frame made with one format.
