@@ -525,7 +525,7 @@ class PostgresEventStore(GroupCommitStore):
         return self._pool
 
     _read_stream_wire_sql = (
-        "SELECT seq, convert_to(type, 'UTF8'), convert_to(data, 'UTF8'),"
+        "SELECT convert_to(seq::text, 'UTF8'), convert_to(type, 'UTF8'), convert_to(data, 'UTF8'),"
         " convert_to(created_at, 'UTF8')"
         " FROM events WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?"
     )

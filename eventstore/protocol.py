@@ -52,8 +52,9 @@ class EventStore(Protocol):
 
     async def read_stream_wire(
         self, stream: str, after_seq: int = 0, limit: int = 500
-    ) -> list[tuple[int, bytes, bytes, bytes]]:
-        """``read_stream`` as ``(seq, type, data, created_at)``, the texts as UTF-8 bytes."""
+    ) -> list[tuple[bytes, bytes, bytes, bytes]]:
+        """``read_stream`` as ``(seq, type, data, created_at)``, each as the bytes that spell
+        it: the seq in decimal digits, the texts in UTF-8."""
         ...
 
     async def read_all(self, after_position: int = 0, limit: int = 500) -> list[RecordedEvent]: ...

@@ -133,7 +133,7 @@ class SQLiteEventStore(GroupCommitStore):
     # -- reads ------------------------------------------------------------------------------
 
     _read_stream_wire_sql = (
-        "SELECT seq, CAST(type AS BLOB), CAST(data AS BLOB), CAST(created_at AS BLOB)"
+        "SELECT CAST(seq AS BLOB), CAST(type AS BLOB), CAST(data AS BLOB), CAST(created_at AS BLOB)"
         " FROM events WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?"
     )
 

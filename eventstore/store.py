@@ -29,8 +29,9 @@ __all__ = ["MAX_BATCH", "CommitObserver", "GroupCommitStore", "WireRow"]
 CommitObserver = Callable[[Sequence[RecordedEvent], float], None]
 
 #: An event as :meth:`GroupCommitStore.read_stream_wire` gives it: ``(seq, type, data,
-#: created_at)``, the three texts exactly as stored, as UTF-8 bytes.
-WireRow = tuple[int, bytes, bytes, bytes]
+#: created_at)``, all four as the bytes that spell them: the seq in decimal digits, the three
+#: texts exactly as stored, in UTF-8.
+WireRow = tuple[bytes, bytes, bytes, bytes]
 
 log = structlog.get_logger("runlog.store")
 

@@ -42,7 +42,7 @@ events = st.lists(
 def test_the_batch_is_each_frame_in_turn(batch: list[RecordedEvent]) -> None:
     expected = b"".join(sse_frame(e.seq, e.type, e.data, e.created_at) for e in batch)
     assert sse_frames(batch) == expected
-    rows = [(e.seq, e.type.encode(), e.data.encode(), e.created_at.encode()) for e in batch]
+    rows = [(b"%d" % e.seq, e.type.encode(), e.data.encode(), e.created_at.encode()) for e in batch]
     assert wire_frames(rows) == expected
 
 
