@@ -8,7 +8,11 @@ catch-up
     with an aiohttp client, ``after_seq=0&follow=0`` over TCP on 127.0.0.1, parsing every frame
     (id line, data JSON). Compared with a raw in-process ``store.read_stream`` loop over the same
     events in batches of 500, opened by this process on the same file while the server runs.
-    The two are measured alternately (5 times each; medians) so both see the same machine.
+    The two are measured alternately, ``REPEATS`` times each, so both see the same machine.
+    The ratio is the median of the ratios of each pair (HTTP / the raw read just before it):
+    on a shared machine whose speed changes from one second to the next, a pair sees one
+    speed, and the median of pairs is steadier than the ratio of the two medians (which the
+    table also prints).
 
 fan-out
     A fresh server subprocess (config: ``delta_coalesce_ms = 0``). 100 runs of the scripted
@@ -37,9 +41,10 @@ The last line is machine-readable: ``RESULT catchup_ratio=... fanout_p99_ms=... 
 rss_kb_per_conn=...``.
 
 API (called by ``bench/all.py``)
-    ``async def measure_catchup(events: int = 10_000, repeats: int = 5) -> dict[str, float]``
+    ``async def measure_catchup(events: int = 10_000, repeats: int = 21) -> dict[str, float]``
     runs the catch-up measurement alone in a temporary directory and returns ``catchup_ratio``
-    (HTTP / raw), ``http_eps``, ``raw_eps``, ``events`` and ``build_s``.
+    (HTTP / raw, the median of pairs), ``http_eps``, ``raw_eps`` (medians), ``events`` and
+    ``build_s``.
 """
 
 from __future__ import annotations
@@ -77,7 +82,7 @@ from server import RUNTIME, create_app  # noqa: E402
 
 KEY = "rl_bench_admin_key_0123456789abcdefghijklmnop"
 CATCHUP_EVENTS = 10_000
-REPEATS = 5
+REPEATS = 21
 RUNS = 100
 CLIENTS_PER_RUN = 10
 #: /slow for the scripted runs: 100 runs x one delta every 19 ms (paced, so a busy server
@@ -360,6 +365,7 @@ async def catchup(tmp: Path, size: int = CATCHUP_EVENTS, repeats: int = REPEATS)
         "build_s": build_s,
         "http": statistics.median(http),
         "raw": statistics.median(raw),
+        "ratio": statistics.median(h / r for h, r in zip(http, raw, strict=True)),
     }
 
 
@@ -369,7 +375,7 @@ async def measure_catchup(events: int = CATCHUP_EVENTS, repeats: int = REPEATS) 
     with tempfile.TemporaryDirectory(prefix="runlog-bench-sse-") as tmp_dir:
         c = await catchup(Path(tmp_dir), events, repeats)
     return {
-        "catchup_ratio": c["http"] / c["raw"],
+        "catchup_ratio": c["ratio"],
         "http_eps": c["http"],
         "raw_eps": c["raw"],
         "events": c["events"],
@@ -634,13 +640,18 @@ async def main() -> None:
         tmp = Path(tmp_dir)
         c = await catchup(tmp)
         f = await fanout(tmp)
-    ratio = c["http"] / c["raw"]
+    ratio = c["ratio"]
     rows = [
         ("catch-up events in the run", f"{c['events']:,}", ""),
         ("catch-up build (in-process, durable appends)", f"{c['build_s']:.1f} s", ""),
-        ("catch-up HTTP SSE after_seq=0&follow=0", f"{c['http']:,.0f} ev/s", "median of 5"),
-        ("catch-up raw read_stream (500/batch)", f"{c['raw']:,.0f} ev/s", "median of 5"),
-        ("catch-up ratio", f"{ratio:.2f}", "target >= 0.5"),
+        (
+            "catch-up HTTP SSE after_seq=0&follow=0",
+            f"{c['http']:,.0f} ev/s",
+            f"median of {REPEATS}",
+        ),
+        ("catch-up raw read_stream (500/batch)", f"{c['raw']:,.0f} ev/s", f"median of {REPEATS}"),
+        ("catch-up ratio, median of pairs", f"{ratio:.2f}", "target >= 0.8"),
+        ("catch-up ratio of the medians", f"{c['http'] / c['raw']:.2f}", ""),
         ("fan-out clients / runs", f"{f['clients']} / {RUNS}", ""),
         ("fan-out append rate (measured)", f"{f['rate']:,.0f} ev/s", "target 5,000"),
         ("fan-out rate offered", f"{OFFERED:,.0f} ev/s", f"/slow {SLOW_MS}, {RUNS} runs"),
