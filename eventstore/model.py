@@ -15,6 +15,7 @@ __all__ = [
     "Cap",
     "NewEvent",
     "RecordedEvent",
+    "WireRow",
     "canonical_bytes",
     "chain_hash",
     "utc_now",
@@ -25,6 +26,11 @@ ANY: None = None
 
 #: The "previous hash" of the first event in a log.
 GENESIS_HASH = "0" * 64
+
+#: An event as ``read_stream_wire`` gives it: ``(seq, type, data, created_at)``, all four as
+#: the bytes that spell them: the seq in decimal digits, the three texts exactly as stored, in
+#: UTF-8.
+WireRow = tuple[bytes, bytes, bytes, bytes]
 
 
 class NewEvent(msgspec.Struct, frozen=True):

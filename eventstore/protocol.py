@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, Protocol
 
 from eventstore.live import Deliver, LiveHub
-from eventstore.model import AppendRequest, NewEvent, RecordedEvent
+from eventstore.model import AppendRequest, NewEvent, RecordedEvent, WireRow
 from eventstore.verify import VerifyReport
 
 __all__ = ["EventStore"]
@@ -52,9 +52,8 @@ class EventStore(Protocol):
 
     async def read_stream_wire(
         self, stream: str, after_seq: int = 0, limit: int = 500
-    ) -> list[tuple[bytes, bytes, bytes, bytes]]:
-        """``read_stream`` as ``(seq, type, data, created_at)``, each as the bytes that spell
-        it: the seq in decimal digits, the texts in UTF-8."""
+    ) -> list[WireRow]:
+        """``read_stream`` as :data:`~eventstore.model.WireRow` tuples."""
         ...
 
     async def read_all(self, after_position: int = 0, limit: int = 500) -> list[RecordedEvent]: ...

@@ -16,22 +16,17 @@ import structlog
 
 from eventstore.errors import EventStoreError, StorageError, StorageUnavailable, StoreClosedError
 from eventstore.live import Deliver, LiveHub
-from eventstore.model import AppendRequest, NewEvent, RecordedEvent, utc_now
+from eventstore.model import AppendRequest, NewEvent, RecordedEvent, WireRow, utc_now
 from eventstore.projection import Projection
 from eventstore.sql import Database
 from eventstore.verify import VerifyReport, verify_database
 from eventstore.writer import BatchWriter, Outcome
 
-__all__ = ["MAX_BATCH", "CommitObserver", "GroupCommitStore", "WireRow"]
+__all__ = ["MAX_BATCH", "CommitObserver", "GroupCommitStore"]
 
 #: Called on the event loop after each commit with the events it recorded (possibly none, when
 #: every append of the batch was refused) and the seconds the batch took on the writer thread.
 CommitObserver = Callable[[Sequence[RecordedEvent], float], None]
-
-#: An event as :meth:`GroupCommitStore.read_stream_wire` gives it: ``(seq, type, data,
-#: created_at)``, all four as the bytes that spell them: the seq in decimal digits, the three
-#: texts exactly as stored, in UTF-8.
-WireRow = tuple[bytes, bytes, bytes, bytes]
 
 log = structlog.get_logger("runlog.store")
 

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from eventstore import EventStore, RecordedEvent
 from eventstore.live import Deliver
-from eventstore.store import WireRow
+from eventstore.model import WireRow
 from runs import metrics
 from runs.events import TERMINAL_RUN_EVENTS, MessageDelta
 from runs.schemas import SseFrame
