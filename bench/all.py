@@ -97,7 +97,7 @@ async def e2e_rows(seconds: float) -> tuple[list[Row], dict[str, float | None]]:
     if measure is None:
         rows = [
             Row(f"end to end runs/s, {E2E_CLIENTS} clients (of a null server's)", None),
-            Row("server CPU per run", None),
+            Row("server CPU per run (of the null server's)", None),
             Row("p99 create → first delta", None),
         ]
         return rows, {"e2e_ratio": None, "cpu_ms_per_run": None}
@@ -111,14 +111,28 @@ async def e2e_rows(seconds: float) -> tuple[list[Row], dict[str, float | None]]:
             ">= 0.7x",
             r["ratio"] >= 0.7,
         ),
-        Row("server CPU per run", r["cpu_ms_per_run"], "ms", None, "<= 1.5 ms"),
-        Row("p99 create → first delta", r["first_delta_p99_ms"], "ms", None, "< 50 ms"),
+        Row(
+            "server CPU per run (of the null server's)",
+            r["cpu_ms_per_run"],
+            "ms",
+            r["null_cpu_ms_per_run"],
+            "<= 1.5 ms",
+            r["cpu_ms_per_run"] <= 1.5,
+        ),
+        Row("  of it, the event loop's thread", r.get("main_cpu_ms_per_run"), "ms"),
+        Row("  of it, the other threads (the log writer)", r.get("threads_cpu_ms_per_run"), "ms"),
+        Row(
+            "p99 create → first delta",
+            r["first_delta_p99_ms"],
+            "ms",
+            None,
+            "< 50 ms",
+            r["first_delta_p99_ms"] < 50,
+        ),
         Row("p50 create → first delta", r["first_delta_p50_ms"], "ms"),
         Row("p50 create → completed", r["completed_p50_ms"], "ms"),
         Row("p99 create → completed", r["completed_p99_ms"], "ms"),
     ]
-    rows[1].passed = r["cpu_ms_per_run"] <= 1.5
-    rows[2].passed = r["first_delta_p99_ms"] < 50
     return rows, {"e2e_ratio": r["ratio"], "cpu_ms_per_run": r["cpu_ms_per_run"]}
 
 
