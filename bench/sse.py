@@ -165,10 +165,12 @@ async def subprocess_server(
     key: str = KEY,
     ready: Callable[[], bool] | None = None,
     stop_timeout: float = 15.0,
+    start_timeout: float = 30.0,
 ) -> AsyncIterator[tuple[str, int]]:
     """Start ``argv`` with ``--port <a free port>`` added (``key`` as the bootstrap API key),
-    wait until ``/healthz`` answers 200 and ``ready()`` holds; yield the base URL and pid; stop
-    it with SIGTERM (waiting ``stop_timeout`` s, so a profiled server can write its profile)."""
+    wait (at most ``start_timeout`` s) until ``/healthz`` answers 200 and ``ready()`` holds;
+    yield the base URL and pid; stop it with SIGTERM (waiting ``stop_timeout`` s, so a profiled
+    server can write its profile)."""
     port = free_port()
     env = {**os.environ, "RUNLOG_BOOTSTRAP_API_KEY": key, "PYTHONPATH": str(ROOT)}
     with log.open("wb") as out:
@@ -178,7 +180,7 @@ async def subprocess_server(
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + start_timeout
             while True:
                 with contextlib.suppress(aiohttp.ClientError):
                     async with session.get(f"{base}/healthz") as r:
