@@ -48,7 +48,7 @@ from runs.auth import (
 )
 from runs.config import Config, Route
 from runs.console import console_asset, console_index
-from runs.credentials import KeyCache, guard_credential
+from runs.credentials import KeyCache, StreamGuards
 from runs.errors import (
     NotFound,
     RateLimited,
@@ -151,6 +151,8 @@ class Runtime:
         #: Verified API keys (``runs.credentials.KeyCache``); ``None`` where this process
         #: cannot hear another process's revocation before its next request (PostgreSQL).
         self.key_cache: KeyCache | None = None
+        #: The open SSE streams by credential, ended by its revocation or expiry.
+        self.guards: StreamGuards
 
     def default_provider(self, route: Route) -> Provider:
         """One provider per route (one HTTP client and connection pool), closed at stop."""
@@ -187,6 +189,8 @@ class Runtime:
                     self.config.login_window_seconds,
                 )
             self.queries = Queries(self.store)
+            self.guards = StreamGuards(self.queries)
+            self.store.live.watch(self.guards.observe)
             self.accounts = Accounts(self.store)
             async with startup_lock(self.config.db):
                 await record_personas(self.store, self.queries, self.personas)
@@ -285,6 +289,8 @@ TRACE_ID = web.RequestKey("trace_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)
 #: The run a request created or acted on, for its log line.
 RUN_ID = web.RequestKey("run_id", str)
+#: ``StreamGuards.endings`` before the request was authenticated.
+CREDENTIAL_ENDINGS = web.RequestKey("credential_endings", int)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -451,6 +457,7 @@ async def add_trace_header(request: web.Request, response: web.StreamResponse) -
 
 async def authenticate(request: web.Request) -> Principal:
     runtime = request.app[RUNTIME]
+    request[CREDENTIAL_ENDINGS] = runtime.guards.endings
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
@@ -811,19 +818,19 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     task = asyncio.current_task()
-    guard = None
+    release: Callable[[], None] | None = None
     if task is not None:
         runtime.streams.add(task)
-        # Revoking the key, deleting the user or the token's expiry ends the stream.
-        guard = asyncio.create_task(
-            guard_credential(runtime.store, runtime.queries, principal(request), task),
-            name="sse-credential",
-        )
     # Counted before the first byte and uncounted before the last, so a client that has
     # seen the stream open (or end) sees the gauge agree.
     metrics.SSE_CONNECTIONS.inc()
     last = b""
     try:
+        if task is not None:
+            # Revoking the key, deleting the user or the token's expiry ends the stream.
+            release = await runtime.guards.guard(
+                principal(request), task, request.get(CREDENTIAL_ENDINGS, -1)
+            )
         await response.write(b": ping\n\n")
         last = await stream_events(
             runtime.store,
@@ -840,10 +847,8 @@ async def run_events(request: web.Request) -> web.StreamResponse:
         pass  # the client left, the credential ended, or the server is stopping
     finally:
         metrics.SSE_CONNECTIONS.dec()
-        if guard is not None:
-            guard.cancel()
-            with contextlib.suppress(BaseException):
-                await guard
+        if release is not None:
+            release()
         if task is not None:
             runtime.streams.discard(task)
     with contextlib.suppress(ConnectionResetError):

@@ -1,9 +1,8 @@
 """A long-lived response (an SSE stream) lives only as long as the credential that opened it.
 
-The guard follows the caller's org stream from the log, so it learns of ``api_key.revoked`` and
-``user.deleted`` as they commit, whichever process appended them (the admin CLI, usually), and
-it ends its response at the access token's expiry. It waits on the log's live notification and
-on one timer for the expiry: no polling.
+:class:`StreamGuards` hears ``api_key.revoked`` and ``user.deleted`` from the log's live hub as
+they are published, whichever process appended them (the admin CLI, usually), and ends the
+streams they concern; it ends an access token's streams at its expiry. No polling.
 """
 
 from __future__ import annotations
@@ -11,32 +10,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
 import structlog
 
-from eventstore import EventStore, RecordedEvent
+from eventstore import RecordedEvent
 from projections.queries import Queries
-from runs.events import ApiKeyRevoked, UserDeleted, org_stream
+from runs.events import ApiKeyRevoked, UserDeleted
 from runs.service import Principal
 
-__all__ = ["KeyCache", "credential_ended", "guard_credential"]
+__all__ = ["KeyCache", "StreamGuards"]
 
 log = structlog.get_logger("runlog.auth")
 
 _key_revoked = msgspec.json.Decoder(ApiKeyRevoked)
 _user_deleted = msgspec.json.Decoder(UserDeleted)
-
-
-def credential_ended(who: Principal, event_type: str, data: str) -> bool:
-    """Whether an org event ends ``who``'s credential."""
-    if event_type == ApiKeyRevoked.TYPE and who.key_id is not None:
-        return _key_revoked.decode(data).key_id == who.key_id
-    if event_type == UserDeleted.TYPE:
-        return _user_deleted.decode(data).user_id == who.user_id
-    return False
 
 
 #: The events after which a verified API key may no longer be valid.
@@ -94,39 +84,90 @@ async def _still_valid(queries: Queries, who: Principal) -> bool:
     )
 
 
-async def guard_credential(
-    store: EventStore, queries: Queries, who: Principal, owner: asyncio.Task[Any]
-) -> None:
-    """Cancel ``owner`` when ``who``'s credential is revoked, deleted or expires."""
-    stream = org_stream(who.org_id)
-    # The cursor first, then the credential's state: a revocation that committed after the
-    # request was authenticated is in the state read here or after the cursor.
-    cursor = await store.last_seq(stream)
-    if not await _still_valid(queries, who):
-        log.info("stream.credential_ended", reason="revoked")
+class StreamGuards:
+    """The open SSE streams by the credential each was opened with: an ``api_key.revoked`` or
+    ``user.deleted`` ends the streams of that key or user as it is published, and an access
+    token's expiry ends its streams on time (one timer each).
+
+    :meth:`observe` is a watcher of the store's live hub, one for every stream. It hears this
+    process's commits as they complete and another process's (the admin CLI's) as this one
+    learns of them (``eventstore/watch.py`` on SQLite, notifications on PostgreSQL): a stream
+    ends as soon as it would following its org's stream itself, without a task, a query and a
+    subscription of its own.
+
+    A stream is registered once its request was authenticated, and an ending published in
+    between would pass the watcher by. :attr:`endings` counts the endings published: a request
+    notes it before it authenticates, and a stream for which it has moved since has its
+    credential read from the read model before it is registered (again while endings are
+    published during that read)."""
+
+    def __init__(self, queries: Queries) -> None:
+        self.queries = queries
+        self.endings = 0
+        self._by_key: dict[str, set[asyncio.Task[Any]]] = {}
+        self._by_user: dict[str, set[asyncio.Task[Any]]] = {}
+
+    def observe(self, events: Iterable[RecordedEvent]) -> None:
+        for event in events:
+            if event.type == ApiKeyRevoked.TYPE:
+                ended = self._by_key.get(_key_revoked.decode(event.data).key_id)
+            elif event.type == UserDeleted.TYPE:
+                ended = self._by_user.get(_user_deleted.decode(event.data).user_id)
+            else:
+                continue
+            self.endings += 1
+            for owner in list(ended or ()):
+                _end(owner, "revoked")
+
+    async def guard(
+        self, who: Principal, owner: asyncio.Task[Any], endings_seen: int
+    ) -> Callable[[], None]:
+        """Keep ``owner`` (the stream's task) only while ``who``'s credential stands; returns
+        the function that lets it go, for the stream's end. ``endings_seen``: :attr:`endings`
+        before the request was authenticated."""
+        while endings_seen != self.endings:
+            endings_seen = self.endings
+            if not await _still_valid(self.queries, who):
+                _end(owner, "revoked")
+                return _nothing
+        # No await from here on: registered before the next ending can be published.
+        keyed = who.key_id is not None and who.key_id
+        if keyed:
+            self._by_key.setdefault(keyed, set()).add(owner)
+        self._by_user.setdefault(who.user_id, set()).add(owner)
+        timer = None
+        if who.expires_at is not None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + max(0.0, who.expires_at - time.time())
+            timer = loop.call_at(deadline, _end, owner, "expired")
+
+        def release() -> None:
+            if timer is not None:
+                timer.cancel()
+            if keyed:
+                _forget(self._by_key, keyed, owner)
+            _forget(self._by_user, who.user_id, owner)
+
+        return release
+
+    def __len__(self) -> int:
+        """How many streams are guarded."""
+        return sum(len(owners) for owners in self._by_user.values())
+
+
+def _end(owner: asyncio.Task[Any], reason: str) -> None:
+    if not owner.done():
+        log.info("stream.credential_ended", reason=reason)
         owner.cancel()
-        return
-    deadline = None
-    if who.expires_at is not None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(0.0, who.expires_at - time.time())
-    # Waits in this task (no task of its own for the subscription or the expiry).
-    events = store.subscribe(stream, cursor)
-    try:
-        async with asyncio.timeout_at(deadline):
-            await _first_ending(events, who)
-        reason = "revoked"
-    except TimeoutError:
-        reason = "expired"
-    finally:
-        await events.aclose()
-    log.info("stream.credential_ended", reason=reason)
-    owner.cancel()
 
 
-async def _first_ending(events: Any, who: Principal) -> None:
-    async for event in events:
-        if credential_ended(who, event.type, event.data):
-            return
-    # The store closed (shutdown): never report an ending.
-    await asyncio.Event().wait()
+def _forget(owners: dict[str, set[asyncio.Task[Any]]], key: str, owner: asyncio.Task[Any]) -> None:
+    tasks = owners.get(key)
+    if tasks is not None:
+        tasks.discard(owner)
+        if not tasks:
+            del owners[key]
+
+
+def _nothing() -> None:
+    return None

@@ -571,10 +571,11 @@ async def test_disconnected_clients_release_everything_at_once(api: Api, gap_ms:
             streams.append(await stack.enter_async_context(connect(api, run_id, params=params)))
         for stream in streams[:3]:
             assert await stream.next_frame() is not None  # subscribed and delivering
-        # Each stream follows its run and, for its credential, the org's stream.
-        await until(lambda: store.live.subscribers == 10)
-        assert store.live.followed_streams == 2
+        # Each stream follows its run; its credential is guarded without a subscription.
+        await until(lambda: store.live.subscribers == 5)
+        assert store.live.followed_streams == 1
         assert len(runtime.streams) == 5
+        assert len(runtime.guards) == 5
         assert sse_tasks()
     # The clients are gone: their connections closed with the context.
     await until(
@@ -582,6 +583,7 @@ async def test_disconnected_clients_release_everything_at_once(api: Api, gap_ms:
         timeout=1.0,
     )
     assert store.live.subscribers == 0
+    assert len(runtime.guards) == 0
     run_tasks = {f"run-{run_id}", f"provider-{run_id}"}
     leftover = {
         t
