@@ -1,0 +1,50 @@
+"""A JSON log line's shape: the event, its level and a UTC timestamp with microseconds."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import re
+import time
+
+import pytest
+import structlog
+
+from runs.logs import _Timestamp, configure_logging
+
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+
+
+def test_a_json_line_has_the_event_its_level_and_the_time() -> None:
+    out = io.StringIO()
+    configure_logging(out, json=True)
+    try:
+        before = datetime.datetime.now(datetime.UTC)
+        structlog.get_logger("test").info("request", status=201, route="/v1/threads")
+        after = datetime.datetime.now(datetime.UTC)
+    finally:
+        structlog.reset_defaults()
+    line = json.loads(out.getvalue())
+    assert line["event"] == "request"
+    assert line["level"] == "info"
+    assert line["status"] == 201
+    assert ISO_UTC.match(line["timestamp"]), line
+    stamped = datetime.datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00"))
+    assert before <= stamped <= after
+
+
+@pytest.mark.parametrize(
+    "nanoseconds",
+    [1_764_577_599_000_000_000, 1_764_577_599_999_999_999, 1_764_577_600_000_001_500],
+)
+def test_the_timestamp_is_what_datetime_gives_to_the_microsecond(
+    monkeypatch: pytest.MonkeyPatch, nanoseconds: int
+) -> None:
+    stamp = _Timestamp()
+    stamp(None, "info", {})  # the cached second is another one
+    monkeypatch.setattr(time, "time_ns", lambda: nanoseconds)
+    expected = datetime.datetime.fromtimestamp(nanoseconds // 1000 / 1e6, datetime.UTC)
+    text = stamp(None, "info", {})["timestamp"]
+    assert text == expected.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    assert stamp(None, "info", {})["timestamp"] == text  # the cached second
