@@ -52,7 +52,9 @@ class _Timestamp:
         self._second = -1
         self._prefix = ""
 
-    def __call__(self, _logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    def __call__(
+        self, _logger: Any, _method: str, event_dict: structlog.typing.EventDict
+    ) -> structlog.typing.EventDict:
         second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
         if second != self._second:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
