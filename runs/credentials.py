@@ -104,8 +104,9 @@ class StreamGuards:
     def __init__(self, queries: Queries) -> None:
         self.queries = queries
         self.endings = 0
-        self._by_key: dict[str, set[asyncio.Task[Any]]] = {}
-        self._by_user: dict[str, set[asyncio.Task[Any]]] = {}
+        # The streams' tasks by key id and by user id, each with its request's trace id.
+        self._by_key: dict[str, dict[asyncio.Task[Any], str | None]] = {}
+        self._by_user: dict[str, dict[asyncio.Task[Any], str | None]] = {}
 
     def observe(self, events: Iterable[RecordedEvent]) -> None:
         for event in events:
@@ -116,8 +117,8 @@ class StreamGuards:
             else:
                 continue
             self.endings += 1
-            for owner in list(ended or ()):
-                _end(owner, "revoked")
+            for owner, trace_id in list((ended or {}).items()):
+                _end(owner, "revoked", trace_id)
 
     async def guard(
         self, who: Principal, owner: asyncio.Task[Any], endings_seen: int
@@ -125,27 +126,29 @@ class StreamGuards:
         """Keep ``owner`` (the stream's task) only while ``who``'s credential stands; returns
         the function that lets it go, for the stream's end. ``endings_seen``: :attr:`endings`
         before the request was authenticated."""
+        # The ending's log line carries the stream's trace id, not the publisher's.
+        trace_id = structlog.contextvars.get_contextvars().get("trace_id")
         while endings_seen != self.endings:
             endings_seen = self.endings
             if not await _still_valid(self.queries, who):
-                _end(owner, "revoked")
+                _end(owner, "revoked", trace_id)
                 return _nothing
         # No await from here on: registered before the next ending can be published.
-        keyed = who.key_id is not None and who.key_id
-        if keyed:
-            self._by_key.setdefault(keyed, set()).add(owner)
-        self._by_user.setdefault(who.user_id, set()).add(owner)
+        key_id = who.key_id
+        if key_id is not None:
+            self._by_key.setdefault(key_id, {})[owner] = trace_id
+        self._by_user.setdefault(who.user_id, {})[owner] = trace_id
         timer = None
         if who.expires_at is not None:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + max(0.0, who.expires_at - time.time())
-            timer = loop.call_at(deadline, _end, owner, "expired")
+            timer = loop.call_at(deadline, _end, owner, "expired", trace_id)
 
         def release() -> None:
             if timer is not None:
                 timer.cancel()
-            if keyed:
-                _forget(self._by_key, keyed, owner)
+            if key_id is not None:
+                _forget(self._by_key, key_id, owner)
             _forget(self._by_user, who.user_id, owner)
 
         return release
@@ -155,16 +158,18 @@ class StreamGuards:
         return sum(len(owners) for owners in self._by_user.values())
 
 
-def _end(owner: asyncio.Task[Any], reason: str) -> None:
+def _end(owner: asyncio.Task[Any], reason: str, trace_id: str | None) -> None:
     if not owner.done():
-        log.info("stream.credential_ended", reason=reason)
+        log.info("stream.credential_ended", reason=reason, trace_id=trace_id)
         owner.cancel()
 
 
-def _forget(owners: dict[str, set[asyncio.Task[Any]]], key: str, owner: asyncio.Task[Any]) -> None:
+def _forget(
+    owners: dict[str, dict[asyncio.Task[Any], str | None]], key: str, owner: asyncio.Task[Any]
+) -> None:
     tasks = owners.get(key)
     if tasks is not None:
-        tasks.discard(owner)
+        tasks.pop(owner, None)
         if not tasks:
             del owners[key]
 

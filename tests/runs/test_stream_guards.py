@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from eventstore import RecordedEvent
 from projections.queries import Queries
@@ -157,3 +159,23 @@ async def test_a_released_stream_is_forgotten(who: Principal) -> None:
     guards.observe([ending(ApiKeyRevoked(key_id="k1")), ending(UserDeleted(user_id="u1"))])
     assert not await ended(task)
     task.cancel()
+
+
+async def test_the_ending_is_logged_with_the_streams_trace_id() -> None:
+    guards = guards_of(FakeQueries())
+    task = stream_task()
+    structlog.contextvars.bind_contextvars(trace_id="the-stream")
+    try:
+        await guards.guard(Principal("u1", "o", key_id="k1"), task, guards.endings)
+    finally:
+        structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(trace_id="the-revocation")
+    try:
+        with capture_logs() as logs:
+            guards.observe([ending(ApiKeyRevoked(key_id="k1"))])
+    finally:
+        structlog.contextvars.clear_contextvars()
+    assert await ended(task)
+    assert [(e["event"], e["reason"], e["trace_id"]) for e in logs] == [
+        ("stream.credential_ended", "revoked", "the-stream")
+    ]
