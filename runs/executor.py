@@ -10,6 +10,7 @@ so a run continues after input or after a restart without repeating completed wo
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import math
 import time
@@ -66,6 +67,45 @@ _MAX_RETRY_AFTER_S = 60.0
 
 class _Stopped(Exception):
     """The run reached a terminal state or now waits for input: the task ends."""
+
+
+class _Channel:
+    """What a model call's provider task has produced, for the call's loop to take: a deque
+    and at most one waiter. An ``asyncio.Queue`` costs some ten Python calls per item (its
+    getters' and putters' wake-ups), and a ``wait_for`` on it a task and a timer; a call
+    streams an item per few characters of its answer."""
+
+    __slots__ = ("_waiter", "items")
+
+    def __init__(self) -> None:
+        self.items: collections.deque[Any] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: Any) -> None:
+        self.items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, deadline: float | None) -> None:
+        """Until an item is there or the loop's clock (``time.monotonic``) reaches
+        ``deadline`` (``None``: no deadline)."""
+        if self.items:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = None if deadline is None else loop.call_at(deadline, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class RunExecutor:
@@ -335,10 +375,10 @@ class RunExecutor:
         self, request: ModelRequest
     ) -> tuple[list[ToolUse], Stop, list[MessageDelta]]:
         """Stream one attempt, appending coalesced deltas. The provider runs in its own task
-        feeding a queue, so the coalescing timer never interrupts the provider's stream. The
-        text still buffered when the call ends is returned (as its delta), for the caller to
-        append with the call's usage: one commit fewer per call."""
-        queue: asyncio.Queue[Any] = asyncio.Queue()
+        feeding a :class:`_Channel`, so the coalescing timer never interrupts the provider's
+        stream. The text still buffered when the call ends is returned (as its delta), for the
+        caller to append with the call's usage: one commit fewer per call."""
+        channel = _Channel()
         self.call_request = request
         self.call_answered = self.call_finished = False
         self.call_output = 0
@@ -346,10 +386,10 @@ class RunExecutor:
         async def produce() -> None:
             try:
                 async for item in self.provider.stream(request):
-                    queue.put_nowait(item)
-                queue.put_nowait(_END)
+                    channel.put(item)
+                channel.put(_END)
             except BaseException as exc:
-                queue.put_nowait(exc)
+                channel.put(exc)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
 
@@ -363,45 +403,40 @@ class RunExecutor:
         first_token_seconds = metrics.PROVIDER_TTFT_SECONDS.labels(self.route.id, self.route.model)
         started = time.monotonic()
         waiting_for_first = True
+        items = channel.items
         try:
             while True:
-                if not queue.empty():
-                    # What the provider already produced is taken without a wait: a
-                    # ``wait_for`` costs a task and a timer per item.
-                    item = queue.get_nowait()
-                elif not buffer:
-                    item = await queue.get()
-                else:
-                    try:
-                        item = await asyncio.wait_for(
-                            queue.get(), max(0.0, next_flush - time.monotonic())
-                        )
-                    except TimeoutError:
-                        item = None
-                if waiting_for_first and isinstance(item, TextDelta | ToolUse):
-                    waiting_for_first = False
-                    first_token_seconds.observe(time.monotonic() - started)
-                if isinstance(item, (TextDelta, ToolUse, Usage, Stop)):
-                    self.call_answered = True
-                if isinstance(item, TextDelta):
+                if not items:
+                    # With text buffered, wait no later than its flush is due.
+                    await channel.wait(next_flush if buffer else None)
+                item: Any = items.popleft() if items else None  # None: the flush is due
+                kind: type | None = type(item)
+                if kind is TextDelta:
                     buffer.append(item.text)
                     self.call_output += len(item.text.encode("utf-8", "surrogatepass"))
-                elif isinstance(item, ToolUse):
+                elif kind is ToolUse:
                     tool_uses.append(item)
                     self.call_output += len(_json.encode(item.input)) + len(item.name)
-                elif isinstance(item, Usage):
+                elif kind is Usage:
                     self.call_usage = _merge_usage(self.call_usage, item)
-                elif isinstance(item, Stop):
+                elif kind is Stop:
                     stop = item
-                elif isinstance(item, BaseException):
-                    call_seconds.observe(time.monotonic() - started)
-                    await self._flush(buffer)
-                    raise item
-                if item is _END:
+                elif item is _END:
                     call_seconds.observe(time.monotonic() - started)
                     self.call_finished = True
                     rest = [self._delta(buffer)] if buffer else []
                     return tool_uses, stop, rest
+                elif isinstance(item, BaseException):
+                    call_seconds.observe(time.monotonic() - started)
+                    await self._flush(buffer)
+                    raise item
+                else:
+                    kind = None  # the flush is due
+                if kind is not None:
+                    self.call_answered = True
+                    if waiting_for_first and (kind is TextDelta or kind is ToolUse):
+                        waiting_for_first = False
+                        first_token_seconds.observe(time.monotonic() - started)
                 if buffer and (item is None or time.monotonic() >= next_flush):
                     await self._flush(buffer)
                     next_flush = time.monotonic() + self.coalesce_s

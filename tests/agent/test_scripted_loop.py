@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
+from runs.events import run_stream
+from runs.providers.base import ModelRequest, ProviderEvent, Stop, TextDelta, Usage
 from tests.agent.conftest import MakeApi, events_of, only, types_of, wait_for_event
 from tests.conftest import Api
 
@@ -117,3 +121,43 @@ async def test_deltas_are_coalesced_within_the_window(make_api: MakeApi) -> None
     assert "".join(d["content"] for d in deltas) == reply
     # The scripted provider yields 4-character chunks; the log holds far fewer deltas.
     assert len(deltas) < len(reply) // 4 // 4
+
+
+class PausingProvider:
+    """Streams ``first`` and ``second``, then says nothing until ``gate`` is set."""
+
+    def __init__(self, gate: asyncio.Event) -> None:
+        self.gate = gate
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ProviderEvent]:
+        yield TextDelta("first ")
+        yield TextDelta("second")
+        await self.gate.wait()
+        yield Usage(input_tokens=1, output_tokens=2)
+        yield Stop("end_turn")
+
+
+async def test_buffered_text_is_flushed_when_the_window_ends_while_the_provider_is_silent(
+    make_api: MakeApi,
+) -> None:
+    """The first delta goes out at once; the second waits in the buffer for the coalescing
+    window, and the window's end writes it although nothing more arrives from the provider."""
+    gate = asyncio.Event()
+    api = await make_api(delta_coalesce_ms=50, provider_for=lambda route: PausingProvider(gate))
+    _, run_id = await api.start_run("hello")
+    contents: list[str] = []
+    events = api.runtime.store.subscribe(run_stream(run_id), 0)
+    try:
+        async with asyncio.timeout(5):
+            async for event in events:
+                if event.type == "message.delta":
+                    contents.append(json.loads(event.data)["content"])
+                if contents == ["first ", "second"]:
+                    break
+    finally:
+        await events.aclose()
+    assert not gate.is_set()
+    gate.set()
+    assert (await api.wait_for(run_id))["status"] == "completed"
+    deltas = only(await events_of(api, run_id), "message.delta")
+    assert [d["content"] for d in deltas] == ["first ", "second"]
