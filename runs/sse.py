@@ -318,9 +318,11 @@ async def stream_events(
     # History: batches of at most ``batch_limit`` rows, one write per batch (a write per frame
     # costs a send per frame and capped catch-up at a tenth of the log's read speed).
     cursor = after_seq
+    read_any = False
     while True:
         batch = await store.read_stream_wire(stream, cursor, batch_limit)
         if batch:
+            read_any = True
             frames = wire_frames(batch)
             metrics.SSE_FRAMES.inc(len(batch))
             cursor = int(batch[-1][0])
@@ -333,8 +335,10 @@ async def stream_events(
         return b""
     # Live: follow from no later than the log's last event, so a cursor past the end still
     # sees the terminal event (not sent, but it ends the stream) — also when the run ended
-    # after its status was read (then the last event *is* the terminal one).
-    start = min(cursor, max(0, await store.last_seq(stream) - 1))
+    # after its status was read (then the last event *is* the terminal one). When the history
+    # above read events, the cursor is one in the log and no terminal event came up to it:
+    # following from it sees the terminal event whenever it comes, without reading the end.
+    start = cursor if read_any else min(cursor, max(0, await store.last_seq(stream) - 1))
     follower = _Follower(cursor, asyncio.get_running_loop().time())
     deliver = _direct(store, stream, response, transport, follower)
     batches = store.subscribe_batches(stream, start, batch_limit, deliver)
