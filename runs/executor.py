@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from eventstore import AppendRequest, EventStore
+from eventstore import AppendRequest, EventStore, RecordedEvent
 from runs import metrics
 from runs.config import Route
 from runs.estimate import BYTES_PER_TOKEN, estimate_request_tokens, estimate_tokens
@@ -188,10 +188,14 @@ class RunExecutor:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    async def execute(self, history: list[dict[str, Any]]) -> None:
+    async def execute(
+        self, history: list[dict[str, Any]], events: list[RecordedEvent] | None = None
+    ) -> None:
         """Run until the run is terminal or waits for input. ``history`` is the thread's
-        conversation before the run started."""
-        events = await read_run(self.store, self.run_id)
+        conversation before the run started; ``events``, the run's events if the caller has
+        just read them (else they are read here)."""
+        if events is None:
+            events = await read_run(self.store, self.run_id)
         self.state = fold_recorded(events)
         if self.state is None or self.state.terminal or self.state.status != "running":
             return

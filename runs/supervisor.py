@@ -31,11 +31,11 @@ from eventstore import (
 from eventstore.leases import LocalLeases
 from projections.queries import Queries
 from runs.config import Route
-from runs.events import RunFailed, RunStarted, decode_event, run_stream
+from runs.events import RunFailed, RunStarted, decode_event
 from runs.executor import RunExecutor
 from runs.personas import DEFAULT_PERSONA_ID, Persona, PersonaRegistry
 from runs.providers.base import Provider
-from runs.repository import append_decided, while_unwritable
+from runs.repository import append_decided, read_run, while_unwritable
 from runs.routes import RouteTable
 from runs.run import decide_cancel
 from runs.tools import ToolRegistry
@@ -297,14 +297,16 @@ class Supervisor:
         interrupted = False
         for _attempt in range(_TASK_ATTEMPTS):
             try:
-                first = await self.store.read_stream(run_stream(run_id), 0, 1)
-                if not first:
+                # The executor starts from these events; if another append lands before its
+                # own first one, that append's guard fails and the pass starts over here.
+                events = await read_run(self.store, run_id)
+                if not events:
                     return None
-                executor = await self._executor(first[0], resumed, interrupted, reason)
+                executor = await self._executor(events[0], resumed, interrupted, reason)
                 if executor is None:
                     return None
                 self._executors[run_id] = executor
-                await executor.execute(await self._history(first[0]))
+                await executor.execute(await self._history(events[0]), events)
                 status = executor.state.status if executor.state else None
                 log.info("run.step_done", status=status)
                 return status
