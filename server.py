@@ -576,10 +576,8 @@ async def create_thread(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     who = principal(request)
     body = await read_body(request, CreateThread, runtime.config.request_read_timeout_seconds)
-    thread_id = await runtime.service.create_thread(who, body.title)
-    row = await runtime.queries.thread(who.org_id, thread_id)
-    assert row is not None
-    return json_response(shaped(Thread, row), 201)
+    created = await runtime.service.create_thread(who, body.title)
+    return json_response(shaped(Thread, runtime.queries.created_thread(created)), 201)
 
 
 async def list_threads(request: web.Request) -> web.Response:
@@ -603,10 +601,8 @@ async def add_message(request: web.Request) -> web.Response:
     who = principal(request)
     thread_id = path_id(request, "thread_id")
     body = await read_body(request, CreateMessage, runtime.config.request_read_timeout_seconds)
-    message_id = await runtime.service.add_message(who, thread_id, body.content)
-    row = await runtime.queries.message(message_id)
-    assert row is not None
-    return json_response(shaped(Message, row), 201)
+    added = await runtime.service.add_message(who, thread_id, body.content)
+    return json_response(shaped(Message, runtime.queries.added_message(added)), 201)
 
 
 async def owned_thread_id(request: web.Request) -> str:

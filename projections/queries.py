@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from eventstore import SCHEMA_VERSION, EventStore
+from eventstore import SCHEMA_VERSION, EventStore, RecordedEvent
 from projections.runs import RUN_COLUMNS
+from projections.threads import MESSAGE_COLUMNS, message_row, thread_row
 from projections.usage import USAGE_GROUPS
+from runs.events import MessageAdded, ThreadCreated, decode_event
 from runs.run import LIVE_STATUSES
 
 __all__ = ["Queries"]
@@ -144,6 +146,15 @@ class Queries:
         )
         return _row(_THREAD_KEYS, row)
 
+    @staticmethod
+    def created_thread(recorded: RecordedEvent) -> dict[str, Any]:
+        """What :meth:`thread` reads of the thread that ``recorded`` (its ``thread.created``)
+        made, from the event itself: the projection wrote that very row (``thread_row``) in
+        the append's transaction, and reading it back would cost a query."""
+        event = decode_event(recorded)
+        assert isinstance(event, ThreadCreated)
+        return dict(zip(_THREAD_KEYS, thread_row(event, recorded), strict=True))
+
     async def threads(self, org_id: str, limit: int, before: str | None) -> list[dict[str, Any]]:
         rows = await self.store.fetch_all(
             "SELECT thread_id, org_id, created_by_user_id, title, created_at, active_run_id,"
@@ -172,13 +183,15 @@ class Queries:
         )
         return int(row[0]) if row else 0
 
-    async def message(self, message_id: str) -> dict[str, Any] | None:
-        row = await self.store.fetch_one(
-            "SELECT message_id, org_id, thread_id, created_by_user_id, role, content, created_at,"
-            " run_id, position FROM messages WHERE message_id = ?",
-            (message_id,),
-        )
-        return _row(_MESSAGE_KEYS, row)
+    @staticmethod
+    def added_message(recorded: RecordedEvent) -> dict[str, Any]:
+        """What :meth:`messages` reads of the message ``recorded`` (its ``message.added``)
+        added, from the event itself (:meth:`created_thread`)."""
+        event = decode_event(recorded)
+        assert isinstance(event, MessageAdded)
+        row = dict(zip(MESSAGE_COLUMNS, message_row(event, recorded), strict=True))
+        row["id"] = row.pop("message_id")
+        return row
 
     # -- runs -------------------------------------------------------------------------------
 

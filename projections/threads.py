@@ -18,7 +18,7 @@ from runs.events import (
     run_id_of,
 )
 
-__all__ = ["ThreadsProjection"]
+__all__ = ["MESSAGE_COLUMNS", "ThreadsProjection", "message_row", "thread_row"]
 
 _THREAD_COLUMNS = (
     "thread_id",
@@ -30,6 +30,18 @@ _THREAD_COLUMNS = (
     "version",
 )
 _ACTIVE, _VERSION = 5, 6
+#: The messages table's columns, in order (``message_row``).
+MESSAGE_COLUMNS = (
+    "message_id",
+    "thread_id",
+    "org_id",
+    "role",
+    "content",
+    "created_by_user_id",
+    "run_id",
+    "created_at",
+    "position",
+)
 _ENDS = frozenset({RunCompleted.TYPE, RunFailed.TYPE, RunCancelled.TYPE})
 
 
@@ -102,14 +114,14 @@ class ThreadsProjection(TableProjection):
         get = threads.rows.get
         for r, e in events:
             if isinstance(e, MessageAdded):
-                messages.append(_message_row(e, r))
+                messages.append(message_row(e, r))
                 row = get(e.thread_id)
                 if row is not None:
                     row[_VERSION] = r.seq
             elif isinstance(e, ThreadCreated):
                 if get(e.thread_id) is not None:
                     raise ValueError(f"thread {e.thread_id} created twice")
-                threads.put(list(_thread_row(e, r)))
+                threads.put(list(thread_row(e, r)))
             elif isinstance(e, ThreadRunStarted):
                 thread_id = r.stream.removeprefix("thread-")
                 row = get(thread_id)
@@ -130,11 +142,11 @@ class ThreadsProjection(TableProjection):
 
     @staticmethod
     def _thread_created(conn: SqlConnection, e: ThreadCreated, r: RecordedEvent) -> None:
-        conn.execute("INSERT INTO threads VALUES (?, ?, ?, ?, ?, ?, ?)", _thread_row(e, r))
+        conn.execute("INSERT INTO threads VALUES (?, ?, ?, ?, ?, ?, ?)", thread_row(e, r))
 
     @staticmethod
     def _message_added(conn: SqlConnection, e: MessageAdded, r: RecordedEvent) -> None:
-        conn.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _message_row(e, r))
+        conn.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", message_row(e, r))
         conn.execute("UPDATE threads SET version = ? WHERE thread_id = ?", (r.seq, e.thread_id))
 
     @staticmethod
@@ -156,12 +168,12 @@ class ThreadsProjection(TableProjection):
 # One row shape per table, for the per-event handlers and the bulk path alike.
 
 
-def _thread_row(e: ThreadCreated, r: RecordedEvent) -> tuple[Any, ...]:
+def thread_row(e: ThreadCreated, r: RecordedEvent) -> tuple[Any, ...]:
     """A new thread: no active run, version = the event's seq."""
     return (e.thread_id, e.org_id, e.created_by_user_id, e.title, r.created_at, None, r.seq)
 
 
-def _message_row(e: MessageAdded, r: RecordedEvent) -> tuple[Any, ...]:
+def message_row(e: MessageAdded, r: RecordedEvent) -> tuple[Any, ...]:
     return (
         e.message_id,
         e.thread_id,

@@ -8,7 +8,7 @@ import collections
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from eventstore import AppendRefused, AppendRequest, ConcurrencyError, EventStore
+from eventstore import AppendRefused, AppendRequest, ConcurrencyError, EventStore, RecordedEvent
 from projections.queries import Queries
 from projections.runs import live_runs_below
 from runs.auth import hash_password, key_sha256, new_api_key
@@ -152,15 +152,17 @@ class RunService:
         #: Threads whose run's ``run.started`` is being appended.
         self._creating: dict[str, asyncio.Event] = {}
 
-    async def create_thread(self, who: Principal, title: str | None) -> str:
+    async def create_thread(self, who: Principal, title: str | None) -> RecordedEvent:
+        """A new thread; returns its ``thread.created`` as the log recorded it."""
         thread_id = new_id()
         event = ThreadCreated(
             thread_id=thread_id, org_id=who.org_id, created_by_user_id=who.user_id, title=title
         )
-        await self.store.append(thread_stream(thread_id), [encode_event(event)], 0)
-        return thread_id
+        [recorded] = await self.store.append(thread_stream(thread_id), [encode_event(event)], 0)
+        return recorded
 
-    async def add_message(self, who: Principal, thread_id: str, content: str) -> str:
+    async def add_message(self, who: Principal, thread_id: str, content: str) -> RecordedEvent:
+        """A user's message on the thread; returns its ``message.added`` as recorded."""
         if await self.queries.thread(who.org_id, thread_id) is None:
             raise NotFound("thread not found")
         message_id = new_id()
@@ -172,8 +174,8 @@ class RunService:
             content=content,
             created_by_user_id=who.user_id,
         )
-        await self.store.append(thread_stream(thread_id), [encode_event(event)])
-        return message_id
+        [recorded] = await self.store.append(thread_stream(thread_id), [encode_event(event)])
+        return recorded
 
     async def create_run(
         self,

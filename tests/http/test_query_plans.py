@@ -162,7 +162,6 @@ async def test_every_query_the_api_issues_uses_an_index(
     admin = await queries.api_key_by_hash(key_sha256(ADMIN_KEY))
     assert admin is not None
     org_id = admin["org_id"]
-    message = await queries.messages(thread_id, 1)
     direct = {
         "Queries.user": lambda: queries.user(admin["user_id"]),
         "Queries.user_by_login": lambda: queries.user_by_login("bob"),
@@ -171,7 +170,6 @@ async def test_every_query_the_api_issues_uses_an_index(
         "Queries.api_keys": lambda: queries.api_keys(org_id),
         "Queries.api_key_standing": lambda: queries.api_key_standing(admin["key_id"]),
         "Queries.name_or_email_taken": lambda: queries.name_or_email_taken("x", "x@y.org"),
-        "Queries.message": lambda: queries.message(message[0]["id"]),
         "Queries.last_message_position": lambda: queries.last_message_position(thread_id),
         "Queries.live_run_count": lambda: queries.live_run_count(org_id),
         "Queries.runs_with_status": lambda: queries.runs_with_status("running"),

@@ -107,6 +107,18 @@ async def test_add_message_returns_the_spec_shape(api: Api) -> None:
     assert is_timestamp(body["created_at"])
 
 
+async def test_listed_messages_are_what_add_message_returned(api: Api) -> None:
+    thread_id = await api.create_thread()
+    _, first = await api.request(
+        "POST", f"/v1/threads/{thread_id}/messages", json={"content": "one"}, expect=201
+    )
+    _, second = await api.request(
+        "POST", f"/v1/threads/{thread_id}/messages", json={"content": 'two "quoted"\n'}, expect=201
+    )
+    _, listed = await api.request("GET", f"/v1/threads/{thread_id}/messages", expect=200)
+    assert listed == [first, second]
+
+
 async def test_messages_are_listed_oldest_first_with_limit(api: Api) -> None:
     thread_id = await api.create_thread()
     ids = [await api.add_message(thread_id, f"message {i}") for i in range(5)]
