@@ -57,6 +57,13 @@ class WebhookQueries:
         )
         return int(row[0]) if row else 0
 
+    async def any_endpoint(self) -> bool:
+        """Whether any org has an endpoint that is not deleted."""
+        row = await self.store.fetch_one(
+            "SELECT 1 FROM webhook_endpoints WHERE status <> 'deleted' LIMIT 1"
+        )
+        return row is not None
+
     async def deliveries(
         self, endpoint_id: str, limit: int, before: str | None
     ) -> list[dict[str, Any]]:

@@ -58,10 +58,6 @@ _SCAN = 200
 _WAKING_TYPES = frozenset(DEFAULT_EVENTS)
 
 
-def _wakes(event: RecordedEvent) -> bool:
-    return event.type in _WAKING_TYPES or event.type.startswith("webhook.")
-
-
 class DeliveryWorker:
     def __init__(
         self,
@@ -86,6 +82,10 @@ class DeliveryWorker:
         self._task: asyncio.Task[None] | None = None
         self._sender: Sender | None = None
         self._unwatch: Callable[[], None] | None = None
+        #: Whether an endpoint exists (None: not known yet). While none does, no run event
+        #: can have made a delivery, so only ``webhook.*`` events wake the loop: a service
+        #: without webhooks does not scan its deliveries at every run's end.
+        self._endpoints: bool | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -119,8 +119,17 @@ class DeliveryWorker:
             self._sender = None
 
     def _on_commit(self, events: Sequence[RecordedEvent]) -> None:
-        if not self._wake.is_set() and any(_wakes(e) for e in events):
-            self._wake.set()
+        if self._wake.is_set():
+            return
+        for event in events:
+            if event.type.startswith("webhook."):
+                if event.type.startswith("webhook.endpoint_"):
+                    self._endpoints = None  # look again when nothing is pending
+                self._wake.set()
+                return
+            if self._endpoints is not False and event.type in _WAKING_TYPES:
+                self._wake.set()
+                return
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -142,7 +151,10 @@ class DeliveryWorker:
     async def _start_due(self) -> float | None:
         """Start every due delivery (up to the concurrency); seconds until the next one."""
         now = time.time()
-        for row in await self.queries.pending(_SCAN):
+        rows = await self.queries.pending(_SCAN)
+        if not rows and self._endpoints is None:
+            self._endpoints = await self.queries.any_endpoint()
+        for row in rows:
             delivery_id = row["delivery_id"]
             if delivery_id in self._inflight:
                 continue

@@ -179,6 +179,7 @@ async def test_every_query_the_api_issues_uses_an_index(
         "Queries.ready": queries.ready,
         "WebhookQueries.endpoint": lambda: hooks.endpoint(org_id, run_id),
         "WebhookQueries.endpoint_count": lambda: hooks.endpoint_count(org_id),
+        "WebhookQueries.any_endpoint": hooks.any_endpoint,
         "WebhookQueries.deliveries": lambda: hooks.deliveries(run_id, 10, None),
         "WebhookQueries.delivery": lambda: hooks.delivery(run_id),
         "WebhookQueries.pending": lambda: hooks.pending(10),

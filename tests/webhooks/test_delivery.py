@@ -3,6 +3,7 @@ retries, ordering, 410, and what the log records."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from pathlib import Path
@@ -275,3 +276,37 @@ async def test_a_receiver_that_does_not_answer_slows_no_run(api: Api, receiver: 
     receiver.release()
     rows = await settled(api, endpoint["id"], 4)
     assert [r["status"] for r in rows] == ["succeeded"] * 4
+
+
+async def test_with_no_endpoint_finished_runs_do_not_make_the_worker_scan(
+    api: Api, receiver: Receiver, monkeypatch: Any
+) -> None:
+    """While no endpoint exists no run event can have made a delivery: runs end without a scan
+    of the deliveries. Once an endpoint is created, the next run's delivery goes out at once."""
+    worker = api.runtime.deliveries
+    assert worker is not None
+    scans: list[int] = []
+    pending = worker.queries.pending
+
+    async def counted(limit: int) -> list[dict[str, Any]]:
+        scans.append(limit)
+        return await pending(limit)
+
+    monkeypatch.setattr(worker.queries, "pending", counted)
+    _, first = await api.start_run("hello")
+    await api.wait_for(first)
+    async with asyncio.timeout(5):
+        while worker._endpoints is not False:  # the scan that found nothing, and no endpoint
+            await asyncio.sleep(0.01)
+    before = len(scans)
+    for _ in range(3):
+        _, run_id = await api.start_run("hello")
+        await api.wait_for(run_id)
+    assert len(scans) == before
+
+    await register(api, receiver.url)
+    _, last = await api.start_run("hello")
+    await api.wait_for(last)
+    body = json.loads((await receiver.next(timeout=5)).body)
+    assert (body["run_id"], body["type"]) == (last, "run.completed")
+    assert len(scans) > before
