@@ -36,15 +36,17 @@ async def read_body(request: web.Request, kind: type[T], timeout_s: float) -> T:
                 f"the body must be application/json, not {content_type or 'untyped'}",
                 code="validation.content_type",
             )
-        # A body that is all here already (a small one) is read with no timer scheduled.
-        timeout = None if request.content.is_eof() else timeout_s
-        try:
-            async with asyncio.timeout(timeout):
-                raw = await request.read()
-        except TimeoutError:
-            raise ValidationFailed(
-                f"the body was not received within {timeout_s:g} s", code="validation.body_timeout"
-            ) from None
+        if request.content.is_eof():
+            raw = await request.read()  # all here already (a small body): no timer
+        else:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    raw = await request.read()
+            except TimeoutError:
+                raise ValidationFailed(
+                    f"the body was not received within {timeout_s:g} s",
+                    code="validation.body_timeout",
+                ) from None
     else:
         raw = b""
     if not raw.strip():
