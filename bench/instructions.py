@@ -12,6 +12,11 @@ why
     the machine is doing. Use it to compare two versions of the code; use ``bench/e2e.py`` for
     what users get.
 
+    It cannot judge a change that depends on time: under valgrind a run takes some 50 times
+    longer, so whatever the code does "within 20 ms" (the SQLite watch holds wake-ups back
+    that long after the store's own commit) happens in a fiftieth of the real work. Count
+    what such a change avoids in real time instead (queries per run, say).
+
 method
     The server under test (``runlog serve`` from each ``--tree``, default this checkout, on a
     fresh SQLite file) runs under ``valgrind --tool=callgrind --instr-atstart=no``: nothing
