@@ -16,7 +16,7 @@ from eventstore.projection import Projection
 from eventstore.schema import EVENT_COLUMNS, connect
 from eventstore.sql import Database, SqliteDatabase
 from eventstore.store import GroupCommitStore
-from eventstore.watch import FileWatch
+from eventstore.watch import FileWatch, touch
 
 __all__ = ["SQLiteEventStore", "open_read_only", "open_store"]
 
@@ -108,7 +108,7 @@ class SQLiteEventStore(GroupCommitStore):
     def _committed(self, events: list[RecordedEvent]) -> None:
         # Other processes' stores on this file are told to look (eventstore/watch.py).
         if events:
-            self._watch.touch()
+            touch(self.path + "-wal")
         self._publish(events)
 
     def _publish_from_log(self) -> None:

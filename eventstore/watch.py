@@ -8,12 +8,6 @@ subscribers. So the server hears of the admin CLI revoking a key as it commits. 
 says "look now"; what changed is always read from the log. On systems without ``inotify`` there
 is no watch: live subscribers then learn of another process's events with the next event this
 process commits (docs/architecture.md, "The log").
-
-A store's own touch wakes its own watch too. Its own commits are published as they commit, so
-such a wake-up finds nothing new unless another process committed meanwhile: a wake-up that
-comes soon after this process's last touch is held back until :data:`OWN_TOUCH_QUIET_S` after
-that touch, and every wake-up meanwhile joins it. A busy process then looks once per interval
-rather than after each of its commits; another process's commit waits at most that long.
 """
 
 from __future__ import annotations
@@ -21,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -33,8 +26,6 @@ __all__ = ["FileWatch", "touch"]
 _IN_ATTRIB = 0x00000004
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
-#: How long after its own touch a watch holds its wake-ups back (seconds).
-OWN_TOUCH_QUIET_S = 0.02
 
 
 def touch(path: str) -> None:
@@ -51,8 +42,6 @@ class FileWatch:
         self.on_change = on_change
         self._fd = -1
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._touched = -math.inf  # the loop's time of this process's last touch
-        self._held: asyncio.TimerHandle | None = None
 
     @property
     def active(self) -> bool:
@@ -79,12 +68,6 @@ class FileWatch:
         self._loop.add_reader(fd, self._readable)
         return True
 
-    def touch(self) -> None:
-        """:func:`touch` the watched file, as this process."""
-        if self._loop is not None:
-            self._touched = self._loop.time()
-        touch(self.path)
-
     def _readable(self) -> None:
         # Drain every queued notification: one look at the log covers them all.
         try:
@@ -95,23 +78,9 @@ class FileWatch:
         except OSError:
             self.stop()
             return
-        if self._held is not None:
-            return  # a look is due already, after this notification
-        assert self._loop is not None
-        wait = self._touched + OWN_TOUCH_QUIET_S - self._loop.time()
-        if wait > 0:
-            self._held = self._loop.call_later(wait, self._look)
-        else:
-            self.on_change()
-
-    def _look(self) -> None:
-        self._held = None
         self.on_change()
 
     def stop(self) -> None:
-        if self._held is not None:
-            self._held.cancel()
-            self._held = None
         if self._fd >= 0:
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(self._fd)

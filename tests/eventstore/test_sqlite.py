@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Iterator
@@ -18,7 +17,6 @@ from eventstore import (
     canonical_bytes,
     chain_hash,
 )
-from eventstore.watch import OWN_TOUCH_QUIET_S
 
 EVENTS = 30
 
@@ -248,52 +246,3 @@ async def test_store_keeps_working_after_a_failed_raw_write(
 
     assert event.position == EVENTS + 1
     assert (await filled.verify()).ok
-
-
-# -- the watch -------------------------------------------------------------------------------
-
-
-async def test_own_commits_in_a_burst_make_one_look_at_the_log(
-    sqlite_store: SQLiteEventStore,
-) -> None:
-    """The store's own touch wakes its own watch; its commits are published as they commit,
-    so the wake-ups of a burst are held back and the log is looked at once for all of them."""
-    watch = sqlite_store._watch
-    assert watch.active
-    looks: list[float] = []
-    look = watch.on_change
-
-    def counted() -> None:
-        looks.append(asyncio.get_running_loop().time())
-        look()
-
-    watch.on_change = counted
-    started = asyncio.get_running_loop().time()
-    for i in range(10):
-        await sqlite_store.append("burst", [NewEvent("Tick", msgspec.json.encode({"i": i}))])
-    await asyncio.sleep(OWN_TOUCH_QUIET_S * 3)
-    assert 1 <= len(looks) <= 2, looks
-    assert looks[0] - started >= OWN_TOUCH_QUIET_S * 0.9
-
-
-async def test_another_writers_commit_during_the_held_back_time_is_published(
-    sqlite_store: SQLiteEventStore, db_path: Path
-) -> None:
-    """Another writer (a second store on the file: what the admin CLI is) commits just after
-    this store did: its event reaches this store's subscribers when the held-back look comes."""
-    other = await SQLiteEventStore.open(str(db_path))
-    try:
-        async with contextlib.aclosing(sqlite_store.subscribe("cli", 0)) as events:
-            first = asyncio.ensure_future(anext(events))
-            while sqlite_store.live.subscribers == 0:
-                await asyncio.sleep(0)
-            await sqlite_store.append("own", [NewEvent("Tick", b"{}")])  # touches: holds back
-            started = asyncio.get_running_loop().time()
-            await other.append("cli", [NewEvent("Revoked", b"{}")])
-            async with asyncio.timeout(2):
-                event = await first
-            waited = asyncio.get_running_loop().time() - started
-        assert (event.stream, event.seq, event.type) == ("cli", 1, "Revoked")
-        assert waited < OWN_TOUCH_QUIET_S + 0.5
-    finally:
-        await other.close()
