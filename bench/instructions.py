@@ -13,9 +13,9 @@ why
     what users get.
 
     It cannot judge a change that depends on time: under valgrind a run takes some 50 times
-    longer, so whatever the code does "within 20 ms" (the SQLite watch holds wake-ups back
-    that long after the store's own commit) happens in a fiftieth of the real work. Count
-    what such a change avoids in real time instead (queries per run, say).
+    longer, so whatever the code does "within 20 ms" (coalescing wake-ups, say) covers a
+    fiftieth of the work it covers in real time. Count what such a change avoids in real time
+    instead (queries per run, say).
 
 method
     The server under test (``runlog serve`` from each ``--tree``, default this checkout, on a
