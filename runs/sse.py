@@ -344,10 +344,18 @@ async def stream_events(
     batches = store.subscribe_batches(stream, start, batch_limit, deliver)
     owner = asyncio.current_task()
     assert owner is not None
-    beat = asyncio.create_task(
-        _heartbeat(response, follower, heartbeat_s, owner),
-        name="sse-heartbeat",
-    )
+    loop = asyncio.get_running_loop()
+    beat: asyncio.Task[None] | None = None
+
+    def start_heartbeat() -> None:
+        nonlocal beat
+        beat = loop.create_task(
+            _heartbeat(response, follower, heartbeat_s, owner), name="sse-heartbeat"
+        )
+
+    # Most streams end within their first interval (a run takes seconds): the heartbeat's task
+    # is made only for one that does not, when its first ping could be due.
+    first_beat = loop.call_later(heartbeat_s, start_heartbeat)
     try:
         # No task, future or timer per event: the handler waits inside the subscription (on
         # the stream's shared notification) and a heartbeat task per connection fills silences.
@@ -366,10 +374,13 @@ async def stream_events(
                 follower.last = asyncio.get_running_loop().time()
         return b""
     finally:
-        beat.cancel()
+        first_beat.cancel()
+        if beat is not None:
+            beat.cancel()
         await batches.aclose()
-        with contextlib.suppress(BaseException):
-            await beat
+        if beat is not None:
+            with contextlib.suppress(BaseException):
+                await beat
 
 
 async def _heartbeat(

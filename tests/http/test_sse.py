@@ -556,11 +556,21 @@ def sse_tasks() -> set[asyncio.Task[Any]]:
     }
 
 
+HEARTBEAT_S = 1.0
+
+
+def heartbeats() -> set[asyncio.Task[Any]]:
+    return {t for t in asyncio.all_tasks() if t.get_name() == "sse-heartbeat" and not t.done()}
+
+
 @pytest.mark.parametrize("gap_ms", [30, 2000])
-async def test_disconnected_clients_release_everything_at_once(api: Api, gap_ms: int) -> None:
-    """Closing the client connections ends their handlers and subscriptions right away (with
-    2 s between deltas, while they are parked waiting for the next event) and the run goes on
-    undisturbed."""
+async def test_disconnected_clients_release_everything_at_once(
+    make_api: Callable[..., Any], gap_ms: int
+) -> None:
+    """Closing the client connections ends their handlers, subscriptions and heartbeats right
+    away (with 2 s between deltas, while they are parked waiting for the next event) and the
+    run goes on undisturbed."""
+    api = await make_api(sse_heartbeat_seconds=HEARTBEAT_S)
     thread_id, run_id = await api.start_run(f"/slow {gap_ms}\n" + TEXT[:48])
     await wait_for_seq(api, run_id, 1)
     store, runtime = api.runtime.store, api.runtime
@@ -576,11 +586,14 @@ async def test_disconnected_clients_release_everything_at_once(api: Api, gap_ms:
         assert store.live.followed_streams == 1
         assert len(runtime.streams) == 5
         assert len(runtime.guards) == 5
-        assert sse_tasks()
-    # The clients are gone: their connections closed with the context.
+        if gap_ms > 100:  # parked: each stream's heartbeat task starts after its interval
+            await until(lambda: len(heartbeats()) == 5, timeout=3 * HEARTBEAT_S)
+            assert sse_tasks()
+    # The clients are gone: their connections closed with the context. Within half a
+    # heartbeat interval: a heartbeat task left behind would still be asleep.
     await until(
         lambda: store.live.followed_streams == 0 and not runtime.streams and not sse_tasks(),
-        timeout=1.0,
+        timeout=HEARTBEAT_S / 2,
     )
     assert store.live.subscribers == 0
     assert len(runtime.guards) == 0
@@ -591,6 +604,8 @@ async def test_disconnected_clients_release_everything_at_once(api: Api, gap_ms:
         if not t.done() and t.get_name() not in run_tasks
     }
     assert not leftover, leftover
+    await asyncio.sleep(HEARTBEAT_S * 1.2)  # no heartbeat starts for a stream that ended
+    assert not heartbeats()
     if gap_ms > 100:
         _, run = await api.request("GET", f"/v1/runs/{run_id}", expect=200)
         assert run["status"] == "running"  # released at once, not at the next event
