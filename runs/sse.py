@@ -358,7 +358,7 @@ async def stream_events(
     first_beat = loop.call_later(heartbeat_s, start_heartbeat)
     try:
         # No task, future or timer per event: the handler waits inside the subscription (on
-        # the stream's shared notification) and a heartbeat task per connection fills silences.
+        # the stream's shared notification) and the connection's heartbeat fills silences.
         # What arrived together (a commit's events) is sent in one write.
         async for events in batches:
             # Up to and with the terminal event (0: none in this batch).
