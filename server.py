@@ -404,10 +404,6 @@ def new_trace_id() -> str:
     return os.urandom(16).hex()
 
 
-#: The request metrics' children by (route, method, status): ``labels()`` takes a lock and
-#: checks its arguments on every call. Routes and methods are the app's own (unmatched
-#: requests are one route), statuses a few dozen, so this stays small.
-_request_metrics: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -424,17 +420,8 @@ def log_request(request: web.Request, status: int, seconds: float) -> None:
     route = route_template(request)
     # A method is any token a client sends: those the API does not know share one series.
     method = request.method if request.method in _METHODS else "OTHER"
-    key = (route, method, status)
-    children = _request_metrics.get(key)
-    if children is None:
-        children = (
-            metrics.HTTP_REQUESTS.labels(route, method, str(status)),
-            metrics.HTTP_REQUEST_SECONDS.labels(route, method),
-        )
-        if len(_request_metrics) < 4096:
-            _request_metrics[key] = children
-    children[0].inc()
-    children[1].observe(seconds)
+    metrics.labeled(metrics.HTTP_REQUESTS, route, method, str(status)).inc()
+    metrics.labeled(metrics.HTTP_REQUEST_SECONDS, route, method).observe(seconds)
     who = request.get(PRINCIPAL)
     run_id = request.get(RUN_ID) or request.match_info.get("run_id")
     log.info(

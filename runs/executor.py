@@ -403,8 +403,9 @@ class RunExecutor:
         buffer: list[str] = []
         next_flush = 0.0
         self.call_usage = None
-        call_seconds = metrics.PROVIDER_CALL_SECONDS.labels(self.route.id, self.route.model)
-        first_token_seconds = metrics.PROVIDER_TTFT_SECONDS.labels(self.route.id, self.route.model)
+        route, model = self.route.id, self.route.model
+        call_seconds = metrics.labeled(metrics.PROVIDER_CALL_SECONDS, route, model)
+        first_token_seconds = metrics.labeled(metrics.PROVIDER_TTFT_SECONDS, route, model)
         started = time.monotonic()
         waiting_for_first = True
         items = channel.items

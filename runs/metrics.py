@@ -40,6 +40,7 @@ __all__ = [
     "SSE_CONNECTIONS",
     "SSE_FRAMES",
     "exposition",
+    "labeled",
     "observe_commit",
     "observe_reconnect",
     "process_exited",
@@ -118,37 +119,23 @@ _counted_calls: dict[str, dict[int, RunUsage | None]] = {}
 _COUNTED_CALLS_LIMIT = 100_000
 
 
-#: Labeled children by their labels: ``labels()`` takes a lock and checks its arguments on
-#: every call, and a run's usage and outcome touch six. Models come from the configured routes
-#: and outcomes are a few statuses and error classes: these stay small (and stop growing at
-#: the bound, past which ``labels()`` is simply called each time).
-_usage_children: dict[str, tuple[Any, ...]] = {}
-_finished_children: dict[tuple[str, str], Any] = {}
-_CHILDREN_LIMIT = 1024
+#: Labeled children by metric and label values: ``labels()`` takes a lock and checks its
+#: arguments on every call, and the hot paths (each request, each commit) would call it several
+#: times. Label values are the service's own (route templates, known methods, statuses, models
+#: of the configured routes, outcomes): the cache stays small, and past its bound ``labels()``
+#: is simply called each time.
+_children: dict[tuple[Any, ...], Any] = {}
+_CHILDREN_LIMIT = 4096
 
 
-def _usage_counters(model: str) -> tuple[Any, ...]:
-    """The counters of ``_figures``' kinds, in its order, for ``model``."""
-    children = _usage_children.get(model)
-    if children is None:
-        children = (
-            TOKENS.labels(model, "input"),
-            TOKENS.labels(model, "output"),
-            TOKENS.labels(model, "cache_read"),
-            TOKENS.labels(model, "cache_write"),
-            COST_USD.labels(model),
-        )
-        if len(_usage_children) < _CHILDREN_LIMIT:
-            _usage_children[model] = children
-    return children
-
-
-def _finished_counter(status: str, error_class: str) -> Any:
-    child = _finished_children.get((status, error_class))
+def labeled(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, the child cached."""
+    key = (metric, *values)
+    child = _children.get(key)
     if child is None:
-        child = RUNS_FINISHED.labels(status, error_class)
-        if len(_finished_children) < _CHILDREN_LIMIT:
-            _finished_children[(status, error_class)] = child
+        child = metric.labels(*values)
+        if len(_children) < _CHILDREN_LIMIT:
+            _children[key] = child
     return child
 
 
@@ -171,9 +158,13 @@ def _count_usage(stream: str, usage: RunUsage) -> None:
     estimate = calls.get(usage.call)
     counted = dict(_figures(estimate)) if estimate is not None else {}
     calls[usage.call] = usage if usage.estimated else None
-    for (kind, amount), counter in zip(_figures(usage), _usage_counters(usage.model), strict=True):
+    for kind, amount in _figures(usage):
         # A counter cannot go down: a reported usage adds what it has beyond the estimate.
-        counter.inc(max(0.0, amount - counted.get(kind, 0)))
+        more = max(0.0, amount - counted.get(kind, 0))
+        if kind == "cost":
+            labeled(COST_USD, usage.model).inc(more)
+        else:
+            labeled(TOKENS, usage.model, kind).inc(more)
 
 
 def observe_commit(events: Sequence[RecordedEvent], seconds: float) -> None:
@@ -190,7 +181,7 @@ def observe_commit(events: Sequence[RecordedEvent], seconds: float) -> None:
         elif recorded.type in TERMINAL_RUN_EVENTS:
             event = decode_event(recorded)
             error_class = event.error_class if isinstance(event, RunFailed) else ""
-            _finished_counter(recorded.type.removeprefix("run."), error_class).inc()
+            labeled(RUNS_FINISHED, recorded.type.removeprefix("run."), error_class).inc()
             _counted_calls.pop(recorded.stream, None)
 
 
