@@ -188,14 +188,9 @@ class RunExecutor:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    async def execute(
-        self, history: list[dict[str, Any]], events: list[RecordedEvent] | None = None
-    ) -> None:
-        """Run until the run is terminal or waits for input. ``history`` is the thread's
-        conversation before the run started; ``events``, the run's events if the caller has
-        just read them (else they are read here)."""
-        if events is None:
-            events = await read_run(self.store, self.run_id)
+    async def execute(self, history: list[dict[str, Any]], events: list[RecordedEvent]) -> None:
+        """Run until the run is terminal or waits for input, from ``events`` (the run's, just
+        read from the log). ``history`` is the thread's conversation before the run started."""
         self.state = fold_recorded(events)
         if self.state is None or self.state.terminal or self.state.status != "running":
             return

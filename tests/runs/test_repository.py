@@ -102,7 +102,7 @@ async def test_the_supervisor_logs_when_a_run_keeps_losing_races(
 
     attempts = []
 
-    async def always_conflicts(self: RunExecutor, history: Any, events: Any = None) -> None:
+    async def always_conflicts(self: RunExecutor, history: Any, events: Any) -> None:
         attempts.append(self.run_id)
         raise ConcurrencyError(run_stream(self.run_id), 1, 2)
 
