@@ -37,6 +37,7 @@ from runs.events import (
     WebhookDeliveryAttemptFailed,
     WebhookDeliveryClaimed,
     WebhookDeliverySucceeded,
+    WebhookEndpointDeleted,
     WebhookEndpointDisabled,
     delivery_stream,
     encode_event,
@@ -82,9 +83,11 @@ class DeliveryWorker:
         self._task: asyncio.Task[None] | None = None
         self._sender: Sender | None = None
         self._unwatch: Callable[[], None] | None = None
-        #: Whether an endpoint exists (None: not known yet). While none does, no run event
-        #: can have made a delivery, so only ``webhook.*`` events wake the loop: a service
-        #: without webhooks does not scan its deliveries at every run's end.
+        #: Whether an endpoint exists (None: not known; looked up when a scan finds nothing
+        #: pending). While none does, no run event can have made a delivery, so only
+        #: ``webhook.*`` events wake the loop: a service without webhooks does not scan its
+        #: deliveries at every run's end. An endpoint's event sets it at once (True, or None
+        #: after a deletion), and a lookup's answer never overwrites what an event set during it.
         self._endpoints: bool | None = None
 
     # -- life cycle -------------------------------------------------------------------------
@@ -119,17 +122,15 @@ class DeliveryWorker:
             self._sender = None
 
     def _on_commit(self, events: Sequence[RecordedEvent]) -> None:
-        if self._wake.is_set():
-            return
         for event in events:
             if event.type.startswith("webhook."):
-                if event.type.startswith("webhook.endpoint_"):
-                    self._endpoints = None  # look again when nothing is pending
+                if event.type == WebhookEndpointDeleted.TYPE:
+                    self._endpoints = None  # it may have been the last: look again
+                elif event.type.startswith("webhook.endpoint_"):
+                    self._endpoints = True
                 self._wake.set()
-                return
-            if self._endpoints is not False and event.type in _WAKING_TYPES:
+            elif self._endpoints is not False and event.type in _WAKING_TYPES:
                 self._wake.set()
-                return
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -153,7 +154,9 @@ class DeliveryWorker:
         now = time.time()
         rows = await self.queries.pending(_SCAN)
         if not rows and self._endpoints is None:
-            self._endpoints = await self.queries.any_endpoint()
+            found = await self.queries.any_endpoint()
+            if self._endpoints is None:
+                self._endpoints = found
         for row in rows:
             delivery_id = row["delivery_id"]
             if delivery_id in self._inflight:

@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from eventstore import RecordedEvent
 from eventstore.sql import SqliteDatabase
 from projections import all_projections, diff_tables, rebuild
 from tests.conftest import Api
@@ -310,3 +311,21 @@ async def test_with_no_endpoint_finished_runs_do_not_make_the_worker_scan(
     body = json.loads((await receiver.next(timeout=5)).body)
     assert (body["run_id"], body["type"]) == (last, "run.completed")
     assert len(scans) > before
+
+
+async def test_an_endpoint_event_counts_even_when_the_worker_is_already_woken(api: Api) -> None:
+    """The worker is woken already (a scan is due) when an endpoint is created: that scan must
+    not go on taking the service for one without endpoints."""
+    worker = api.runtime.deliveries
+    assert worker is not None
+    _, first = await api.start_run("hello")
+    await api.wait_for(first)
+    async with asyncio.timeout(5):
+        while worker._endpoints is not False:
+            await asyncio.sleep(0.01)
+    worker._wake.set()
+    created = RecordedEvent(
+        1, "webhook-x", 1, "webhook.endpoint_created", "{}", "2026-01-01T00:00:00.000Z", "0" * 64
+    )
+    worker._on_commit([created])
+    assert worker._endpoints is True
