@@ -788,8 +788,8 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     if follow_raw not in {"0", "1", "true", "false"}:
         raise ValidationFailed("follow must be 0 or 1", code="validation.follow", field="follow")
     follow = follow_raw in {"1", "true"}
-    row = await runtime.queries.run(principal(request).org_id, run_id)
-    if row is None:
+    status = await runtime.queries.run_status(run_id, principal(request).org_id)
+    if status is None:
         raise NotFound("run not found")
 
     response = web.StreamResponse(
@@ -821,7 +821,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
             run_stream(run_id),
             after_seq=after_seq,
             follow=follow,
-            ended=row["status"] in TERMINAL_STATUSES,
+            ended=status in TERMINAL_STATUSES,
             batch_limit=runtime.config.sse_batch_limit,
             heartbeat_s=runtime.config.sse_heartbeat_seconds,
             transport=request.transport,

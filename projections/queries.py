@@ -228,9 +228,17 @@ class Queries:
         )
         return int(row[0]) if row else 0
 
-    async def run_status(self, run_id: str) -> str | None:
-        """A run's status, whatever its org (the supervisor's takeover)."""
-        row = await self.store.fetch_one("SELECT status FROM runs WHERE run_id = ?", (run_id,))
+    async def run_status(self, run_id: str, org_id: str | None = None) -> str | None:
+        """A run's status (None: no such run in ``org_id``; without it, whatever its org: the
+        supervisor's takeover). Where only the status matters (the SSE stream's opening, a
+        thread's active run), one column of the run's row, not :meth:`run`'s whole row and
+        its creator's name."""
+        if org_id is None:
+            row = await self.store.fetch_one("SELECT status FROM runs WHERE run_id = ?", (run_id,))
+        else:
+            row = await self.store.fetch_one(
+                "SELECT status FROM runs WHERE run_id = ? AND org_id = ?", (run_id, org_id)
+            )
         return None if row is None else str(row[0])
 
     async def runs_with_status(self, status: str) -> list[str]:

@@ -309,8 +309,8 @@ class RunService:
                     await check(thread)
                 active = thread["active_run_id"]
                 if active is not None:
-                    run = await self.queries.run(org_id, active)
-                    if run is not None and run["status"] not in TERMINAL_STATUSES:
+                    status = await self.queries.run_status(active, org_id)
+                    if status is not None and status not in TERMINAL_STATUSES:
                         raise Conflict(
                             "the thread already has a run that has not finished",
                             code="runs.thread_busy",
