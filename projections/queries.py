@@ -220,14 +220,6 @@ class Queries:
         )
         return [dict(zip(("run_id", "status", "created_at"), r, strict=True)) for r in rows]
 
-    async def live_run_count(self, org_id: str) -> int:
-        row = await self.store.fetch_one(
-            "SELECT count(*) FROM runs WHERE org_id = ? AND status IN"
-            f" ({', '.join('?' * len(LIVE_STATUSES))})",
-            (org_id, *sorted(LIVE_STATUSES)),
-        )
-        return int(row[0]) if row else 0
-
     async def run_status(self, run_id: str, org_id: str | None = None) -> str | None:
         """A run's status (None: no such run in ``org_id``; without it, whatever its org: the
         supervisor's takeover). Where only the status matters (the SSE stream's opening, a

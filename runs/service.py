@@ -294,10 +294,11 @@ class RunService:
         limit = self.max_live_runs_per_org
         for _ in range(_CONFLICT_RETRIES):
             # The checks run one at a time per org; the append does not hold the lock, so
-            # creations on several threads share commits. The limit read here is a quick
-            # refusal only: the append's cap, counted by the writer, is exact (runs being
-            # appended meanwhile are counted there, never twice). Another creation on the
-            # same thread waits for this append before it looks at the thread.
+            # creations on several threads share commits. The org's limit is not read here:
+            # the append's cap, counted by the writer, refuses the run (runs being appended
+            # meanwhile are counted there, never twice), and a refused append writes nothing.
+            # Another creation on the same thread waits for this append before it looks at
+            # the thread.
             async with self._org_locks[org_id]:
                 while (creating := self._creating.get(thread_id)) is not None:
                     await creating.wait()
@@ -316,9 +317,6 @@ class RunService:
                             code="runs.thread_busy",
                             active_run_id=active,
                         )
-                live = await self.queries.live_run_count(org_id)
-                if live >= limit:
-                    raise _limit_exceeded(live, limit)
                 appending = self._creating[thread_id] = asyncio.Event()
             try:
                 await self.store.append_many(
