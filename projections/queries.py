@@ -146,6 +146,13 @@ class Queries:
         )
         return _row(_THREAD_KEYS, row)
 
+    async def thread_exists(self, org_id: str, thread_id: str) -> bool:
+        """Whether the org has the thread (a message's check: no row to build)."""
+        row = await self.store.fetch_one(
+            "SELECT 1 FROM threads WHERE thread_id = ? AND org_id = ?", (thread_id, org_id)
+        )
+        return row is not None
+
     @staticmethod
     def created_thread(recorded: RecordedEvent) -> dict[str, Any]:
         """What :meth:`thread` reads of the thread that ``recorded`` (its ``thread.created``)

@@ -163,7 +163,7 @@ class RunService:
 
     async def add_message(self, who: Principal, thread_id: str, content: str) -> RecordedEvent:
         """A user's message on the thread; returns its ``message.added`` as recorded."""
-        if await self.queries.thread(who.org_id, thread_id) is None:
+        if not await self.queries.thread_exists(who.org_id, thread_id):
             raise NotFound("thread not found")
         message_id = new_id()
         event = MessageAdded(
