@@ -25,6 +25,10 @@ class Projection(Protocol):
 
     ``apply`` must be deterministic: it may only use the event (never the clock, random numbers
     or other processes' state), so that rebuilding from the log gives the same rows.
+
+    A projection may also have ``event_types``, the frozenset of the event types its ``apply``
+    does anything with: the store's writer then calls it for those only (most events of a run
+    are seen by one read model or none). One without the attribute sees every event.
     """
 
     #: Unique name; the checkpoint row is keyed by it.

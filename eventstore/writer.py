@@ -40,6 +40,8 @@ _SEQ_REFRESH_LIMIT = 10_000
 #: For this many batches after one that found another process's commit, the queries that
 #: bring the seq cache and the projections up to date travel with the head's lock.
 _SHARED_BATCHES = 16
+#: Event types whose projections the writer keeps worked out (BatchWriter._appliers_of).
+_APPLIERS_LIMIT = 1024
 
 _CHECKPOINTS = "SELECT name, position FROM projection_checkpoints"
 
@@ -69,6 +71,8 @@ class BatchWriter:
     def __init__(self, db: Database, projections: Sequence[Projection]) -> None:
         self._db = db
         self._projections = tuple(projections)
+        # The projections that see each event type (``Projection.event_types``), in order.
+        self._appliers: dict[str, tuple[Projection, ...]] = {}
         # Last seq of recently written streams. Valid only while no other process has
         # written: every batch compares the head it reads with the head we last committed.
         self._seq_cache: dict[str, int] = {}
@@ -279,9 +283,25 @@ class BatchWriter:
     def _write(self, rows: list[_Row], events: list[RecordedEvent]) -> None:
         db = self._db
         db.insert_events(rows)
+        appliers = self._appliers
         for event in events:
-            for projection in self._projections:
+            these = appliers.get(event.type)
+            if these is None:
+                these = self._appliers_of(event.type)
+            for projection in these:
                 projection.apply(db, event)
+
+    def _appliers_of(self, type_: str) -> tuple[Projection, ...]:
+        """The projections that see events of ``type_``, kept for the next (the log's event
+        types are a handful; past a bound, an odd type is worked out each time)."""
+        these = tuple(
+            p
+            for p in self._projections
+            if (types := getattr(p, "event_types", None)) is None or type_ in types
+        )
+        if len(self._appliers) < _APPLIERS_LIMIT:
+            self._appliers[type_] = these
+        return these
 
     def probe(self) -> None:
         """Commit a transaction that changes nothing: raises while the database cannot write."""

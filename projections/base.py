@@ -26,6 +26,23 @@ Decoded = tuple[RecordedEvent, DomainEvent]
 _KEYS_PER_QUERY = 500
 
 
+#: The event last decoded for ``apply``, with its decoding: the writer applies an event to every
+#: read model that uses it in turn, and a run's end is used by three. Domain events are frozen,
+#: so the handlers can share one. One tuple, read and replaced whole: a store's writer on
+#: another thread sees either pair, and compares by identity.
+_last_decoded: Decoded | None = None
+
+
+def _decoded(event: RecordedEvent) -> DomainEvent:
+    global _last_decoded  # noqa: PLW0603 - a one-entry cache shared by every projection
+    last = _last_decoded
+    if last is not None and last[0] is event:
+        return last[1]
+    decoded = decode_event(event)
+    _last_decoded = (event, decoded)
+    return decoded
+
+
 class TableProjection:
     """Subclasses set ``name``, ``tables``, ``ddl`` and map event classes to handlers.
 
@@ -63,7 +80,7 @@ class TableProjection:
     def apply(self, conn: SqlConnection, event: RecordedEvent) -> None:
         handler = self._handlers.get(event.type)
         if handler is not None:
-            handler(conn, decode_event(event), event)
+            handler(conn, _decoded(event), event)
 
     def apply_many(self, conn: SqlConnection, events: Sequence[Decoded]) -> None:
         """Apply a chunk of events in log order, leaving the rows ``apply`` of each would.

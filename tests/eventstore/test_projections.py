@@ -11,7 +11,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from eventstore import NewEvent, Projection, RecordedEvent, SQLiteEventStore, StorageError
+from eventstore import (
+    AppendRequest,
+    NewEvent,
+    Projection,
+    RecordedEvent,
+    SQLiteEventStore,
+    StorageError,
+)
 
 
 class TypeCounts:
@@ -60,8 +67,36 @@ async def open_with(db_path: Path, *projections: Projection) -> SQLiteEventStore
     return await SQLiteEventStore.open(str(db_path), projections)
 
 
+class CreatedOnly(TypeCounts):
+    """A projection that names the only event type it uses."""
+
+    event_types = frozenset({"Created"})
+
+
 def test_type_counts_is_a_projection() -> None:
     assert isinstance(TypeCounts(), Projection)
+    assert isinstance(CreatedOnly(), Projection)
+
+
+async def test_a_projection_with_event_types_sees_those_types_only(db_path: Path) -> None:
+    """The writer applies an event to the projections whose ``event_types`` name its type,
+    and to every projection without ``event_types``, in their order; the checkpoints of all
+    move with the head."""
+    only, every = CreatedOnly(name="created_only"), TypeCounts(name="every")
+    store = await open_with(db_path, only, every)
+    try:
+        await store.append("a", [ev("Created"), ev("Renamed")], 0)
+        await store.append_many(
+            [AppendRequest("b", [ev("Renamed"), ev("Created")], 0), AppendRequest("c", [ev("X")])]
+        )
+        logged = await store.read_all()
+        assert [e.type for e in only.seen] == ["Created", "Created"]
+        assert only.seen == [e for e in logged if e.type == "Created"]
+        assert every.seen == logged
+        head = await store.head()
+        assert await checkpoint(store, "created_only") == await checkpoint(store, "every") == head
+    finally:
+        await store.close()
 
 
 async def test_projection_rows_are_visible_when_append_returns(db_path: Path) -> None:
