@@ -122,6 +122,20 @@ class Api:
         return key
 
 
+def spy_on(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[Any]:
+    """Replace ``owner.name`` (a function of one argument) with one that records each
+    argument and calls the original; returns the list of arguments."""
+    calls: list[Any] = []
+    real = getattr(owner, name)
+
+    def recording(argument: Any) -> Any:
+        calls.append(argument)
+        return real(argument)
+
+    monkeypatch.setattr(owner, name, recording)
+    return calls
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> str:
     return str(tmp_path / "runlog.db")

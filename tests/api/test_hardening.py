@@ -32,7 +32,7 @@ from runs.auth import sign_access_token
 from runs.events import UserDeleted, encode_event, org_stream
 from runs.openapi import document
 from runs.ratelimit import FailureLimiter
-from tests.conftest import ADMIN_KEY, Api
+from tests.conftest import ADMIN_KEY, Api, spy_on
 
 ROOT = Path(__file__).parent.parent.parent
 ID = "01a222e7-34a2-725d-b216-511d14940c97"  # well-formed, exists nowhere
@@ -414,14 +414,7 @@ async def test_every_api_key_path_hashes_once(api: Api, monkeypatch: pytest.Monk
     would make a bad key measurably cheaper than a good one)."""
     _, _, key_id, revoked = await _user_with_key(api, "hana")
     await api.runtime.accounts.revoke_key(key_id)
-    calls: list[str] = []
-    real = server.key_sha256
-
-    def counting(key: str) -> str:
-        calls.append(key)
-        return real(key)
-
-    monkeypatch.setattr(server, "key_sha256", counting)
+    calls: list[str] = spy_on(monkeypatch, server, "key_sha256")
     for authorization, expected in [
         (b"Basic abc", 401),
         (b"Bearer ", 401),

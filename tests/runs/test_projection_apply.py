@@ -3,14 +3,12 @@ many use it (a run's end is used by the threads, runs and usage models)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from eventstore import RecordedEvent
 from projections import all_projections, base
 from runs.events import RunCompleted
-from tests.conftest import Api
+from tests.conftest import Api, spy_on
 
 
 async def test_each_event_is_decoded_once_for_every_read_model(
@@ -19,14 +17,7 @@ async def test_each_event_is_decoded_once_for_every_read_model(
     models = all_projections()
     users = [m for m in models if RunCompleted.TYPE in getattr(m, "event_types", ())]
     assert len(users) >= 2  # else the test would show nothing
-    decoded: list[RecordedEvent] = []
-    decode = base.decode_event
-
-    def counting(event: RecordedEvent) -> Any:
-        decoded.append(event)
-        return decode(event)
-
-    monkeypatch.setattr(base, "decode_event", counting)
+    decoded: list[RecordedEvent] = spy_on(monkeypatch, base, "decode_event")
     store = api.runtime.store
     head = await store.head()
     _, run_id = await api.start_run("hello")
