@@ -564,7 +564,7 @@ async def create_thread(request: web.Request) -> web.Response:
     who = principal(request)
     body = await read_body(request, CreateThread, runtime.config.request_read_timeout_seconds)
     created = await runtime.service.create_thread(who, body.title)
-    return json_response(shaped(Thread, runtime.queries.created_thread(created)), 201)
+    return json_response(shaped(Thread, runtime.queries.created_thread(*created)), 201)
 
 
 async def list_threads(request: web.Request) -> web.Response:
@@ -589,7 +589,7 @@ async def add_message(request: web.Request) -> web.Response:
     thread_id = path_id(request, "thread_id")
     body = await read_body(request, CreateMessage, runtime.config.request_read_timeout_seconds)
     added = await runtime.service.add_message(who, thread_id, body.content)
-    return json_response(shaped(Message, runtime.queries.added_message(added)), 201)
+    return json_response(shaped(Message, runtime.queries.added_message(*added)), 201)
 
 
 async def owned_thread_id(request: web.Request) -> str:

@@ -15,7 +15,7 @@ from eventstore import SCHEMA_VERSION, EventStore, RecordedEvent
 from projections.runs import RUN_COLUMNS
 from projections.threads import MESSAGE_COLUMNS, message_row, thread_row
 from projections.usage import USAGE_GROUPS
-from runs.events import MessageAdded, ThreadCreated, decode_event
+from runs.events import MessageAdded, ThreadCreated
 from runs.run import LIVE_STATUSES
 
 __all__ = ["Queries"]
@@ -154,12 +154,10 @@ class Queries:
         return row is not None
 
     @staticmethod
-    def created_thread(recorded: RecordedEvent) -> dict[str, Any]:
-        """What :meth:`thread` reads of the thread that ``recorded`` (its ``thread.created``)
+    def created_thread(event: ThreadCreated, recorded: RecordedEvent) -> dict[str, Any]:
+        """What :meth:`thread` reads of the thread that ``event`` (recorded as ``recorded``)
         made, from the event itself: the projection wrote that very row (``thread_row``) in
         the append's transaction, and reading it back would cost a query."""
-        event = decode_event(recorded)
-        assert isinstance(event, ThreadCreated)
         return dict(zip(_THREAD_KEYS, thread_row(event, recorded), strict=True))
 
     async def threads(self, org_id: str, limit: int, before: str | None) -> list[dict[str, Any]]:
@@ -191,11 +189,9 @@ class Queries:
         return int(row[0]) if row else 0
 
     @staticmethod
-    def added_message(recorded: RecordedEvent) -> dict[str, Any]:
-        """What :meth:`messages` reads of the message ``recorded`` (its ``message.added``)
+    def added_message(event: MessageAdded, recorded: RecordedEvent) -> dict[str, Any]:
+        """What :meth:`messages` reads of the message that ``event`` (recorded as ``recorded``)
         added, from the event itself (:meth:`created_thread`)."""
-        event = decode_event(recorded)
-        assert isinstance(event, MessageAdded)
         row = dict(zip(MESSAGE_COLUMNS, message_row(event, recorded), strict=True))
         row["id"] = row.pop("message_id")
         return row

@@ -152,17 +152,22 @@ class RunService:
         #: Threads whose run's ``run.started`` is being appended.
         self._creating: dict[str, asyncio.Event] = {}
 
-    async def create_thread(self, who: Principal, title: str | None) -> RecordedEvent:
-        """A new thread; returns its ``thread.created`` as the log recorded it."""
+    async def create_thread(
+        self, who: Principal, title: str | None
+    ) -> tuple[ThreadCreated, RecordedEvent]:
+        """A new thread: its ``thread.created``, and that event as the log recorded it."""
         thread_id = new_id()
         event = ThreadCreated(
             thread_id=thread_id, org_id=who.org_id, created_by_user_id=who.user_id, title=title
         )
         [recorded] = await self.store.append(thread_stream(thread_id), [encode_event(event)], 0)
-        return recorded
+        return event, recorded
 
-    async def add_message(self, who: Principal, thread_id: str, content: str) -> RecordedEvent:
-        """A user's message on the thread; returns its ``message.added`` as recorded."""
+    async def add_message(
+        self, who: Principal, thread_id: str, content: str
+    ) -> tuple[MessageAdded, RecordedEvent]:
+        """A user's message on the thread: its ``message.added``, and that event as the log
+        recorded it."""
         if not await self.queries.thread_exists(who.org_id, thread_id):
             raise NotFound("thread not found")
         message_id = new_id()
@@ -175,7 +180,7 @@ class RunService:
             created_by_user_id=who.user_id,
         )
         [recorded] = await self.store.append(thread_stream(thread_id), [encode_event(event)])
-        return recorded
+        return event, recorded
 
     async def create_run(
         self,

@@ -128,7 +128,8 @@ class World:
         async def foreign() -> str:
             org_id = await accounts.create_org("other")
             user_id = await accounts.create_user(org_id, "mallory", "mallory@example.com")
-            return await runtime.service.create_thread(Principal(user_id, org_id), "theirs")
+            created, _ = await runtime.service.create_thread(Principal(user_id, org_id), "theirs")
+            return created.thread_id
 
         self.foreign_thread_ids.append(self.live.run(foreign()))
         # Webhook endpoints (to a closed local port: deliveries fail fast and harmlessly);
