@@ -11,6 +11,8 @@ import msgspec
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 
+from eventstore.model import utc_second
+
 __all__ = ["MalformedRequestFilter", "configure_logging"]
 
 
@@ -40,27 +42,17 @@ def _json_line(event: dict[str, Any], **_: Any) -> str:
     return _encoder.encode(event).decode()
 
 
-class _Timestamp:
+def _timestamp(
+    _logger: Any, _method: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
     """``timestamp``: UTC, ISO 8601 with microseconds and ``Z``
     (``2026-01-02T03:04:05.678901Z``; always six digits, where ``datetime.isoformat`` drops
-    them at a whole second). The second's text is made once per second: a line costs a fifth
-    of structlog's ``TimeStamper``, which makes a ``datetime`` and formats all of it."""
-
-    __slots__ = ("_prefix", "_second")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
-
-    def __call__(
-        self, _logger: Any, _method: str, event_dict: structlog.typing.EventDict
-    ) -> structlog.typing.EventDict:
-        second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
-        if second != self._second:
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
-        event_dict["timestamp"] = f"{self._prefix}.{nanoseconds // 1000:06d}Z"
-        return event_dict
+    them at a whole second). The second's text is made once per second
+    (:func:`eventstore.model.utc_second`): a line costs a fifth of structlog's ``TimeStamper``,
+    which makes a ``datetime`` and formats all of it."""
+    second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+    event_dict["timestamp"] = f"{utc_second(second)}.{nanoseconds // 1000:06d}Z"
+    return event_dict
 
 
 def configure_logging(stream: TextIO | None = None, *, json: bool | None = None) -> None:
@@ -76,7 +68,7 @@ def configure_logging(stream: TextIO | None = None, *, json: bool | None = None)
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            _Timestamp(),
+            _timestamp,
             structlog.processors.format_exc_info,
             renderer,
         ],

@@ -11,7 +11,7 @@ import time
 import pytest
 import structlog
 
-from runs.logs import _Timestamp, configure_logging
+from runs.logs import _timestamp, configure_logging
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
@@ -41,10 +41,10 @@ def test_a_json_line_has_the_event_its_level_and_the_time() -> None:
 def test_the_timestamp_is_what_datetime_gives_to_the_microsecond(
     monkeypatch: pytest.MonkeyPatch, nanoseconds: int
 ) -> None:
-    stamp = _Timestamp()
-    stamp(None, "info", {})  # the cached second is another one
+    monkeypatch.setattr(time, "time_ns", lambda: nanoseconds - 3_600_000_000_000)
+    _timestamp(None, "info", {})  # the cached second is another one
     monkeypatch.setattr(time, "time_ns", lambda: nanoseconds)
     expected = datetime.datetime.fromtimestamp(nanoseconds // 1000 / 1e6, datetime.UTC)
-    text = stamp(None, "info", {})["timestamp"]
+    text = _timestamp(None, "info", {})["timestamp"]
     assert text == expected.isoformat(timespec="microseconds").replace("+00:00", "Z")
-    assert stamp(None, "info", {})["timestamp"] == text  # the cached second
+    assert _timestamp(None, "info", {})["timestamp"] == text  # the cached second
