@@ -849,25 +849,29 @@ def _webhook_context(request: web.Request) -> tuple[WebhookService, Principal, f
 
 def add_routes(app: web.Application) -> None:
     run = "{run_id:[^{}/:]+}"
+    # aiohttp tries the routes that share a path's static start (``/v1/threads``, ``/v1/runs``)
+    # one regular expression at a time, in the order they were added: the agent loop's own
+    # routes come first. No two of these patterns match the same path, so the order changes
+    # nothing else.
+    app.router.add_post("/v1/threads", create_thread)
+    app.router.add_get("/v1/threads", list_threads)
+    app.router.add_post("/v1/threads/{thread_id}/messages", add_message)
+    app.router.add_get("/v1/threads/{thread_id}/messages", list_messages)
+    app.router.add_post("/v1/threads/{thread_id}/runs", create_run)
+    app.router.add_get("/v1/threads/{thread_id}/runs", list_thread_runs)
+    app.router.add_get(f"/v1/runs/{run}/events", run_events)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_post("/v1/auth/login", login)
-    app.router.add_post("/v1/threads", create_thread)
-    app.router.add_get("/v1/threads", list_threads)
     app.router.add_get("/v1/threads/{thread_id}", get_thread)
-    app.router.add_post("/v1/threads/{thread_id}/messages", add_message)
-    app.router.add_get("/v1/threads/{thread_id}/messages", list_messages)
-    app.router.add_post("/v1/threads/{thread_id}/runs", create_run)
-    app.router.add_get("/v1/threads/{thread_id}/runs", list_thread_runs)
     app.router.add_get("/v1/runs", list_runs)
     app.router.add_get(f"/v1/runs/{run}", get_run)
     app.router.add_post(f"/v1/runs/{run}:cancel", cancel_run)
     app.router.add_post(f"/v1/runs/{run}/cancel", cancel_run)  # what Arkloop's clients call
     app.router.add_post(f"/v1/runs/{run}/retry", retry_run)
     app.router.add_post(f"/v1/runs/{run}/input", submit_input)
-    app.router.add_get(f"/v1/runs/{run}/events", run_events)
     app.router.add_get("/v1/tools", list_tools)
     app.router.add_get("/v1/usage", usage_report)
     app.router.add_get("/", console_index)

@@ -3,7 +3,8 @@
 Request and response schemas are generated from the msgspec types in ``runs.schemas`` — the
 same types the handlers decode and encode — so the contract cannot drift from the code. What
 msgspec cannot know (paths, parameters, status codes, security) lives in ``OPERATIONS``, one
-row per route of ``server.add_routes`` and in the same order; a test checks that the two agree.
+row per route of ``server.add_routes``, in the order a reader meets them (the routes are added
+in the order the router should try them); a test checks that the two agree.
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ _WEBHOOK_DESCRIPTION = (
     " `webhooks_allow_private = true`."
 )
 
-#: One row per route of ``server.add_routes``, in the same order.
+#: One row per route of ``server.add_routes``.
 OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/healthz", "healthz", "Liveness", 200, _HEALTH, auth=False, errors=(500,)),
     Operation(
