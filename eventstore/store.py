@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
@@ -20,6 +19,7 @@ from eventstore.model import AppendRequest, NewEvent, RecordedEvent, WireRow, ut
 from eventstore.projection import Projection
 from eventstore.sql import Database
 from eventstore.verify import VerifyReport, verify_database
+from eventstore.worker import WorkerThread
 from eventstore.writer import BatchWriter, Outcome
 
 __all__ = ["MAX_BATCH", "CommitObserver", "GroupCommitStore"]
@@ -52,7 +52,7 @@ class GroupCommitStore:
     def __init__(self, location: str, projections: Sequence[Projection] = ()) -> None:
         self.location = location
         self.projections = tuple(projections)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runlog-writer")
+        self._thread = WorkerThread("runlog-writer")
         self._write_db: Database | None = None
         self._writer: BatchWriter | None = None
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -138,11 +138,10 @@ class GroupCommitStore:
     # -- life cycle -------------------------------------------------------------------------
 
     async def _start(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            self._write_db = await loop.run_in_executor(self._executor, self._connect)
+            self._write_db = await self._thread.call(self._connect)
             self._writer = BatchWriter(self._write_db, self.projections)
-            await loop.run_in_executor(self._executor, self._writer.create_schema)
+            await self._thread.call(self._writer.create_schema)
             await self._open_readers()
         except BaseException as exc:
             await self._shutdown_connections()
@@ -169,8 +168,8 @@ class GroupCommitStore:
         if self._write_db is not None:
             db = self._write_db
             self._write_db = None
-            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
-        self._executor.shutdown(wait=True)
+            await self._thread.call(db.close)
+        self._thread.stop()
 
     @property
     def closed(self) -> bool:
@@ -206,7 +205,6 @@ class GroupCommitStore:
         return future
 
     async def _run_writer(self) -> None:
-        loop = asyncio.get_running_loop()
         writer = self._writer
         assert writer is not None
         stopping = False
@@ -224,8 +222,7 @@ class GroupCommitStore:
             started = time.perf_counter()
             self._between_batches.clear()
             try:
-                outcomes: list[Outcome] = await loop.run_in_executor(
-                    self._executor,
+                outcomes: list[Outcome] = await self._thread.call(
                     self._commit_batch,
                     writer,
                     [pending.requests for pending in batch],
@@ -296,7 +293,7 @@ class GroupCommitStore:
         if self.write_fault is None or self._writer is None:
             return self.write_fault
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._writer.probe)
+            await self._thread.call(self._writer.probe)
         except StorageUnavailable as exc:
             self.write_fault = str(exc)
         else:
