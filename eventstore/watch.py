@@ -69,10 +69,13 @@ class FileWatch:
         return True
 
     def _readable(self) -> None:
-        # Drain every queued notification: one look at the log covers them all.
+        # Take the queued notifications: one look at the log covers them all. The kernel
+        # merges a touch into an identical one not yet read, so a few bytes are queued at
+        # most, and one read takes them (more would leave the descriptor readable, and a
+        # second look does no harm). Not read until empty: that last read raised
+        # BlockingIOError at every wake-up.
         try:
-            while os.read(self._fd, 65536):
-                pass
+            os.read(self._fd, 65536)
         except BlockingIOError:
             pass
         except OSError:
