@@ -294,8 +294,8 @@ async def _serve(
     # What start-up made lives as long as the process: the collector no longer walks it. And
     # a collection every 10,000 new objects instead of 700: each one walks what the runs in
     # flight hold, so at 20 concurrent runs they were 2% of the event loop's instructions
-    # (bench/instructions.py --clients 20: -1.8% per run). The garbage a delay keeps is a few
-    # thousand small objects at most.
+    # (bench/instructions.py --clients 20: -1.8% per run). Unreachable cycles, and what they
+    # hold, wait for 10,000 allocations instead of 700: under load, a few more milliseconds.
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
     gc.enable()
