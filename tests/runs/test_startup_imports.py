@@ -34,7 +34,11 @@ def probe(port):
     import aiohttp.connector
     ca = aiohttp.connector._SSL_CONTEXT_VERIFIED.cert_store_stats()["x509_ca"]
     state = {"modules": sorted(sys.modules), "ca": ca}
-    state["gc"] = {"enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}
+    state["gc"] = {
+        "enabled": gc.isenabled(),
+        "frozen": gc.get_freeze_count(),
+        "threshold": gc.get_threshold(),
+    }
     print("READY " + json.dumps(state), flush=True)
     os.kill(os.getpid(), signal.SIGTERM)
 
@@ -91,3 +95,4 @@ def test_the_garbage_collector_is_on_once_ready_with_start_up_objects_frozen(
     state = state_when_ready(tmp_path)
     assert state["gc"]["enabled"] is True
     assert state["gc"]["frozen"] > 10_000  # the modules, the app, the store
+    assert state["gc"]["threshold"] == [10_000, 10, 10]  # fewer walks of the runs in flight
