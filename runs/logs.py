@@ -37,11 +37,6 @@ class MalformedRequestFilter(logging.Filter):
 _encoder = msgspec.json.Encoder(enc_hook=repr)
 
 
-def _json_line(event: dict[str, Any], **_: Any) -> str:
-    """One log line's JSON (anything JSON cannot hold is written as its ``repr``)."""
-    return _encoder.encode(event).decode()
-
-
 def _timestamp(
     _logger: Any, _method: str, event_dict: structlog.typing.EventDict
 ) -> structlog.typing.EventDict:
@@ -55,23 +50,35 @@ def _timestamp(
     return event_dict
 
 
+def _json_line(logger: Any, method_name: str, event_dict: structlog.typing.EventDict) -> str:
+    """The end of the JSON chain as one processor: the level, the timestamp, the exception
+    formatted (when there is one) and the line itself (anything JSON cannot hold is written as
+    its ``repr``). The same steps as structlog's processors one by one, but a server writes a
+    line at every request, and each step of a chain is a call: -0.5% of the server's
+    instructions per end-to-end run at 20 clients (bench/instructions.py)."""
+    event_dict = structlog.processors.add_log_level(logger, method_name, event_dict)
+    event_dict = _timestamp(logger, method_name, event_dict)
+    if "exc_info" in event_dict:
+        event_dict = structlog.processors.format_exc_info(logger, method_name, event_dict)
+    return _encoder.encode(event_dict).decode()
+
+
 def configure_logging(stream: TextIO | None = None, *, json: bool | None = None) -> None:
     """Configure once at start-up. ``trace_id`` and ``run_id`` come from contextvars."""
     stream = stream or sys.stdout
     as_json = json if json is not None else not stream.isatty()
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer(serializer=_json_line)
-        if as_json
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
-    )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
+    processors: list[structlog.typing.Processor] = [structlog.contextvars.merge_contextvars]
+    if as_json:
+        processors.append(_json_line)
+    else:
+        processors += [
             structlog.processors.add_log_level,
             _timestamp,
             structlog.processors.format_exc_info,
-            renderer,
-        ],
+            structlog.dev.ConsoleRenderer(colors=stream.isatty()),
+        ]
+    structlog.configure(
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         # A line per request: the cached logger, msgspec and a plain write cost a third of
         # the default set-up (json.dumps, print, a logger bound anew per call).

@@ -48,3 +48,37 @@ def test_the_timestamp_is_what_datetime_gives_to_the_microsecond(
     text = _timestamp(None, "info", {})["timestamp"]
     assert text == expected.isoformat(timespec="microseconds").replace("+00:00", "Z")
     assert _timestamp(None, "info", {})["timestamp"] == text  # the cached second
+
+
+def test_a_json_line_carries_a_formatted_exception_and_any_value_as_its_repr() -> None:
+    out = io.StringIO()
+    configure_logging(out, json=True)
+    try:
+        log = structlog.get_logger("test")
+        try:
+            _fail()
+        except ValueError:
+            log.exception("commit.failed", payload=Opaque())
+        log.warning("slow", seconds=2)
+        log.info("plain")
+    finally:
+        structlog.reset_defaults()
+    failed, slow, plain = (json.loads(line) for line in out.getvalue().splitlines())
+    assert failed["level"] == "error"
+    assert "Traceback" in failed["exception"]
+    assert "ValueError: the disk is full" in failed["exception"]
+    assert "exc_info" not in failed
+    assert failed["payload"] == "<opaque>"
+    assert slow["level"] == "warning"
+    assert slow["seconds"] == 2
+    assert "exception" not in plain
+    assert list(plain) == ["event", "level", "timestamp"]
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<opaque>"
+
+
+def _fail() -> None:
+    raise ValueError("the disk is full")
