@@ -2,11 +2,12 @@
 batch, probe, close) in the order they were handed over, and hands each outcome back to the
 event loop.
 
-``loop.run_in_executor`` with a one-thread ``ThreadPoolExecutor`` did the same job at about
-100,000 instructions a call, both threads counted (callgrind, ``bench/instructions.py``): a
-``concurrent.futures.Future`` with its condition variable, the executor's locks and work item,
-and an asyncio future chained to it, whose checks raise and catch an ``AttributeError`` three
-times a call. A commit is one such call, and a run makes several. Here a call is a tuple on a
+It replaces ``loop.run_in_executor`` on a one-thread ``ThreadPoolExecutor``, whose every call
+makes a ``concurrent.futures.Future`` with its condition variable, takes the executor's locks,
+and chains an asyncio future to it, whose checks raise and catch an ``AttributeError`` three
+times a call. A commit is one such call, and a run makes several: with this thread the server's
+instructions per end-to-end run fell by about 100,000 a commit, both threads counted
+(callgrind, ``bench/instructions.py``, one client). Here a call is a tuple on a
 ``queue.SimpleQueue`` and one ``call_soon_threadsafe``.
 """
 
