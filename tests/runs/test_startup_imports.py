@@ -5,19 +5,24 @@ need must still be absent then, and aiohttp's client must not have read the CA s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
+from runs.cli import run_server
 from tests.durability.server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 # Runs `runlog serve` in this interpreter and, once /readyz answers 200, prints as JSON the names
-# of the imported modules, how many CA certificates aiohttp's default client context holds and
-# the state of the cyclic garbage collector, then stops the server the way systemd does (SIGTERM).
+# of the imported modules, how many CA certificates aiohttp's default client context holds, the
+# state of the cyclic garbage collector and the class of the event loop, then stops the server
+# the way systemd does (SIGTERM).
 PROBE = """
 import gc, http.client, json, os, signal, sys, threading, time
 
@@ -39,6 +44,12 @@ def probe(port):
         "frozen": gc.get_freeze_count(),
         "threshold": gc.get_threshold(),
     }
+    # The main thread's event loop, from the frame of runs.cli.run_server that runs it.
+    frame = sys._current_frames()[threading.main_thread().ident]
+    while frame is not None and frame.f_code.co_name != "run_server":
+        frame = frame.f_back
+    loop = frame.f_locals["runner"].get_loop() if frame is not None else None
+    state["loop"] = f"{type(loop).__module__}.{type(loop).__qualname__}"
     print("READY " + json.dumps(state), flush=True)
     os.kill(os.getpid(), signal.SIGTERM)
 
@@ -96,3 +107,21 @@ def test_the_garbage_collector_is_on_once_ready_with_start_up_objects_frozen(
     assert state["gc"]["enabled"] is True
     assert state["gc"]["frozen"] > 10_000  # the modules, the app, the store
     assert state["gc"]["threshold"] == [10_000, 10, 10]  # fewer walks of the runs in flight
+
+
+def test_the_server_runs_on_uvloop(tmp_path: Path) -> None:
+    """``runlog serve`` runs its app on uvloop's event loop (runs/cli.py, ``run_server``)."""
+    assert state_when_ready(tmp_path)["loop"] == "uvloop.Loop"
+
+
+def test_run_server_gives_the_coroutine_uvloops_loop_and_returns_its_result() -> None:
+    seen: list[asyncio.AbstractEventLoop] = []
+
+    async def serve() -> int:
+        seen.append(asyncio.get_running_loop())
+        await asyncio.sleep(0)
+        return 3
+
+    assert run_server(serve()) == 3
+    assert isinstance(seen[0], uvloop.Loop)
+    assert seen[0].is_closed()  # the loop is closed when the coroutine is done
