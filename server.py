@@ -37,7 +37,7 @@ from eventstore import (
 )
 from projections import all_projections
 from projections.queries import Queries
-from runs import metrics
+from runs import logs, metrics
 from runs.anchors import CheckpointPublisher, load_private_key
 from runs.auth import (
     DUMMY_PASSWORD_HASH,
@@ -424,7 +424,8 @@ def log_request(request: web.Request, status: int, seconds: float) -> None:
     metrics.labeled(metrics.HTTP_REQUEST_SECONDS, route, method).observe(seconds)
     who = request.get(PRINCIPAL)
     run_id = request.get(RUN_ID) or request.match_info.get("run_id")
-    log.info(
+    logs.info(
+        log,
         "request",
         method=request.method,
         route=route,

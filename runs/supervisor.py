@@ -30,6 +30,7 @@ from eventstore import (
 )
 from eventstore.leases import LocalLeases
 from projections.queries import Queries
+from runs import logs
 from runs.config import Route
 from runs.events import RunFailed, RunStarted, decode_event
 from runs.executor import RunExecutor
@@ -308,7 +309,7 @@ class Supervisor:
                 self._executors[run_id] = executor
                 await executor.execute(await self._history(events[0]), events)
                 status = executor.state.status if executor.state else None
-                log.info("run.step_done", status=status)
+                logs.info(log, "run.step_done", status=status)
                 return status
             except asyncio.CancelledError:
                 if run_id in self._ended_elsewhere:

@@ -11,7 +11,7 @@ import time
 import pytest
 import structlog
 
-from runs.logs import _timestamp, configure_logging
+from runs.logs import _timestamp, configure_logging, info
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
@@ -82,3 +82,44 @@ class Opaque:
 
 def _fail() -> None:
     raise ValueError("the disk is full")
+
+
+def test_info_writes_the_line_structlog_writes_with_the_context_bound() -> None:
+    """``runs.logs.info`` skips structlog's chain under the JSON output: the line must be the
+    one structlog writes, keys in the same order, context variables included."""
+    out = io.StringIO()
+    configure_logging(out, json=True)
+    log = structlog.get_logger("test")
+    try:
+        structlog.contextvars.bind_contextvars(trace_id="t" * 32)
+        log.info("request", status=201, run_id=None, took={"ms": 1.5})
+        info(log, "request", status=201, run_id=None, took={"ms": 1.5})
+    finally:
+        structlog.contextvars.clear_contextvars()
+        structlog.reset_defaults()
+    through_structlog, direct = (json.loads(x) for x in out.getvalue().splitlines())
+    assert list(direct) == list(through_structlog)
+    assert direct.pop("timestamp") >= through_structlog.pop("timestamp")  # written after it
+    assert direct == through_structlog
+    assert direct["trace_id"] == "t" * 32
+
+
+def test_info_goes_through_whatever_replaced_the_json_output() -> None:
+    out = io.StringIO()
+    configure_logging(out, json=True)
+    log = structlog.get_logger("test")
+    try:
+        with structlog.testing.capture_logs() as captured:
+            info(log, "request", status=200)
+        assert out.getvalue() == ""  # captured, not written
+        info(log, "after", status=201)  # the JSON output is back
+        assert json.loads(out.getvalue())["event"] == "after"
+        console = io.StringIO()
+        configure_logging(console, json=False)
+        info(structlog.get_logger("test"), "console", status=204)
+    finally:
+        structlog.reset_defaults()
+    assert captured == [{"event": "request", "status": 200, "log_level": "info"}]
+    assert "console" in console.getvalue()
+    assert "status=204" in console.getvalue()
+    assert not console.getvalue().startswith("{")
