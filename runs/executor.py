@@ -51,7 +51,7 @@ from runs.providers.base import (
     ToolUse,
     Usage,
 )
-from runs.repository import append_decided, read_run, while_unwritable
+from runs.repository import append_decided, while_unwritable
 from runs.run import RunState, decide_cancel, evolve, fold_recorded
 from runs.tools import ASK_USER, ToolError, ToolRegistry, persona_allows
 from runs.transcript import Transcript, build_transcript
@@ -143,6 +143,8 @@ class RunExecutor:
         # After a crash (or a lost append) a pending tool call may already have run.
         self.interrupted = resumed or interrupted
         self.state: RunState | None = None
+        #: The run's events: those the pass began from and those it appended since.
+        self.events: list[RecordedEvent] = []
         self.call_usage: Usage | None = None  # usage of the call in flight, as reported
         self.call_number = 0
         # The call in flight: the request sent (None when no call is in flight), whether the
@@ -185,27 +187,33 @@ class RunExecutor:
         for event, written in zip(events, recorded, strict=False):
             state = evolve(state, event, written.seq, written.created_at)
         self.state = state
+        self.events += recorded[: len(events)]  # the run's, as the log holds them
 
     # -- the loop ---------------------------------------------------------------------------
 
     async def execute(self, history: list[dict[str, Any]], events: list[RecordedEvent]) -> None:
         """Run until the run is terminal or waits for input, from ``events`` (the run's, just
         read from the log). ``history`` is the thread's conversation before the run started."""
-        self.state = fold_recorded(events)
+        self.events = list(events)
+        self.state = fold_recorded(self.events)
         if self.state is None or self.state.terminal or self.state.status != "running":
             return
         if self.resumed:
             await self.append(
                 RunResumed(from_seq=self.state.seq, reason=self.resume_reason, process=self.process)
             )
-        transcript = build_transcript(events)
+        transcript = build_transcript(self.events)
         try:
             while True:
-                # Every step starts from the log, so a resumed run and a live one take the
-                # same path: results first, then either the answer is complete or the model
-                # is called again.
+                # Every step starts from the run's events as the log holds them, so a resumed
+                # run and a live one take the same path: results first, then either the answer
+                # is complete or the model is called again. They are the events the pass read
+                # and those it appended since, with no read of the log between steps: every
+                # append is guarded by the run's last seq, so an event appended elsewhere
+                # (another process, a cancel) fails the next append, and the pass starts over
+                # from the log (runs/supervisor.py).
                 if await self._resolve_tool_calls(transcript):
-                    transcript = build_transcript(await read_run(self.store, self.run_id))
+                    transcript = build_transcript(self.events)
                 last = transcript.turns[-1] if transcript.turns else None
                 if last is not None and last.finished and not last.tool_calls:
                     await self._complete(transcript)
@@ -217,7 +225,7 @@ class RunExecutor:
                         f" of persona {self.persona.persona_id}",
                     )
                 await self._model_call(transcript, history)
-                transcript = build_transcript(await read_run(self.store, self.run_id))
+                transcript = build_transcript(self.events)
         except _Stopped:
             return
 

@@ -161,3 +161,29 @@ async def test_buffered_text_is_flushed_when_the_window_ends_while_the_provider_
     assert (await api.wait_for(run_id))["status"] == "completed"
     deltas = only(await events_of(api, run_id), "message.delta")
     assert [d["content"] for d in deltas] == ["first ", "second"]
+
+
+async def test_a_pass_reads_the_runs_stream_once_and_goes_on_from_what_it_appended(
+    make_api: MakeApi,
+) -> None:
+    """The agent loop reads the run from the log when its pass begins; each later step starts
+    from those events and the ones it appended (runs/executor.py, ``execute``). Here: a model
+    call, the tool, a second model call and the completion, on a single read."""
+    api = await make_api()
+    store = api.runtime.store
+    reads: list[str] = []
+    read_stream = store.read_stream
+
+    async def counted(stream: str, *args: Any, **kwargs: Any) -> Any:
+        task = asyncio.current_task()
+        if task is not None and task.get_name().startswith("run-"):
+            reads.append(stream)
+        return await read_stream(stream, *args, **kwargs)
+
+    store.read_stream = counted  # type: ignore[method-assign]
+    _, run_id = await api.start_run('/tool calculator {"expression": "6*7"}')
+    assert (await api.wait_for(run_id))["status"] == "completed"
+    assert reads == [run_stream(run_id)]
+    kinds = types_of(await events_of(api, run_id))
+    assert kinds.count("run.usage") == 2  # two model calls, all from that one read
+    assert kinds[-1] == "run.completed"
