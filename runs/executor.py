@@ -103,6 +103,13 @@ class _Channel:
                 timer.cancel()
 
 
+def _folded(state: RunState, events: Sequence[DomainEvent]) -> RunState:
+    """``state`` with ``events`` folded in as though appended next."""
+    for event in events:
+        state = evolve(state, event, state.seq + 1, "")
+    return state
+
+
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -163,9 +170,7 @@ class RunExecutor:
         """Append to the run (and atomically to its thread), checking each transition first."""
         state = self.state
         assert state is not None
-        checked = state
-        for event in events:  # raises InvalidTransition before anything is written
-            checked = evolve(checked, event, checked.seq + 1, "")
+        checked = _folded(state, events)  # raises InvalidTransition before anything is written
         if checked.terminal:
             self.ending = True
         requests = [AppendRequest(self.stream, [encode_event(e) for e in events], state.seq)]
@@ -229,11 +234,13 @@ class RunExecutor:
         except _Stopped:
             return
 
-    async def _complete(self, transcript: Transcript) -> None:
-        """The assistant's message on the thread and ``run.completed``, in one append."""
+    async def _complete(self, transcript: Transcript, *before: DomainEvent) -> None:
+        """``before`` (if any), ``run.completed`` and the assistant's message on the thread,
+        in one append. ``transcript`` is the run's, ``before`` included."""
         assert self.state is not None
         message_id = new_id()
         await self.append(
+            *before,
             RunCompleted(message_id=message_id),
             thread=[
                 MessageAdded(
@@ -344,13 +351,21 @@ class RunExecutor:
             for use in tool_uses
         ]
         self._fresh_tool_calls.update(c.tool_call_id for c in calls)
-        # The call's last text, its usage and the tool calls in one append: a crash cannot
-        # separate a finished call from the tools it asked for.
-        await self.append(*rest, self._usage_event(self.call_usage or Usage()), *calls)
-        self.call_usage = self.call_request = None
+        ended = [*rest, self._usage_event(self.call_usage or Usage()), *calls]
         if stop.reason == "max_tokens":
             log.info("run.max_tokens", run_id=self.run_id)
         limit = self.persona.max_cost_usd
+        if not calls and (limit is None or _folded(self.state, ended).total_cost_usd <= limit):
+            # An answer with no tool calls, within the budget: the next step would complete
+            # the run, so the call's end and the completion are one append (one commit and
+            # one wake-up of the run's followers fewer, and nothing for a crash to separate).
+            await self._complete(build_transcript(self.events, ended), *ended)
+            self.call_usage = self.call_request = None
+            raise _Stopped
+        # The call's last text, its usage and the tool calls in one append: a crash cannot
+        # separate a finished call from the tools it asked for.
+        await self.append(*ended)
+        self.call_usage = self.call_request = None
         if limit is not None and self.state.total_cost_usd > limit:
             await self._fail(
                 "budget.cost_exceeded",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from typing import Any
 
@@ -10,6 +11,7 @@ import msgspec
 
 from eventstore import RecordedEvent
 from runs.events import (
+    DomainEvent,
     MessageDelta,
     RunInputProvided,
     RunRetried,
@@ -99,7 +101,11 @@ class Transcript(msgspec.Struct):
         return messages
 
 
-def build_transcript(events: Iterable[RecordedEvent]) -> Transcript:
+def build_transcript(
+    events: Iterable[RecordedEvent], then: Iterable[DomainEvent] = ()
+) -> Transcript:
+    """The conversation of a run's recorded ``events``, followed by ``then``: events about to
+    be appended after them."""
     transcript = Transcript()
     by_call: dict[int, Turn] = {}
     discarded: set[int] = set()
@@ -111,8 +117,7 @@ def build_transcript(events: Iterable[RecordedEvent]) -> Transcript:
         transcript.last_call = max(transcript.last_call, call)
         return by_call[call]
 
-    for recorded in events:
-        event = decode_event(recorded)
+    for event in itertools.chain(map(decode_event, events), then):
         match event:
             case MessageDelta():
                 turn(event.call).text += event.content

@@ -187,3 +187,34 @@ async def test_a_pass_reads_the_runs_stream_once_and_goes_on_from_what_it_append
     kinds = types_of(await events_of(api, run_id))
     assert kinds.count("run.usage") == 2  # two model calls, all from that one read
     assert kinds[-1] == "run.completed"
+
+
+async def test_an_answer_without_tool_calls_ends_and_completes_the_run_in_one_append(
+    make_api: MakeApi,
+) -> None:
+    """The last model call's end (its last text, its usage) and ``run.completed`` with the
+    thread's message are one append: one commit, nothing a crash could separate."""
+    api = await make_api()
+    store = api.runtime.store
+    appends: list[list[tuple[str, list[str]]]] = []
+    submit_many = store.submit_many
+
+    def recorded(requests: Any) -> Any:
+        task = asyncio.current_task()
+        if task is not None and task.get_name().startswith("run-"):
+            appends.append([(r.stream, [e.type for e in r.events]) for r in requests])
+        return submit_many(requests)
+
+    store.submit_many = recorded  # type: ignore[method-assign]
+    thread_id, run_id = await api.start_run("hello")
+    assert (await api.wait_for(run_id))["status"] == "completed"
+    last = appends[-1]
+    assert last[0][0] == run_stream(run_id)
+    assert last[0][1][-2:] == ["run.usage", "run.completed"]
+    assert set(last[0][1][:-2]) <= {"message.delta"}
+    assert last[1][1] == ["message.added"]
+    kinds = types_of(await events_of(api, run_id))
+    assert kinds.count("run.usage") == 1
+    assert kinds[-2:] == ["run.usage", "run.completed"]
+    _, messages = await api.request("GET", f"/v1/threads/{thread_id}/messages", expect=200)
+    assert messages[-1]["content"] == "echo: hello"
