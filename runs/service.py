@@ -279,12 +279,12 @@ class RunService:
         await self.supervisor.claim(run_id)  # a new id: nobody else can hold it
         appended = False
         try:
-            await self._append_run(who, thread_id, started, check, thread)
+            events = await self._append_run(who, thread_id, started, check, thread)
             appended = True
         finally:
             if not appended:
                 await self.supervisor.unclaim(run_id)
-        self.supervisor.launch(run_id, leased=True)
+        self.supervisor.launch(run_id, leased=True, events=events)
         return run_id
 
     async def _append_run(
@@ -294,7 +294,8 @@ class RunService:
         started: RunStarted,
         check: Callable[[dict[str, Any]], Awaitable[None]] | None,
         thread: dict[str, Any] | None,
-    ) -> None:
+    ) -> list[RecordedEvent]:
+        """Append the run's start; the run's events as recorded (its ``run.started``)."""
         org_id = who.org_id
         limit = self.max_live_runs_per_org
         for _ in range(_CONFLICT_RETRIES):
@@ -324,7 +325,7 @@ class RunService:
                         )
                 appending = self._creating[thread_id] = asyncio.Event()
             try:
-                await self.store.append_many(
+                recorded = await self.store.append_many(
                     [
                         AppendRequest(
                             thread_stream(thread_id),
@@ -351,7 +352,8 @@ class RunService:
             finally:
                 del self._creating[thread_id]
                 appending.set()
-            return
+            stream = run_stream(started.run_id)
+            return [event for event in recorded if event.stream == stream]
         raise Conflict("the thread is too busy, try again", code="runs.thread_busy")
 
     async def cancel_run(self, who: Principal, run_id: str) -> RunState:

@@ -221,19 +221,23 @@ class Supervisor:
         resumed: bool = False,
         leased: bool = False,
         reason: str = "restart",
+        events: list[RecordedEvent] | None = None,
     ) -> None:
         """Start (or continue) a run's task. If it still has one (finishing the step that
         ended in a wait, say), it is launched again when that task ends: the new task reads
         the log, so a launch is never lost and never doubled. ``leased``: the caller took the
         run's lease (:meth:`claim`); otherwise the task takes it first, and does nothing if
-        another process holds it."""
+        another process holds it. ``events``: the run's events as the caller just appended
+        them (a new run's ``run.started``), which its first pass starts from instead of
+        reading them back; an event appended elsewhere since fails that pass's first append,
+        and the next pass reads the log."""
         if not self.accepting:
             return
         if run_id in self.tasks:
             self._relaunch.add(run_id)
             return
         task = asyncio.create_task(
-            self._drive(run_id, resumed, leased, reason), name=f"run-{run_id}"
+            self._drive(run_id, resumed, leased, reason, events), name=f"run-{run_id}"
         )
         self.tasks[run_id] = task
         task.add_done_callback(lambda _: self._forget(run_id, task))
@@ -264,7 +268,14 @@ class Supervisor:
             log.info("runs.resumed", count=len(run_ids))
         return run_ids
 
-    async def _drive(self, run_id: str, resumed: bool, leased: bool, reason: str) -> None:
+    async def _drive(
+        self,
+        run_id: str,
+        resumed: bool,
+        leased: bool,
+        reason: str,
+        events: list[RecordedEvent] | None = None,
+    ) -> None:
         """The run's task: under its lease, run steps until it ends or waits; then give the
         lease up."""
         structlog.contextvars.bind_contextvars(run_id=run_id)
@@ -275,8 +286,8 @@ class Supervisor:
             return  # another process drives it (and sees what we appended in the log)
         while True:
             self._relaunch.discard(run_id)
-            status = await self._run(run_id, resumed, reason)
-            resumed = False
+            status = await self._run(run_id, resumed, reason, events)
+            resumed, events = False, None
             if run_id in self._lost:
                 return  # not ours any more: the lease is another process's
             if run_id in self._relaunch and self.accepting:
@@ -293,14 +304,24 @@ class Supervisor:
             if not (again and self.accepting and await self.claim(run_id)):
                 return
 
-    async def _run(self, run_id: str, resumed: bool, reason: str = "restart") -> str | None:
-        """One pass over the run from its log; returns its status as the pass left it."""
+    async def _run(
+        self,
+        run_id: str,
+        resumed: bool,
+        reason: str = "restart",
+        given: list[RecordedEvent] | None = None,
+    ) -> str | None:
+        """One pass over the run from its log (the first attempt from ``given``, when the
+        caller has the run's events); returns its status as the pass left it."""
         interrupted = False
         for _attempt in range(_TASK_ATTEMPTS):
             try:
                 # The executor starts from these events; if another append lands before its
                 # own first one, that append's guard fails and the pass starts over here.
-                events = await read_run(self.store, run_id)
+                if given is not None:
+                    events, given = given, None
+                else:
+                    events = await read_run(self.store, run_id)
                 if not events:
                     return None
                 executor = await self._executor(events[0], resumed, interrupted, reason)

@@ -264,12 +264,12 @@ async def test_a_launch_while_the_task_finishes_its_step_is_not_lost(
     passes: list[str] = []
     one_pass = supervisor._run
 
-    async def counted(run_id: str, resumed: bool, reason: str = "restart") -> str | None:
+    async def counted(run_id: str, resumed: bool, *args: Any) -> str | None:
         passes.append(run_id)
         if len(passes) == 1:
             supervisor.launch(run_id)  # arrives while this pass is under way
             assert run_id in supervisor._relaunch
-        return await one_pass(run_id, resumed, reason)
+        return await one_pass(run_id, resumed, *args)
 
     monkeypatch.setattr(supervisor, "_run", counted)
     supervisor.launch(run_id)  # a task that will find the run waiting and end

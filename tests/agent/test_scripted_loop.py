@@ -163,12 +163,11 @@ async def test_buffered_text_is_flushed_when_the_window_ends_while_the_provider_
     assert [d["content"] for d in deltas] == ["first ", "second"]
 
 
-async def test_a_pass_reads_the_runs_stream_once_and_goes_on_from_what_it_appended(
-    make_api: MakeApi,
-) -> None:
-    """The agent loop reads the run from the log when its pass begins; each later step starts
-    from those events and the ones it appended (runs/executor.py, ``execute``). Here: a model
-    call, the tool, a second model call and the completion, on a single read."""
+async def test_a_new_runs_task_never_reads_its_stream_back(make_api: MakeApi) -> None:
+    """A new run's first pass starts from the ``run.started`` its creation appended, and each
+    later step from those events and the ones it appended (runs/executor.py, ``execute``).
+    Here: a model call, the tool, a second model call and the completion, with no read of
+    the run's stream from the run's task."""
     api = await make_api()
     store = api.runtime.store
     reads: list[str] = []
@@ -183,10 +182,15 @@ async def test_a_pass_reads_the_runs_stream_once_and_goes_on_from_what_it_append
     store.read_stream = counted  # type: ignore[method-assign]
     _, run_id = await api.start_run('/tool calculator {"expression": "6*7"}')
     assert (await api.wait_for(run_id))["status"] == "completed"
-    assert reads == [run_stream(run_id)]
     kinds = types_of(await events_of(api, run_id))
-    assert kinds.count("run.usage") == 2  # two model calls, all from that one read
+    assert kinds.count("run.usage") == 2  # two model calls
     assert kinds[-1] == "run.completed"
+    assert reads == []
+
+    # A run launched without its events (a restart, an input) reads them once per pass.
+    api.runtime.supervisor.launch(run_id)
+    await asyncio.wait_for(asyncio.gather(*api.runtime.supervisor.tasks.values()), 10)
+    assert reads == [run_stream(run_id)]
 
 
 async def test_an_answer_without_tool_calls_ends_and_completes_the_run_in_one_append(
