@@ -815,7 +815,6 @@ async def run_events(request: web.Request) -> web.StreamResponse:
             release = await runtime.guards.guard(
                 principal(request), task, request.get(CREDENTIAL_ENDINGS, -1)
             )
-        await response.write(b": ping\n\n")
         last = await stream_events(
             runtime.store,
             response,
@@ -826,6 +825,8 @@ async def run_events(request: web.Request) -> web.StreamResponse:
             batch_limit=runtime.config.sse_batch_limit,
             heartbeat_s=runtime.config.sse_heartbeat_seconds,
             transport=request.transport,
+            # The opening comment: a client sees the stream open before any event comes.
+            opening=b": ping\n\n",
         )
     except (ConnectionResetError, asyncio.CancelledError):
         pass  # the client left, the credential ended, or the server is stopping

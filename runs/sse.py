@@ -304,9 +304,12 @@ async def stream_events(
     batch_limit: int,
     heartbeat_s: float,
     transport: asyncio.Transport | None = None,
+    opening: bytes = b"",
 ) -> bytes:
-    """Write the stream's events after ``after_seq`` as SSE frames: history in batches, then
-    (with ``follow``, unless the run had ``ended``) live until its terminal event.
+    """Write ``opening`` and then the stream's events after ``after_seq`` as SSE frames:
+    history in batches, then (with ``follow``, unless the run had ``ended``) live until its
+    terminal event. ``opening`` (the stream's first comment) goes out with the first batch
+    of history, in one send, or alone before the stream waits for live events.
 
     The frames that end the stream (the batch with the terminal event) are returned, not
     written, for the caller to send with the end of the response (``write_eof``): one send,
@@ -323,7 +326,8 @@ async def stream_events(
         batch = await store.read_stream_wire(stream, cursor, batch_limit)
         if batch:
             read_any = True
-            frames = wire_frames(batch)
+            frames = opening + wire_frames(batch) if opening else wire_frames(batch)
+            opening = b""
             metrics.SSE_FRAMES.inc(len(batch))
             cursor = int(batch[-1][0])
             if batch[-1][1] in _TERMINAL_WIRE:
@@ -332,7 +336,9 @@ async def stream_events(
         if len(batch) < batch_limit:
             break
     if not follow or ended:
-        return b""
+        return opening
+    if opening:
+        await response.write(opening)
     # Live: follow from no later than the log's last event, so a cursor past the end still
     # sees the terminal event (not sent, but it ends the stream) — also when the run ended
     # after its status was read (then the last event *is* the terminal one). When the history

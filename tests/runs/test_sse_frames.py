@@ -5,13 +5,15 @@ whatever the payload, the type or the time holds."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventstore import RecordedEvent
-from runs.sse import sse_frame, sse_frames, wire_frames
+from eventstore import NewEvent, RecordedEvent
+from eventstore.sqlite import SQLiteEventStore
+from runs.sse import sse_frame, sse_frames, stream_events, wire_frames
 
 texts = st.text(st.characters(codec="utf-8"), max_size=30)
 #: A delta's payload as the log holds it (msgspec's spelling, or another JSON encoder's).
@@ -108,3 +110,51 @@ def test_frames_written_from_commits_are_counted_on_every_event_loop() -> None:
     # ...the next loop still counts: its own and the ones left over.
     asyncio.run(count(4, 1))
     assert sent() == before + 3 + 2 + 4
+
+
+class _Writes:
+    """A response that records what was written to it."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    async def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+async def test_the_opening_comment_goes_out_with_the_first_history_batch(tmp_path: Path) -> None:
+    """``stream_events`` sends its opening with the first batch of history (one send), or
+    with the end of the stream when the history already ends the run."""
+    store = await SQLiteEventStore.open(str(tmp_path / "s.db"), [])
+    try:
+        await store.append(
+            "run-a",
+            [NewEvent("run.started", b"{}"), NewEvent("message.delta", b'{"content":"x"}')],
+            0,
+        )
+        await store.append(
+            "run-b", [NewEvent("run.started", b"{}"), NewEvent("run.completed", b"{}")], 0
+        )
+        history = wire_frames(await store.read_stream_wire("run-a", 0, 10))
+        ended = wire_frames(await store.read_stream_wire("run-b", 0, 10))
+
+        async def stream(name: str, after_seq: int, follow: bool) -> tuple[list[bytes], bytes]:
+            response = _Writes()
+            last = await stream_events(
+                store,
+                response,  # type: ignore[arg-type]
+                name,
+                after_seq=after_seq,
+                follow=follow,
+                ended=False,
+                batch_limit=10,
+                heartbeat_s=30.0,
+                opening=b": ping\n\n",
+            )
+            return response.writes, last
+
+        assert await stream("run-a", 0, False) == ([b": ping\n\n" + history], b"")
+        assert await stream("run-b", 0, True) == ([], b": ping\n\n" + ended)
+        assert await stream("run-a", 2, False) == ([], b": ping\n\n")  # no history: at the end
+    finally:
+        await store.close()
