@@ -63,9 +63,9 @@ def _json_line(logger: Any, method_name: str, event_dict: structlog.typing.Event
     return _encoder.encode(event_dict).decode()
 
 
-#: The JSON chain configured last (its processors list) and its stream, in a list of at most
-#: one: what :func:`info` writes to directly while that chain is still the one in use.
-_direct: list[tuple[list[structlog.typing.Processor], TextIO]] = []
+#: The JSON chain configured last (its processors list) and its stream: what :func:`info`
+#: writes to directly while that chain is still the one in use.
+_direct: tuple[list[structlog.typing.Processor], TextIO] | None = None
 
 
 def info(logger: Any, event: str, **fields: Any) -> None:
@@ -75,8 +75,8 @@ def info(logger: Any, event: str, **fields: Any) -> None:
     processor loop cost the server 2.2% of its instructions per end-to-end run at 20 clients
     (bench/instructions.py). Anything else in place (``structlog.testing.capture_logs``,
     another configuration) gets the call through structlog as it is."""
-    if _direct:
-        processors, stream = _direct[0]
+    if _direct is not None:
+        processors, stream = _direct
         if (
             structlog.get_config()["processors"] is processors
             and len(processors) == 2
@@ -94,11 +94,12 @@ def configure_logging(stream: TextIO | None = None, *, json: bool | None = None)
     """Configure once at start-up. ``trace_id`` and ``run_id`` come from contextvars."""
     stream = stream or sys.stdout
     as_json = json if json is not None else not stream.isatty()
+    global _direct  # noqa: PLW0603 - the process's one logging configuration
     processors: list[structlog.typing.Processor] = [structlog.contextvars.merge_contextvars]
-    _direct.clear()
+    _direct = None
     if as_json:
         processors.append(_json_line)
-        _direct.append((processors, stream))
+        _direct = (processors, stream)
     else:
         processors += [
             structlog.processors.add_log_level,

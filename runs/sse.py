@@ -309,7 +309,8 @@ async def stream_events(
     """Write ``opening`` and then the stream's events after ``after_seq`` as SSE frames:
     history in batches, then (with ``follow``, unless the run had ``ended``) live until its
     terminal event. ``opening`` (the stream's first comment) goes out with the first batch
-    of history, in one send, or alone before the stream waits for live events.
+    of history, in one send; without history, with the end of the stream or alone before
+    the stream waits for live events.
 
     The frames that end the stream (the batch with the terminal event) are returned, not
     written, for the caller to send with the end of the response (``write_eof``): one send,
@@ -326,7 +327,7 @@ async def stream_events(
         batch = await store.read_stream_wire(stream, cursor, batch_limit)
         if batch:
             read_any = True
-            frames = opening + wire_frames(batch) if opening else wire_frames(batch)
+            frames = opening + wire_frames(batch)  # b"" + x is x itself: no copy
             opening = b""
             metrics.SSE_FRAMES.inc(len(batch))
             cursor = int(batch[-1][0])

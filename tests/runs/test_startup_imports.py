@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import uvloop
 
 from runs.cli import run_server
@@ -59,7 +60,10 @@ sys.exit(main(["serve", "--db", sys.argv[1], "--port", sys.argv[2]]))
 """
 
 
-def state_when_ready(tmp_path: Path) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def state_when_ready(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """What the probe saw of one started server, shared by the tests below."""
+    tmp_path = tmp_path_factory.mktemp("startup")
     done = subprocess.run(
         [sys.executable, "-c", PROBE, str(tmp_path / "runlog.db"), str(free_port())],
         cwd=ROOT,
@@ -74,8 +78,10 @@ def state_when_ready(tmp_path: Path) -> dict[str, Any]:
     return state
 
 
-def test_a_sqlite_server_is_ready_without_the_modules_it_does_not_need(tmp_path: Path) -> None:
-    state = state_when_ready(tmp_path)
+def test_a_sqlite_server_is_ready_without_the_modules_it_does_not_need(
+    state_when_ready: dict[str, Any],
+) -> None:
+    state = state_when_ready
     modules = set(state["modules"])
     assert "server" in modules  # the probe did see a started server
     unneeded = {
@@ -99,19 +105,19 @@ def test_a_sqlite_server_is_ready_without_the_modules_it_does_not_need(tmp_path:
 
 
 def test_the_garbage_collector_is_on_once_ready_with_start_up_objects_frozen(
-    tmp_path: Path,
+    state_when_ready: dict[str, Any],
 ) -> None:
     """``runlog serve`` holds the collector off while it starts (runs/cli.py, ``main``): it must
     be on again once the server answers, with what start-up made frozen out of its reach."""
-    state = state_when_ready(tmp_path)
+    state = state_when_ready
     assert state["gc"]["enabled"] is True
     assert state["gc"]["frozen"] > 10_000  # the modules, the app, the store
     assert state["gc"]["threshold"] == [10_000, 10, 10]  # fewer walks of the runs in flight
 
 
-def test_the_server_runs_on_uvloop(tmp_path: Path) -> None:
+def test_the_server_runs_on_uvloop(state_when_ready: dict[str, Any]) -> None:
     """``runlog serve`` runs its app on uvloop's event loop (runs/cli.py, ``run_server``)."""
-    assert state_when_ready(tmp_path)["loop"] == "uvloop.Loop"
+    assert state_when_ready["loop"] == "uvloop.Loop"
 
 
 def test_run_server_gives_the_coroutine_uvloops_loop_and_returns_its_result() -> None:
