@@ -233,9 +233,12 @@ class Supervisor:
         and the next pass reads the log."""
         if not self.accepting:
             return
-        if run_id in self.tasks:
+        running = self.tasks.get(run_id)
+        if running is not None and not running.done():
             self._relaunch.add(run_id)
             return
+        # A task that has ended but is not forgotten yet (its done callback runs on the next
+        # loop turn and would drop the relaunch) is replaced now.
         task = asyncio.create_task(
             self._drive(run_id, resumed, leased, reason, events), name=f"run-{run_id}"
         )
@@ -296,11 +299,12 @@ class Supervisor:
             # Input sent to another process while this task was finishing: that process could
             # not take the lease, so the run is ours to continue (unless it took the lease
             # since, now that it is free).
-            again = run_id in self._relaunch or (
+            # (The relaunch is looked at after the status query: a launch may land meanwhile.)
+            again = (
                 self.leases.shared
                 and status == "waiting_for_input"
                 and await self.queries.run_status(run_id) == "running"
-            )
+            ) or run_id in self._relaunch
             if not (again and self.accepting and await self.claim(run_id)):
                 return
 

@@ -278,3 +278,29 @@ async def test_a_launch_while_the_task_finishes_its_step_is_not_lost(
     while run_id in supervisor.tasks:  # the done callback runs on the next loop turn
         await asyncio.sleep(0)
     assert not supervisor._relaunch
+
+
+async def test_a_launch_after_the_task_ended_but_before_it_is_forgotten_is_not_lost(
+    api: Api,
+) -> None:
+    """A task's done callback (which forgets it) runs on the loop turn after it ends: a launch
+    in between starts a new task rather than noting a relaunch the callback would drop."""
+    thread_id, run_id, _ = await waiting_run(api, "/ask what colour?")
+    supervisor = api.runtime.supervisor
+    while run_id in supervisor.tasks:
+        await asyncio.sleep(0)
+
+    async def ended() -> None:
+        return None
+
+    # The run's task as it stands once it has returned, before its callback has run.
+    finished = asyncio.create_task(ended())
+    await finished
+    supervisor.tasks[run_id] = finished
+    status, body = await post_input(api, run_id, {"content": "blue"})
+    assert (status, body) == (200, {"ok": True})
+
+    assert supervisor.tasks.get(run_id) is not finished
+    run = await api.wait_for(run_id)
+    assert run["status"] == "completed"
+    assert await answer(api, thread_id) == "you answered: blue"
