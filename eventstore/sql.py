@@ -142,6 +142,9 @@ class SqliteDatabase:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        #: The connection's own wait for another connection's lock, which
+        #: :meth:`try_begin_write` suspends.
+        self._busy_ms = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
 
     @property
     def in_transaction(self) -> bool:
@@ -178,6 +181,21 @@ class SqliteDatabase:
         # IMMEDIATE takes the file's write lock now: the head read next is the head we
         # append after, whichever process writes the file.
         self.conn.execute("BEGIN IMMEDIATE")
+
+    def try_begin_write(self) -> bool:
+        """:meth:`begin_write` if no other connection holds the write lock; else False at
+        once, having started nothing (for the event loop, which must not wait for it)."""
+        conn = self.conn
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                return False
+            raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms:d}")
+        return True
 
     def begin_snapshot(self) -> None:
         self.conn.execute("BEGIN")

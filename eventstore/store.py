@@ -1,7 +1,9 @@
 """What every backend's store shares: the group-commit writer loop, appends, live subscribe.
 
 A backend supplies a synchronous :class:`eventstore.sql.Database` for the writer thread (where
-:class:`eventstore.writer.BatchWriter` and the projections run) and its own async reads.
+:class:`eventstore.writer.BatchWriter` and the projections run) and its own async reads. A
+backend whose statements run in-process (SQLite) may have small batches written from the event
+loop, their commit alone on the writer thread (``_loop_batch_events``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,14 @@ class GroupCommitStore:
 
     #: Where the log lives (a path or a URL), for messages.
     location: str
+    #: Most events in a batch written from the event loop, with only its commit (the write to
+    #: disk and the fsync) handed to the writer thread: on a loaded server, the batch's many
+    #: short statements on the writer thread each gave up the GIL to the loop and waited to
+    #: get it back. 0: every batch goes to the writer thread whole. Only for a backend whose
+    #: statements take microseconds and which implements :meth:`_try_begin_write`; a larger
+    #: batch, a batch after another process's commit (which may have to be caught up with) and
+    #: one that would wait for the write lock go to the writer thread.
+    _loop_batch_events = 0
 
     def __init__(self, location: str, projections: Sequence[Projection] = ()) -> None:
         self.location = location
@@ -78,11 +88,19 @@ class GroupCommitStore:
         #: the writer thread until the batch's events were published).
         self._between_batches = asyncio.Event()
         self._between_batches.set()
+        #: Held by whoever uses the write connection from the event loop's side (a batch, a
+        #: probe): a batch written from the loop must not meet a call running on the thread.
+        self._write_turn = asyncio.Lock()
 
     # -- hooks ------------------------------------------------------------------------------
 
     def _connect(self) -> Database:
         """A new synchronous connection (called on a worker thread)."""
+        raise NotImplementedError
+
+    def _try_begin_write(self) -> bool:
+        """Begin the write transaction if that needs no waiting, else return False having
+        begun nothing (on the event loop; for ``_loop_batch_events``)."""
         raise NotImplementedError
 
     async def _open_readers(self) -> None:
@@ -222,12 +240,10 @@ class GroupCommitStore:
             started = time.perf_counter()
             self._between_batches.clear()
             try:
-                outcomes: list[Outcome] = await self._thread.call(
-                    self._commit_batch,
-                    writer,
-                    [pending.requests for pending in batch],
-                    utc_now(),
-                )
+                async with self._write_turn:
+                    outcomes = await self._write(
+                        writer, [pending.requests for pending in batch], utc_now()
+                    )
             except BaseException as exc:
                 self._between_batches.set()
                 error = exc if isinstance(exc, EventStoreError) else StorageError(repr(exc))
@@ -268,6 +284,21 @@ class GroupCommitStore:
             if isinstance(item, _Pending) and not item.future.done():
                 item.future.set_exception(StoreClosedError("the event store is closed"))
 
+    async def _write(
+        self, writer: BatchWriter, batches: list[Sequence[AppendRequest]], now: str
+    ) -> list[Outcome]:
+        """Commit a batch: written here and committed on the writer thread when the backend
+        and the batch allow (``_loop_batch_events``), else all of it on the writer thread."""
+        limit = self._loop_batch_events
+        if limit and sum(len(r.events) for item in batches for r in item) <= limit:
+            outcomes = writer.write_batch(batches, now, self._try_begin_write)
+            if outcomes is not None:
+                # Shielded: once the batch is written its commit goes ahead, even should this
+                # task be cancelled, so the connection is never left inside the transaction.
+                await asyncio.shield(self._thread.call(self._commit_written, writer, outcomes))
+                return outcomes
+        return await self._thread.call(self._commit_batch, writer, batches, now)
+
     def _commit_batch(
         self, writer: BatchWriter, batches: list[Sequence[AppendRequest]], now: str
     ) -> list[Outcome]:
@@ -275,10 +306,18 @@ class GroupCommitStore:
         the event loop hears of the commit (PostgreSQL's notification of it may come first:
         the loop then knows these events are about to be published)."""
         outcomes = writer.commit_batch(batches, now)
+        self._note_written(outcomes)
+        return outcomes
+
+    def _commit_written(self, writer: BatchWriter, outcomes: list[Outcome]) -> None:
+        """On the writer thread: commit what the event loop wrote; as :meth:`_commit_batch`."""
+        writer.commit_written()
+        self._note_written(outcomes)
+
+    def _note_written(self, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
             if isinstance(outcome, list) and outcome:
                 self._written = max(self._written, outcome[-1].position)
-        return outcomes
 
     def _fault(self, error: StorageUnavailable) -> None:
         if self.write_fault is None:
@@ -293,7 +332,8 @@ class GroupCommitStore:
         if self.write_fault is None or self._writer is None:
             return self.write_fault
         try:
-            await self._thread.call(self._writer.probe)
+            async with self._write_turn:
+                await self._thread.call(self._writer.probe)
         except StorageUnavailable as exc:
             self.write_fault = str(exc)
         else:

@@ -5,13 +5,17 @@ Everything here runs on the store's single writer thread, which owns the one wri
 backend: the engine's differences are behind :class:`eventstore.sql.Database`. A batch — the head
 read, every append's concurrency check, the inserts, the projections and their checkpoint, and
 the commit — is a single call on that thread, so a batch costs one thread hop and one fsync.
+
+A backend whose statements run in-process (SQLite) may instead write a batch from the event loop
+(:meth:`BatchWriter.write_batch`) and hand only its commit, the disk write and the fsync, to the
+thread (:meth:`BatchWriter.commit_written`): see docs/architecture.md, "The log".
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from eventstore.errors import (
     AppendRefused,
@@ -53,6 +57,11 @@ class _IsolateItems(Exception):
     """A batch's combined write failed: redo it item by item to find whose it was."""
 
 
+class _NotNow(Exception):
+    """:meth:`BatchWriter.write_batch` cannot write this batch without waiting or catching up:
+    the transaction was rolled back and nothing was written."""
+
+
 def _store_error(db: Database, exc: Exception) -> EventStoreError:
     if isinstance(exc, EventStoreError):
         return exc
@@ -79,6 +88,9 @@ class BatchWriter:
         self._cached_head = -1
         # Batches left in which another process is taken to be writing too (_SHARED_BATCHES).
         self._shared = 0
+        # What write_batch wrote and commit_written will commit: the last seq of each stream
+        # written, and the new head.
+        self._held: tuple[dict[str, int], int] | None = None
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -134,12 +146,55 @@ class BatchWriter:
         except _IsolateItems:
             return self._commit(batch, created_at, isolate=True)
 
+    def write_batch(
+        self,
+        batch: Sequence[Sequence[AppendRequest]],
+        created_at: str,
+        begin: Callable[[], bool],
+    ) -> list[Outcome] | None:
+        """:meth:`commit_batch` up to its commit, for a caller that must not wait (the event
+        loop): the outcomes, with the transaction left open for :meth:`commit_written`, which
+        must come next on this connection. ``begin`` starts the write transaction if it can at
+        once, else returns False.
+
+        ``None`` when the batch is not for this path: the write lock is held elsewhere, another
+        process wrote since our last commit (its events may have to be caught up with, however
+        many), or the combined write failed (the redo item by item is the writer thread's).
+        Nothing was written then; commit the batch with :meth:`commit_batch`. Only for a
+        database that refuses rows when they are inserted, not at the commit."""
+        if self._shared or self._cached_head < 0:
+            return None
+        try:
+            return self._commit(batch, created_at, isolate=False, begin=begin)
+        except (_NotNow, _IsolateItems):
+            return None
+
+    def commit_written(self) -> None:
+        """Commit what :meth:`write_batch` wrote (on the writer thread: the commit writes to
+        disk and waits for it)."""
+        held, self._held = self._held, None
+        assert held is not None, "commit_written without write_batch"
+        try:
+            self._db.commit()
+        except BaseException as exc:
+            self._abandon(exc)
+        self._advance(*held)
+
     def _commit(
-        self, batch: Sequence[Sequence[AppendRequest]], created_at: str, *, isolate: bool
+        self,
+        batch: Sequence[Sequence[AppendRequest]],
+        created_at: str,
+        *,
+        isolate: bool,
+        begin: Callable[[], bool] | None = None,
     ) -> list[Outcome]:
+        """``begin``: write without waiting (:meth:`write_batch`) and hold the commit."""
         db = self._db
         try:
-            db.begin_write()
+            if begin is None:
+                db.begin_write()
+            elif not begin():
+                raise _NotNow
             (head_position, head_hash), streams, checkpoints = self._lock_head()
         except db.errors as exc:
             with contextlib.suppress(*db.errors):
@@ -147,13 +202,19 @@ class BatchWriter:
             if db.unavailable(exc):
                 raise StorageUnavailable(f"cannot start a write transaction: {exc}") from exc
             raise StorageError(f"cannot start a write transaction: {exc}") from exc
+        if begin is not None and head_position != self._cached_head:
+            # Another process wrote since our last commit: the writer thread catches up.
+            db.rollback()
+            raise _NotNow
         batch_seqs: dict[str, int] = {}  # last seq of each stream written by this batch
         counts: dict[str, int] = {}  # what each cap counts, with this batch's accepted appends
         try:
             if head_position != self._cached_head:
-                # Another process wrote since our last commit: our seq cache is stale and our
-                # projections may have missed its events.
-                self._shared = _SHARED_BATCHES
+                # Another process wrote since our last commit (or we have not committed since
+                # the start or a failure): our seq cache is stale and our projections may have
+                # missed its events.
+                if self._cached_head >= 0:
+                    self._shared = _SHARED_BATCHES
                 self._refresh_seq_cache(head_position, streams)
                 self._catch_up_projections(head_position, checkpoints)
             elif self._shared:
@@ -209,6 +270,9 @@ class BatchWriter:
                 db.set_head(head_position, head_hash)
             if self._projections and head_position >= first_position:
                 db.set_checkpoints(head_position, [p.name for p in self._projections])
+            if begin is not None:
+                self._held = (batch_seqs, head_position)
+                return outcomes
             try:
                 db.commit()
             except InsertRefused as exc:
@@ -216,21 +280,31 @@ class BatchWriter:
                     raise StorageError(f"append failed: {exc}") from exc
                 raise _IsolateItems from exc
         except BaseException as exc:
-            self._seq_cache.clear()
-            self._cached_head = -1
-            if db.in_transaction:
-                with contextlib.suppress(*db.errors):
-                    db.rollback()
-            if isinstance(exc, db.errors):
-                if db.unavailable(exc):
-                    raise StorageUnavailable(f"the log cannot be written now: {exc}") from exc
-                raise StorageError(f"append failed: {exc}") from exc
-            raise
+            self._abandon(exc)
+        self._advance(batch_seqs, head_position)
+        return outcomes
+
+    def _abandon(self, exc: BaseException) -> NoReturn:
+        """A write transaction failed: roll it back, forget what may be stale and raise the
+        store's error for a database error (anything else as it is)."""
+        db = self._db
+        self._seq_cache.clear()
+        self._cached_head = -1
+        if db.in_transaction:
+            with contextlib.suppress(*db.errors):
+                db.rollback()
+        if isinstance(exc, db.errors):
+            if db.unavailable(exc):
+                raise StorageUnavailable(f"the log cannot be written now: {exc}") from exc
+            raise StorageError(f"append failed: {exc}") from exc
+        raise exc
+
+    def _advance(self, batch_seqs: dict[str, int], head_position: int) -> None:
+        """After a commit: the streams' last seqs and the head are ours to remember."""
         self._seq_cache.update(batch_seqs)
         self._cached_head = head_position
         if len(self._seq_cache) > _SEQ_CACHE_LIMIT:
             self._seq_cache.clear()
-        return outcomes
 
     def _prepare(
         self,

@@ -1,0 +1,175 @@
+"""Small batches on SQLite are written from the event loop and committed on the writer thread.
+
+The statements of a batch run where the loop runs; only its commit (the write to disk and the
+fsync) runs on the writer thread. A batch that would wait for another connection's write lock,
+one after another connection's commit (which may have to be caught up with) and one larger than
+``_loop_batch_events`` are written on the writer thread whole. These tests watch which thread
+runs each statement of the store's write connection (SQLite's trace callback runs on the
+thread that executes the statement).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from eventstore import AppendRequest, NewEvent, SQLiteEventStore, StorageError
+from eventstore.sql import SqliteDatabase
+from eventstore.writer import BatchWriter
+
+WRITER_THREAD = "runlog-writer"
+
+
+class Statements:
+    """(thread name, statement) of every statement the store's write connection runs."""
+
+    def __init__(self, store: SQLiteEventStore) -> None:
+        db = store._write_db
+        assert isinstance(db, SqliteDatabase)
+        self.seen: list[tuple[str, str]] = []
+        db.conn.set_trace_callback(self._note)
+
+    def _note(self, statement: str) -> None:
+        self.seen.append((threading.current_thread().name, statement))
+
+    def threads_of(self, prefix: str) -> set[str]:
+        return {name for name, sql in self.seen if sql.startswith(prefix)}
+
+    def clear(self) -> None:
+        self.seen.clear()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteEventStore]:
+    store = await SQLiteEventStore.open(str(tmp_path / "events.db"))
+    try:
+        # The writer knows the head once it has committed a batch of its own.
+        await store.append("warm-up", [NewEvent("T", b"{}")])
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    """Another connection to the file, as another process would have."""
+    conn = sqlite3.connect(tmp_path / "events.db", isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def events(n: int) -> list[NewEvent]:
+    return [NewEvent("T", b'{"i": %d}' % i) for i in range(n)]
+
+
+async def test_a_small_batch_is_written_on_the_loop_and_committed_on_the_writer_thread(
+    store: SQLiteEventStore,
+) -> None:
+    statements = Statements(store)
+    loop_thread = threading.current_thread().name
+
+    recorded = await store.append("s", events(3))
+
+    assert [e.seq for e in recorded] == [1, 2, 3]
+    assert statements.threads_of("BEGIN IMMEDIATE") == {loop_thread}
+    assert statements.threads_of("INSERT INTO events") == {loop_thread}
+    assert statements.threads_of("COMMIT") == {WRITER_THREAD}
+    assert await store.read_stream("s") == recorded
+    assert (await store.verify()).ok
+
+
+async def test_a_batch_larger_than_the_bound_is_written_on_the_writer_thread(
+    store: SQLiteEventStore,
+) -> None:
+    statements = Statements(store)
+
+    recorded = await store.append("big", events(store._loop_batch_events + 1))
+
+    assert len(recorded) == store._loop_batch_events + 1
+    assert statements.threads_of("INSERT INTO events") == {WRITER_THREAD}
+    assert statements.threads_of("COMMIT") == {WRITER_THREAD}
+
+
+async def test_a_batch_that_would_wait_for_the_write_lock_waits_on_the_writer_thread(
+    store: SQLiteEventStore, raw: sqlite3.Connection
+) -> None:
+    statements = Statements(store)
+    raw.execute("BEGIN IMMEDIATE")  # another connection holds the write lock
+    appending = asyncio.ensure_future(store.append("s", events(1)))
+    ticks = 0
+    for _ in range(20):  # the loop goes on meanwhile
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert not appending.done()
+    raw.execute("COMMIT")
+
+    [event] = await appending
+
+    assert ticks == 20
+    assert event.seq == 1
+    assert statements.threads_of("INSERT INTO events") == {WRITER_THREAD}
+    # The loop's attempt gave up at once, having begun nothing; the thread's waited.
+    assert statements.threads_of("BEGIN IMMEDIATE") == {
+        threading.current_thread().name,
+        WRITER_THREAD,
+    }
+    statements.clear()
+    await store.append("s", events(1))
+    assert statements.threads_of("INSERT INTO events") == {threading.current_thread().name}
+
+
+async def test_a_batch_after_another_connections_commit_goes_to_the_writer_thread(
+    store: SQLiteEventStore, raw: sqlite3.Connection
+) -> None:
+    last = (await store.read_all(0, 10))[-1]
+    # Another process's writer on the same file.
+    BatchWriter(SqliteDatabase(raw), ()).commit_batch(
+        [[AppendRequest("other", events(2))]], "2026-12-01T00:00:00Z"
+    )
+    statements = Statements(store)
+
+    [event] = await store.append("s", events(1))
+
+    assert event.position == last.position + 3
+    assert statements.threads_of("INSERT INTO events") == {WRITER_THREAD}
+    assert (await store.verify()).ok
+    # Caught up: the next batch is the loop's again.
+    statements.clear()
+    for _ in range(20):  # the writer thread keeps a few batches after another writer
+        await store.append("s", events(1))
+    assert threading.current_thread().name in statements.threads_of("INSERT INTO events")
+
+
+async def test_a_failed_commit_fails_its_appends_and_leaves_nothing_behind(
+    store: SQLiteEventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = store._write_db
+    assert isinstance(db, SqliteDatabase)
+    real_commit = db.commit
+    calls: list[str] = []
+
+    def failing_commit() -> None:
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        real_commit()
+
+    monkeypatch.setattr(db, "commit", failing_commit)
+    head = (await store.read_all(0, 100))[-1].position
+
+    with pytest.raises(StorageError, match="disk I/O error"):
+        await store.append("s", events(2))
+
+    assert calls == [WRITER_THREAD]
+    assert not db.in_transaction
+    assert await store.read_stream("s") == []
+    [event] = await store.append("s", events(1))
+    assert (event.seq, event.position) == (1, head + 1)
+    assert (await store.verify()).ok
