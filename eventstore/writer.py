@@ -226,7 +226,7 @@ class BatchWriter:
             for item in batch:
                 try:
                     item_rows, recorded = self._prepare(
-                        item, head_position, head_hash, created_at, batch_seqs
+                        item, head_position, head_hash, created_at, batch_seqs, not isolate
                     )
                 except EventStoreError as exc:
                     outcomes.append(exc)
@@ -313,8 +313,14 @@ class BatchWriter:
         head_hash: str,
         created_at: str,
         batch_seqs: dict[str, int],
+        trust_new: bool,
     ) -> tuple[list[_Row], list[RecordedEvent]]:
-        """Check every stream of the item and compute its rows and hashes; writes nothing."""
+        """Check every stream of the item and compute its rows and hashes; writes nothing.
+
+        ``trust_new``: a stream we know nothing of that the request expects to be new (seq 0)
+        is taken to be new without a query. If it is not, its first row (seq 1) collides with
+        the stream's first event in the insert (the log's unique (stream, seq)), and the batch
+        is redone item by item, with the query, which refuses the item."""
         seqs: dict[str, int] = {}
         rows: list[_Row] = []
         position, previous = head_position, head_hash
@@ -323,7 +329,10 @@ class BatchWriter:
             if last is None:
                 last = batch_seqs.get(request.stream)
             if last is None:
-                last = self._last_seq(request.stream)
+                last = self._seq_cache.get(request.stream)
+            if last is None:
+                unknown_new = trust_new and request.expected_seq == 0
+                last = 0 if unknown_new else self._last_seq(request.stream)
             if request.expected_seq is not None and request.expected_seq != last:
                 raise ConcurrencyError(request.stream, request.expected_seq, last)
             for new in request.events:

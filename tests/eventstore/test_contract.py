@@ -118,6 +118,35 @@ async def test_expected_seq_zero_on_existing_stream_fails(store: Any) -> None:
     assert await store.head() == 1
 
 
+async def test_expected_seq_zero_on_a_stream_this_store_never_wrote_fails_alone(
+    store_factory: Any,
+) -> None:
+    """The writer takes a stream it knows nothing of, expected to be new, to be new without
+    asking the database; one that is not is still refused, and only its own append."""
+    first = await store_factory()
+    await first.append("old", [ev(), ev()], 0)
+    await first.close()
+    store = await store_factory()  # knows nothing of "old"
+
+    results = await asyncio.gather(
+        store.append("new-1", [ev()], 0),
+        store.append("old", [ev(n=3)], 0),
+        store.append("new-2", [ev(), ev()], 0),
+        return_exceptions=True,
+    )
+
+    assert isinstance(results[1], ConcurrencyError)
+    assert (results[1].expected_seq, results[1].actual_seq) == (0, 2)
+    assert [[(e.stream, e.seq) for e in r] for r in (results[0], results[2])] == [
+        [("new-1", 1)],
+        [("new-2", 1), ("new-2", 2)],
+    ]
+    assert await store.last_seq("old") == 2
+    everything = await read_everything(store)
+    assert [e.position for e in everything] == [1, 2, 3, 4, 5]
+    assert_chain(everything)
+
+
 async def test_expected_seq_on_missing_stream_fails(store: Any) -> None:
     with pytest.raises(ConcurrencyError):
         await store.append("nobody", [ev()], 1)

@@ -173,3 +173,13 @@ async def test_a_failed_commit_fails_its_appends_and_leaves_nothing_behind(
     [event] = await store.append("s", events(1))
     assert (event.seq, event.position) == (1, head + 1)
     assert (await store.verify()).ok
+
+
+async def test_a_stream_expected_to_be_new_costs_no_query(store: SQLiteEventStore) -> None:
+    statements = Statements(store)
+
+    await store.append("brand-new", events(1), 0)
+    await store.append("any-seq", events(1), None)
+
+    lookups = [sql for _, sql in statements.seen if sql.startswith("SELECT seq FROM events")]
+    assert lookups == ["SELECT seq FROM events WHERE stream = 'any-seq' ORDER BY seq DESC LIMIT 1"]
