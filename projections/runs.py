@@ -247,22 +247,23 @@ class RunsProjection(TableProjection):
         # The same accounting as ``runs.run.evolve``: each model call is counted once, its
         # reported usage replacing an estimate of it.
         run_id = run_id_of(r.stream)
-        known = conn.fetch_one(
-            "SELECT estimated, input_tokens, output_tokens, cache_read_tokens,"
-            " cache_write_tokens, cost_usd FROM run_call_usage WHERE run_id = ? AND call = ?",
-            (run_id, e.call),
-        )
+        # The run's totals and what is counted for this call (NULLs: nothing yet), at once.
         row = conn.fetch_one(
-            "SELECT total_input_tokens, total_output_tokens, cache_read_tokens,"
-            " cache_write_tokens, total_cost_usd, credits_multiplier FROM runs WHERE run_id = ?",
-            (run_id,),
+            "SELECT r.total_input_tokens, r.total_output_tokens, r.cache_read_tokens,"
+            " r.cache_write_tokens, r.total_cost_usd, r.credits_multiplier, r.usage_estimated,"
+            " c.estimated, c.input_tokens, c.output_tokens, c.cache_read_tokens,"
+            " c.cache_write_tokens, c.cost_usd FROM runs r LEFT JOIN run_call_usage c"
+            " ON c.run_id = r.run_id AND c.call = ? WHERE r.run_id = ?",
+            (e.call, run_id),
         )
         assert row is not None, f"run.usage before run.started in {r.stream}"
-        inputs, outputs, reads, writes, cost, multiplier = row
+        inputs, outputs, reads, writes, cost, multiplier, estimated = row[:7]
+        known = None if row[7] is None else row[7:]
         if e.estimated:
             if known is not None:
                 return  # the call is counted already
             conn.execute(_INSERT_CALL, _estimated_call(run_id, e))
+            estimated = 1
         elif known is None:
             conn.execute(_INSERT_CALL, _reported_call(run_id, e))
         elif known[0]:
@@ -277,17 +278,19 @@ class RunsProjection(TableProjection):
                 " WHERE run_id = ? AND call = ?",
                 (run_id, e.call),
             )
+            # Whether another call is still an estimate. EXISTS is an integer on SQLite and a
+            # boolean on PostgreSQL: stored as 0 or 1.
+            still_estimated = conn.fetch_one(
+                "SELECT EXISTS (SELECT 1 FROM run_call_usage WHERE run_id = ? AND estimated = 1)",
+                (run_id,),
+            )
+            estimated = int(bool(still_estimated and still_estimated[0]))
+        # Otherwise no call's estimate was taken back: usage_estimated stands, or is now 1.
         inputs += e.input_tokens
         outputs += e.output_tokens
         reads += e.cache_read_tokens
         writes += e.cache_write_tokens
         cost += e.cost_usd
-        # EXISTS is an integer on SQLite and a boolean on PostgreSQL: stored as 0 or 1.
-        still_estimated = conn.fetch_one(
-            "SELECT EXISTS (SELECT 1 FROM run_call_usage WHERE run_id = ? AND estimated = 1)",
-            (run_id,),
-        )
-        estimated = int(bool(still_estimated and still_estimated[0]))
         denominator = inputs + reads + writes
         conn.execute(
             "UPDATE runs SET total_input_tokens = ?, total_output_tokens = ?,"

@@ -241,19 +241,18 @@ class UsageProjection(TableProjection):
     @staticmethod
     def _usage(conn: SqlConnection, e: RunUsage, r: RecordedEvent) -> None:
         run_id = run_id_of(r.stream)
+        # The live run and what is counted for this call (NULLs: nothing yet), at once.
         live = conn.fetch_one(
-            "SELECT org_id, user_id, route_id, credits_multiplier, cost_usd FROM usage_live_runs"
-            " WHERE run_id = ?",
-            (run_id,),
+            "SELECT l.org_id, l.user_id, l.route_id, l.credits_multiplier, l.cost_usd,"
+            " c.estimated, c.day, c.model, c.input_tokens, c.output_tokens,"
+            " c.cache_read_tokens, c.cache_write_tokens, c.cost_usd, c.credits_used"
+            " FROM usage_live_runs l LEFT JOIN usage_calls c"
+            " ON c.run_id = l.run_id AND c.call = ? WHERE l.run_id = ?",
+            (e.call, run_id),
         )
         assert live is not None  # run.started comes first; no usage follows a terminal event
-        org_id, user_id, route_id, multiplier, before = live
-        known = conn.fetch_one(
-            "SELECT estimated, day, model, input_tokens, output_tokens, cache_read_tokens,"
-            " cache_write_tokens, cost_usd, credits_used FROM usage_calls"
-            " WHERE run_id = ? AND call = ?",
-            (run_id, e.call),
-        )
+        org_id, user_id, route_id, multiplier, before = live[:5]
+        known = None if live[5] is None else live[5:]
         if e.estimated and known is not None:
             return  # the call is counted already
         # The same float operations, in the same order, as the run's own total, so the
