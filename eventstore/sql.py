@@ -142,9 +142,17 @@ class SqliteDatabase:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        #: The connection's own wait for another connection's lock, which
-        #: :meth:`try_begin_write` suspends.
+        #: The connection's own wait for another connection's lock, and the wait in force:
+        #: :meth:`try_begin_write` sets none, and it stays so (inside a write transaction in
+        #: WAL mode nothing waits) until a statement that may wait puts it back (:meth:`_wait`).
         self._busy_ms = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+        self._busy_now = self._busy_ms
+
+    def _wait(self) -> None:
+        """Wait for other connections' locks again, as the connection was set up to."""
+        if self._busy_now != self._busy_ms:
+            self.conn.execute(f"PRAGMA busy_timeout = {self._busy_ms:d}")
+            self._busy_now = self._busy_ms
 
     @property
     def in_transaction(self) -> bool:
@@ -175,29 +183,32 @@ class SqliteDatabase:
             self.conn.execute(statement)
 
     def begin_schema(self) -> None:
+        self._wait()
         self.conn.execute("BEGIN IMMEDIATE")
 
     def begin_write(self) -> None:
         # IMMEDIATE takes the file's write lock now: the head read next is the head we
         # append after, whichever process writes the file.
+        self._wait()
         self.conn.execute("BEGIN IMMEDIATE")
 
     def try_begin_write(self) -> bool:
         """:meth:`begin_write` if no other connection holds the write lock; else False at
         once, having started nothing (for the event loop, which must not wait for it)."""
         conn = self.conn
-        conn.execute("PRAGMA busy_timeout = 0")
+        if self._busy_now:
+            conn.execute("PRAGMA busy_timeout = 0")
+            self._busy_now = 0
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
                 return False
             raise
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms:d}")
         return True
 
     def begin_snapshot(self) -> None:
+        self._wait()
         self.conn.execute("BEGIN")
 
     def commit(self) -> None:
@@ -264,6 +275,7 @@ class SqliteDatabase:
     def probe(self) -> None:
         # The header's user_version set to itself: a page is written, nothing changes.
         conn = self.conn
+        self._wait()
         try:
             conn.execute("BEGIN IMMEDIATE")
             version = conn.execute("PRAGMA user_version").fetchone()[0]

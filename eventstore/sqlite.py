@@ -81,7 +81,13 @@ class SQLiteEventStore(GroupCommitStore):
 
     def _connect(self) -> Database:
         _create_private(self.path)
-        return SqliteDatabase(connect(self.path, self._synchronous))
+        db = SqliteDatabase(connect(self.path, self._synchronous))
+        if str(db.conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+            # Without WAL (a file system that cannot share its memory map) a commit may have
+            # to wait for readers, and the loop's batches commit with no wait set: all go to
+            # the writer thread.
+            self._loop_batch_events = 0
+        return db
 
     def _try_begin_write(self) -> bool:
         db = self._write_db

@@ -45,6 +45,17 @@ class _Pending:
         self.future = future
 
 
+class _Probe:
+    """A probe of the database (:meth:`GroupCommitStore.check_writable`), queued to the writer
+    task like an append: whatever uses the write connection goes through that one task, so a
+    probe on the writer thread never meets a batch the task writes from the event loop."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        self.future = future
+
+
 class GroupCommitStore:
     """Base of the backends' stores. Subclasses implement the ``_`` hooks and the reads."""
 
@@ -88,9 +99,6 @@ class GroupCommitStore:
         #: the writer thread until the batch's events were published).
         self._between_batches = asyncio.Event()
         self._between_batches.set()
-        #: Held by whoever uses the write connection from the event loop's side (a batch, a
-        #: probe): a batch written from the loop must not meet a call running on the thread.
-        self._write_turn = asyncio.Lock()
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -230,20 +238,26 @@ class GroupCommitStore:
             first = await self._queue.get()
             if first is _STOP:
                 break
+            if type(first) is _Probe:
+                await self._probe(writer, first)
+                continue
             batch: list[_Pending] = [first]
+            probe: _Probe | None = None
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is _STOP:
                     stopping = True
                     break
+                if type(item) is _Probe:
+                    probe = item  # after this batch
+                    break
                 batch.append(item)
             started = time.perf_counter()
             self._between_batches.clear()
             try:
-                async with self._write_turn:
-                    outcomes = await self._write(
-                        writer, [pending.requests for pending in batch], utc_now()
-                    )
+                outcomes = await self._write(
+                    writer, [pending.requests for pending in batch], utc_now()
+                )
             except BaseException as exc:
                 self._between_batches.set()
                 error = exc if isinstance(exc, EventStoreError) else StorageError(repr(exc))
@@ -278,11 +292,25 @@ class GroupCommitStore:
                     observe(committed, seconds)
                 except Exception:  # noqa: S112 - an observer must never stop the writer
                     continue
+            if probe is not None:
+                await self._probe(writer, probe)
         # Fail whatever arrived after the stop marker.
         while not self._queue.empty():
             item = self._queue.get_nowait()
-            if isinstance(item, _Pending) and not item.future.done():
+            if item is not _STOP and not item.future.done():
                 item.future.set_exception(StoreClosedError("the event store is closed"))
+
+    async def _probe(self, writer: BatchWriter, probe: _Probe) -> None:
+        try:
+            await self._thread.call(writer.probe)
+        except BaseException as exc:
+            if not probe.future.done():
+                probe.future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        else:
+            if not probe.future.done():
+                probe.future.set_result(None)
 
     async def _write(
         self, writer: BatchWriter, batches: list[Sequence[AppendRequest]], now: str
@@ -293,9 +321,9 @@ class GroupCommitStore:
         if limit and sum(len(r.events) for item in batches for r in item) <= limit:
             outcomes = writer.write_batch(batches, now, self._try_begin_write)
             if outcomes is not None:
-                # Shielded: once the batch is written its commit goes ahead, even should this
-                # task be cancelled, so the connection is never left inside the transaction.
-                await asyncio.shield(self._thread.call(self._commit_written, writer, outcomes))
+                # Once the batch is written its commit goes ahead, even should this task be
+                # cancelled, so the connection is never left inside the transaction.
+                await self._thread.call_anyway(self._commit_written, writer, outcomes)
                 return outcomes
         return await self._thread.call(self._commit_batch, writer, batches, now)
 
@@ -331,9 +359,10 @@ class GroupCommitStore:
             raise StoreClosedError("the event store is closed")
         if self.write_fault is None or self._writer is None:
             return self.write_fault
+        probe = _Probe(asyncio.get_running_loop().create_future())
+        self._queue.put_nowait(probe)
         try:
-            async with self._write_turn:
-                await self._thread.call(self._writer.probe)
+            await probe.future
         except StorageUnavailable as exc:
             self.write_fault = str(exc)
         else:

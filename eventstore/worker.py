@@ -24,7 +24,9 @@ __all__ = ["WorkerThread"]
 
 T = TypeVar("T")
 
-_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
+_Job = tuple[
+    asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...], bool
+]
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -40,8 +42,9 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 class WorkerThread:
     """One thread, started by the first call, running calls one at a time in order.
 
-    A call whose future is cancelled before the thread takes it up is not run; once it runs it
-    runs to its end (as with an executor). The thread is a daemon: a process that exits
+    A call whose future is cancelled before the thread takes it up is not run (unless it was
+    handed over with :meth:`call_anyway`); once it runs it runs to its end (as with an
+    executor). The thread is a daemon: a process that exits
     without closing its store does not wait for a call in flight, whose transaction the
     database then drops whole.
     """
@@ -54,6 +57,14 @@ class WorkerThread:
 
     def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """``fn(*args)`` on the thread; the future is its result or its exception."""
+        return self._call(fn, args, False)
+
+    def call_anyway(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """:meth:`call`, but run even if the caller stops waiting before it starts (the commit
+        of a transaction the caller opened: the connection must not be left inside it)."""
+        return self._call(fn, args, True)
+
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...], anyway: bool) -> asyncio.Future[T]:
         if self._stopped:
             raise RuntimeError(f"{self.name}: the thread was stopped")
         loop = asyncio.get_running_loop()
@@ -61,16 +72,16 @@ class WorkerThread:
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
             self._thread.start()
-        self._jobs.put((loop, future, fn, args))
+        self._jobs.put((loop, future, fn, args, anyway))
         return future
 
     def _work(self) -> None:
         jobs = self._jobs
         while (job := jobs.get()) is not None:
-            loop, future, fn, args = job
+            loop, future, fn, args, anyway = job
             # Read from this thread, a cancel is seen or not, never half-seen: it only decides
             # whether a call that nobody awaits any more is skipped.
-            if future.cancelled():
+            if future.cancelled() and not anyway:
                 continue
             try:
                 result, error = fn(*args), None

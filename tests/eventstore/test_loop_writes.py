@@ -183,3 +183,43 @@ async def test_a_stream_expected_to_be_new_costs_no_query(store: SQLiteEventStor
 
     lookups = [sql for _, sql in statements.seen if sql.startswith("SELECT seq FROM events")]
     assert lookups == ["SELECT seq FROM events WHERE stream = 'any-seq' ORDER BY seq DESC LIMIT 1"]
+
+
+async def test_the_loops_batches_set_the_lock_wait_off_once_not_per_batch(
+    store: SQLiteEventStore,
+) -> None:
+    statements = Statements(store)
+
+    for i in range(10):
+        await store.append("s", events(1), i)
+
+    assert statements.threads_of("INSERT INTO events") == {threading.current_thread().name}
+    pragmas = [sql for _, sql in statements.seen if sql.startswith("PRAGMA busy_timeout")]
+    assert pragmas == ["PRAGMA busy_timeout = 0"]
+
+
+async def test_a_probe_waits_its_turn_with_the_batches(store: SQLiteEventStore) -> None:
+    """A probe of the database goes through the writer's queue: it never runs on the writer
+    thread while a batch written from the loop holds the connection's transaction."""
+    statements = Statements(store)
+    store.write_fault = "the disk was full"  # as after a failed commit
+
+    results = await asyncio.gather(
+        store.append("a", events(2)),
+        store.check_writable(),
+        store.append("b", events(2)),
+    )
+
+    assert results[1] is None  # the probe committed: the fault is over
+    transactions: list[list[str]] = []
+    for _, sql in statements.seen:
+        if sql.startswith("PRAGMA busy_timeout"):
+            continue  # set between transactions
+        if sql.startswith("BEGIN"):
+            transactions.append([])
+        if transactions:
+            transactions[-1].append(sql)
+    # Each transaction ends before the next begins, the probe's among them.
+    assert all(t[-1] == "COMMIT" and t.count("COMMIT") == 1 for t in transactions)
+    assert any("PRAGMA user_version" in " ".join(t) for t in transactions)
+    assert [e.stream for e in await store.read_all(1, 10)] == ["a", "a", "b", "b"]

@@ -59,13 +59,15 @@ async def test_a_call_cancelled_before_it_starts_is_not_run_and_a_started_one_en
         running = worker.call(first)
         assert await asyncio.to_thread(started.wait, 10)
         queued = worker.call(ran.append, "second")
+        anyway = worker.call_anyway(ran.append, "second anyway")
         running.cancel()  # already running: it goes on
         queued.cancel()  # not started: skipped
+        anyway.cancel()  # not started, but handed over to run whatever becomes of its caller
         release.set()
         assert await worker.call(ran.append, "third") is None
     finally:
         worker.stop()
-    assert ran == ["first", "third"]
+    assert ran == ["first", "second anyway", "third"]
 
 
 async def test_stop_lets_queued_calls_finish_then_refuses_new_ones() -> None:
