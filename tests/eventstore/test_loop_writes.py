@@ -223,3 +223,29 @@ async def test_a_probe_waits_its_turn_with_the_batches(store: SQLiteEventStore) 
     assert all(t[-1] == "COMMIT" and t.count("COMMIT") == 1 for t in transactions)
     assert any("PRAGMA user_version" in " ".join(t) for t in transactions)
     assert [e.stream for e in await store.read_all(1, 10)] == ["a", "a", "b", "b"]
+
+
+async def test_without_wal_every_batch_is_written_on_the_writer_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside WAL mode a commit may wait for readers, and the loop's batches commit with no
+    wait set: a store whose file is not in WAL mode writes every batch on the thread."""
+    import eventstore.sqlite
+
+    def rollback_journal(path: str, synchronous: str = "FULL") -> sqlite3.Connection:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA journal_mode = DELETE")  # as where WAL cannot be had
+        return conn
+
+    monkeypatch.setattr(eventstore.sqlite, "connect", rollback_journal)
+    store = await SQLiteEventStore.open(str(tmp_path / "events.db"))
+    try:
+        assert store._loop_batch_events == 0
+        assert SQLiteEventStore._loop_batch_events > 0  # the class's bound is untouched
+        await store.append("warm-up", events(1))
+        statements = Statements(store)
+        await store.append("s", events(2), 0)
+        assert statements.threads_of("INSERT INTO events") == {WRITER_THREAD}
+    finally:
+        await store.close()
