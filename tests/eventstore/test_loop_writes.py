@@ -249,3 +249,40 @@ async def test_without_wal_every_batch_is_written_on_the_writer_thread(
         assert statements.threads_of("INSERT INTO events") == {WRITER_THREAD}
     finally:
         await store.close()
+
+
+async def test_a_batch_written_from_the_loop_is_committed_even_if_the_writer_task_is_cancelled(
+    store: SQLiteEventStore, tmp_path: Path
+) -> None:
+    """Once a batch is written, its commit is handed to the thread to run whatever becomes of
+    the task that wrote it: the connection is never left inside the transaction."""
+    statements = Statements(store)
+    release = threading.Event()
+    blocker = store._thread.call(release.wait, 10)  # the commit will queue behind this
+    appending = asyncio.ensure_future(store.append("s", events(2), 0))
+    for _ in range(500):
+        if statements.threads_of("INSERT INTO events"):
+            break
+        await asyncio.sleep(0.01)
+    assert statements.threads_of("INSERT INTO events") == {threading.current_thread().name}
+    writer_task = store._writer_task
+    assert writer_task is not None
+    writer_task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writer_task
+    store._writer_task = None  # gone; close() must not wait for it
+    release.set()
+    await blocker
+    await store._thread.call(lambda: None)  # the commit ran before this
+
+    with pytest.raises(StorageError):
+        await appending  # its task was cancelled: the caller is not told it committed
+    db = store._write_db
+    assert isinstance(db, SqliteDatabase)
+    assert not db.in_transaction
+    assert statements.threads_of("COMMIT") == {WRITER_THREAD}
+    conn = sqlite3.connect(tmp_path / "events.db")
+    try:
+        assert conn.execute("SELECT count(*) FROM events WHERE stream = 's'").fetchone() == (2,)
+    finally:
+        conn.close()
