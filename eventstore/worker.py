@@ -44,9 +44,8 @@ class WorkerThread:
 
     A call whose future is cancelled before the thread takes it up is not run (unless it was
     handed over with :meth:`call_anyway`); once it runs it runs to its end (as with an
-    executor). The thread is a daemon: a process that exits
-    without closing its store does not wait for a call in flight, whose transaction the
-    database then drops whole.
+    executor). The thread is a daemon: a process that exits without closing its store does not
+    wait for a call in flight, whose transaction the database then drops whole.
     """
 
     def __init__(self, name: str) -> None:
