@@ -1,14 +1,13 @@
 """The synchronous half of the group-commit writer.
 
-Everything here runs on the store's single writer thread, which owns the one write connection
-(one write connection; all writes are functions handed to it). It is the same code on every
-backend: the engine's differences are behind :class:`eventstore.sql.Database`. A batch — the head
-read, every append's concurrency check, the inserts, the projections and their checkpoint, and
-the commit — is a single call on that thread, so a batch costs one thread hop and one fsync.
-
-A backend whose statements run in-process (SQLite) may instead write a batch from the event loop
-(:meth:`BatchWriter.write_batch`) and hand only its commit, the disk write and the fsync, to the
-thread (:meth:`BatchWriter.commit_written`): see docs/architecture.md, "The log".
+It works the store's one write connection, always from one caller at a time (the store's writer
+task). It is the same code on every backend: the engine's differences are behind
+:class:`eventstore.sql.Database`. A batch — the head read, every append's concurrency check, the
+inserts, the projections and their checkpoint, and the commit — is a single call on the store's
+writer thread (:meth:`BatchWriter.commit_batch`), so a batch costs one thread hop and one fsync.
+A backend whose statements run in-process (SQLite) may instead write a small batch from the
+event loop (:meth:`BatchWriter.write_batch`) and hand only its commit, the disk write and the
+fsync, to the thread (:meth:`BatchWriter.commit_written`): see docs/architecture.md, "The log".
 """
 
 from __future__ import annotations
@@ -397,9 +396,7 @@ class BatchWriter:
     # -- helpers --------------------------------------------------------------------------
 
     def _last_seq(self, stream: str) -> int:
-        cached = self._seq_cache.get(stream)
-        if cached is not None:
-            return cached
+        """The stream's last seq as the database has it (the caller looked in the caches)."""
         row = self._db.fetch_one(
             "SELECT seq FROM events WHERE stream = ? ORDER BY seq DESC LIMIT 1", (stream,)
         )
