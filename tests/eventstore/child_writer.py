@@ -39,6 +39,8 @@ async def _worker(store: EventStore, args: argparse.Namespace, worker: int) -> N
             own_seq = recorded[-1].seq
         for event in recorded:
             print(f"pos {event.position} {event.stream} {event.seq}", flush=True)
+        if args.pause:
+            await asyncio.sleep(args.pause)
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1, help="concurrent appending tasks")
     parser.add_argument("--shared", default="", help="a stream shared with other writers")
     parser.add_argument("--shared-every", type=int, default=3)
+    parser.add_argument("--pause", type=float, default=0.0, help="seconds to sleep between appends")
     parser.add_argument("--wait-go", action="store_true", help="wait for a stdin line first")
     asyncio.run(_main(parser.parse_args()))
 

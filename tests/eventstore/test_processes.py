@@ -152,7 +152,11 @@ async def test_two_processes_append_to_one_log(
             child_writer_cmd,
             child_env,
             db_path,
-            f"--stream {name} --count {count} --shared shared --shared-every 3 --wait-go",
+            # The pause leaves the write lock free between appends. Without it one process
+            # can commit back to back while the other sleeps in SQLite's busy wait, and
+            # finish before the other's first shared append (the check at the end).
+            f"--stream {name} --count {count} --shared shared --shared-every 3 --wait-go"
+            " --pause 0.001",
         )
         for name in ("p1", "p2")
     ]
@@ -172,6 +176,7 @@ async def test_two_processes_append_to_one_log(
     # The two writers really interleaved (otherwise this test proves little).
     shared_writers = [msgspec.json.decode(e.data)["writer"] for e in log if e.stream == "shared"]
     switches = sum(a != b for a, b in itertools.pairwise(shared_writers))
+    print("SWITCHES", switches)
     assert switches > 1
 
 
