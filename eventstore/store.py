@@ -252,46 +252,13 @@ class GroupCommitStore:
                     probe = item  # after this batch
                     break
                 batch.append(item)
-            started = time.perf_counter()
-            self._between_batches.clear()
             try:
-                outcomes = await self._write(
-                    writer, [pending.requests for pending in batch], utc_now()
-                )
-            except BaseException as exc:
-                self._between_batches.set()
-                error = exc if isinstance(exc, EventStoreError) else StorageError(repr(exc))
-                if isinstance(error, StorageUnavailable):
-                    self._fault(error)
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(error)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                continue
-            committed: list[RecordedEvent] = []
-            for pending, outcome in zip(batch, outcomes, strict=True):
-                if isinstance(outcome, StorageUnavailable):
-                    self._fault(outcome)
-                if isinstance(outcome, EventStoreError):
-                    if not pending.future.done():
-                        pending.future.set_exception(outcome)
-                else:
-                    committed.extend(outcome)
-                    if not pending.future.done():
-                        pending.future.set_result(outcome)
-            # Published only after the commit: a subscriber never sees an event that could
-            # still be lost.
-            if committed:
-                self.write_fault = None
-            self._committed(committed)
-            self._between_batches.set()
-            seconds = time.perf_counter() - started
-            for observe in self.commit_observers:
-                try:
-                    observe(committed, seconds)
-                except Exception:  # noqa: S112 - an observer must never stop the writer
-                    continue
+                await self._commit_pending(writer, batch)
+            except asyncio.CancelledError:
+                if probe is not None and not probe.future.done():
+                    probe.future.set_exception(StoreClosedError("the event store is closed"))
+                raise
+            # Whatever became of the batch, the probe taken off the queue with it runs now.
             if probe is not None:
                 await self._probe(writer, probe)
         # Fail whatever arrived after the stop marker.
@@ -299,6 +266,48 @@ class GroupCommitStore:
             item = self._queue.get_nowait()
             if item is not _STOP and not item.future.done():
                 item.future.set_exception(StoreClosedError("the event store is closed"))
+
+    async def _commit_pending(self, writer: BatchWriter, batch: list[_Pending]) -> None:
+        """Commit ``batch``, settle every append's future and publish what was committed. A
+        failure fails the batch's appends and ends here, but for a cancellation."""
+        started = time.perf_counter()
+        self._between_batches.clear()
+        try:
+            outcomes = await self._write(writer, [pending.requests for pending in batch], utc_now())
+        except BaseException as exc:
+            self._between_batches.set()
+            error = exc if isinstance(exc, EventStoreError) else StorageError(repr(exc))
+            if isinstance(error, StorageUnavailable):
+                self._fault(error)
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        committed: list[RecordedEvent] = []
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, StorageUnavailable):
+                self._fault(outcome)
+            if isinstance(outcome, EventStoreError):
+                if not pending.future.done():
+                    pending.future.set_exception(outcome)
+            else:
+                committed.extend(outcome)
+                if not pending.future.done():
+                    pending.future.set_result(outcome)
+        # Published only after the commit: a subscriber never sees an event that could
+        # still be lost.
+        if committed:
+            self.write_fault = None
+        self._committed(committed)
+        self._between_batches.set()
+        seconds = time.perf_counter() - started
+        for observe in self.commit_observers:
+            try:
+                observe(committed, seconds)
+            except Exception:  # noqa: S112 - an observer must never stop the writer
+                continue
 
     async def _probe(self, writer: BatchWriter, probe: _Probe) -> None:
         try:

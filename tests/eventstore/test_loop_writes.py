@@ -225,6 +225,35 @@ async def test_a_probe_waits_its_turn_with_the_batches(store: SQLiteEventStore) 
     assert [e.stream for e in await store.read_all(1, 10)] == ["a", "a", "b", "b"]
 
 
+async def test_a_probe_queued_behind_a_failed_batch_still_answers(
+    store: SQLiteEventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer takes a probe off the queue with the batch before it; the batch's failure
+    must not lose it (``check_writable`` would wait for ever)."""
+    db = store._write_db
+    assert isinstance(db, SqliteDatabase)
+    real_commit = db.commit
+    failed: list[bool] = []
+
+    def failing_commit() -> None:
+        if not failed:
+            failed.append(True)
+            raise sqlite3.OperationalError("disk I/O error")
+        real_commit()
+
+    monkeypatch.setattr(db, "commit", failing_commit)
+    store.write_fault = "the disk was full"  # as after a failed commit
+
+    async with asyncio.timeout(10):
+        appended, probed = await asyncio.gather(
+            store.append("a", events(2)), store.check_writable(), return_exceptions=True
+        )
+
+    assert isinstance(appended, StorageError)
+    assert probed is None  # the probe ran after the failed batch, and committed
+    assert store.write_fault is None
+
+
 async def test_without_wal_every_batch_is_written_on_the_writer_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
