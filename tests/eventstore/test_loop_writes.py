@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from eventstore import AppendRequest, NewEvent, SQLiteEventStore, StorageError
+from eventstore import AppendRequest, NewEvent, SQLiteEventStore, StorageError, StoreClosedError
 from eventstore.sql import SqliteDatabase
 from eventstore.writer import BatchWriter
 
@@ -315,3 +315,34 @@ async def test_a_batch_written_from_the_loop_is_committed_even_if_the_writer_tas
         assert conn.execute("SELECT count(*) FROM events WHERE stream = 's'").fetchone() == (2,)
     finally:
         conn.close()
+
+
+async def test_a_probe_taken_with_a_batch_is_told_when_the_writer_task_is_cancelled(
+    store: SQLiteEventStore,
+) -> None:
+    """The writer task took the probe off the queue with the batch; if the task is cancelled
+    before it gets to the probe, ``check_writable`` hears so instead of waiting for ever."""
+    statements = Statements(store)
+    store.write_fault = "the disk was full"
+    release = threading.Event()
+    blocker = store._thread.call(release.wait, 10)  # the batch's commit queues behind this
+    appending = asyncio.ensure_future(store.append("s", events(2), 0))
+    probing = asyncio.ensure_future(store.check_writable())
+    for _ in range(500):
+        if statements.threads_of("INSERT INTO events"):
+            break
+        await asyncio.sleep(0.01)
+    writer_task = store._writer_task
+    assert writer_task is not None
+    writer_task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writer_task
+    store._writer_task = None  # gone; close() must not wait for it
+    release.set()
+    await blocker
+
+    async with asyncio.timeout(10):
+        with pytest.raises(StoreClosedError):
+            await probing
+        with pytest.raises(StorageError):
+            await appending
