@@ -280,6 +280,23 @@ async def test_without_wal_every_batch_is_written_on_the_writer_thread(
         await store.close()
 
 
+async def cancel_the_writer_task_once_it_inserted(
+    store: SQLiteEventStore, statements: Statements
+) -> None:
+    """Wait until a batch's rows are inserted (its commit still to come), then cancel the
+    store's writer task."""
+    for _ in range(500):
+        if statements.threads_of("INSERT INTO events"):
+            break
+        await asyncio.sleep(0.01)
+    writer_task = store._writer_task
+    assert writer_task is not None
+    writer_task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writer_task
+    store._writer_task = None  # gone; close() must not wait for it
+
+
 async def test_a_batch_written_from_the_loop_is_committed_even_if_the_writer_task_is_cancelled(
     store: SQLiteEventStore, tmp_path: Path
 ) -> None:
@@ -289,17 +306,8 @@ async def test_a_batch_written_from_the_loop_is_committed_even_if_the_writer_tas
     release = threading.Event()
     blocker = store._thread.call(release.wait, 10)  # the commit will queue behind this
     appending = asyncio.ensure_future(store.append("s", events(2), 0))
-    for _ in range(500):
-        if statements.threads_of("INSERT INTO events"):
-            break
-        await asyncio.sleep(0.01)
+    await cancel_the_writer_task_once_it_inserted(store, statements)
     assert statements.threads_of("INSERT INTO events") == {threading.current_thread().name}
-    writer_task = store._writer_task
-    assert writer_task is not None
-    writer_task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await writer_task
-    store._writer_task = None  # gone; close() must not wait for it
     release.set()
     await blocker
     await store._thread.call(lambda: None)  # the commit ran before this
@@ -328,16 +336,7 @@ async def test_a_probe_taken_with_a_batch_is_told_when_the_writer_task_is_cancel
     blocker = store._thread.call(release.wait, 10)  # the batch's commit queues behind this
     appending = asyncio.ensure_future(store.append("s", events(2), 0))
     probing = asyncio.ensure_future(store.check_writable())
-    for _ in range(500):
-        if statements.threads_of("INSERT INTO events"):
-            break
-        await asyncio.sleep(0.01)
-    writer_task = store._writer_task
-    assert writer_task is not None
-    writer_task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await writer_task
-    store._writer_task = None  # gone; close() must not wait for it
+    await cancel_the_writer_task_once_it_inserted(store, statements)
     release.set()
     await blocker
 
