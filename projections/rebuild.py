@@ -199,12 +199,14 @@ def _rebuild_in_place(
     db.begin_write()
     try:
         head, _ = db.head()
+        mine: Sequence[Projection] = projections
+        if helper is not None:
+            # Started before the drops: it reads only the log, which they do not touch, and
+            # its half is the longer one.
+            mine, progress = helper.begin(head, projections, progress)
         for projection in projections:
             for table in projection.tables:
                 db.execute(f'DROP TABLE IF EXISTS "{table}"')
-        mine: Sequence[Projection] = projections
-        if helper is not None:
-            mine, progress = helper.begin(head, projections, progress)
         count = _replay(db, db, mine, progress, head)
         if helper is not None:
             helper.wait(progress)

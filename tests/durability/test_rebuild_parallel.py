@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from eventstore import connect_database
-from projections import all_projections, table_rows
+from eventstore.sql import SqliteDatabase
+from projections import all_projections, rebuild_in_place, table_rows
 from projections.parallel import HelperFailed, ReplayHelper, helper_for, split
 from tests.conftest import Api
 from tests.durability.test_audit import runlog
@@ -110,6 +111,39 @@ async def test_two_processes_rebuild_the_rows_one_process_does(api: Api, tmp_pat
     assert check.stdout.endswith(" equals the live one (in 2 processes)\n")
     serial_check = runlog("rebuild", "--db", parallel, "--check", "--jobs", "1")
     assert serial_check.stdout.endswith(" equals the live one\n")
+
+
+async def test_the_helper_starts_before_this_process_drops_the_old_tables(
+    api: Api, tmp_path: Path
+) -> None:
+    """The helper reads only the log, so it is given the head before this process drops the
+    read models' tables (the helper's half is the longer one: dropping them would delay it)."""
+    db_path = await varied_log(api)
+    before = every_table(db_path)
+    projections = all_projections()
+    halves = split(projections)
+    assert halves is not None
+    seen: list[str] = []
+    db = connect_database(db_path)
+    assert isinstance(db, SqliteDatabase)
+    db.conn.set_trace_callback(seen.append)
+    helper = ReplayHelper.fork(db_path, halves[1], str(tmp_path / "helper.db"))
+    begin = helper.begin
+
+    def begin_seen(*args: Any) -> Any:
+        seen.append("helper started")
+        return begin(*args)
+
+    helper.begin = begin_seen  # type: ignore[method-assign]
+    try:
+        rebuild_in_place(db, projections, helper=helper)
+    finally:
+        helper.close()
+        db.close()
+    drops = [i for i, statement in enumerate(seen) if statement.startswith("DROP TABLE")]
+    assert drops, seen
+    assert seen.index("helper started") < drops[0], seen
+    assert every_table(db_path) == before
 
 
 #: Drifts in tables of both halves (the split test checks that they are).
