@@ -9,6 +9,7 @@ loop, their commit alone on the writer thread (``_loop_batch_events``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
@@ -45,6 +46,33 @@ class _Pending:
         self.future = future
 
 
+class _Inbox:
+    """The writer task's queue: a deque and at most one waiter (the task). ``asyncio.Queue``
+    costs some ten Python calls per item in its getters' and putters' bookkeeping; every
+    append passes through here, and only the one writer task ever waits."""
+
+    __slots__ = ("_waiter", "items")
+
+    def __init__(self) -> None:
+        self.items: collections.deque[Any] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: Any) -> None:
+        self.items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self.items:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return self.items.popleft()
+
+
 class _Probe:
     """A probe of the database (:meth:`GroupCommitStore.check_writable`), queued to the writer
     task like an append: whatever uses the write connection goes through that one task, so a
@@ -76,7 +104,7 @@ class GroupCommitStore:
         self._thread = WorkerThread("runlog-writer")
         self._write_db: Database | None = None
         self._writer: BatchWriter | None = None
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._inbox = _Inbox()
         self._writer_task: asyncio.Task[None] | None = None
         self._closed = False
         self.live = LiveHub()
@@ -184,7 +212,7 @@ class GroupCommitStore:
             return
         self._closed = True
         if self._writer_task is not None:
-            self._queue.put_nowait(_STOP)
+            self._inbox.put(_STOP)
             await self._writer_task
         self.live.wake_all()
         await self._shutdown_connections()
@@ -227,15 +255,17 @@ class GroupCommitStore:
                         f" not {type(event.data).__name__}"
                     )
         future: asyncio.Future[list[RecordedEvent]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(list(requests), future))
+        self._inbox.put(_Pending(list(requests), future))
         return future
 
     async def _run_writer(self) -> None:
         writer = self._writer
         assert writer is not None
+        inbox = self._inbox
+        items = inbox.items
         stopping = False
         while not stopping:
-            first = await self._queue.get()
+            first = await inbox.get()
             if first is _STOP:
                 break
             if type(first) is _Probe:
@@ -243,8 +273,8 @@ class GroupCommitStore:
                 continue
             batch: list[_Pending] = [first]
             probe: _Probe | None = None
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                item = self._queue.get_nowait()
+            while len(batch) < MAX_BATCH and items:
+                item = items.popleft()
                 if item is _STOP:
                     stopping = True
                     break
@@ -262,8 +292,8 @@ class GroupCommitStore:
             if probe is not None:
                 await self._probe(writer, probe)
         # Fail whatever arrived after the stop marker.
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
+        while items:
+            item = items.popleft()
             if item is not _STOP and not item.future.done():
                 item.future.set_exception(StoreClosedError("the event store is closed"))
 
@@ -369,7 +399,7 @@ class GroupCommitStore:
         if self.write_fault is None or self._writer is None:
             return self.write_fault
         probe = _Probe(asyncio.get_running_loop().create_future())
-        self._queue.put_nowait(probe)
+        self._inbox.put(probe)
         try:
             await probe.future
         except StorageUnavailable as exc:
