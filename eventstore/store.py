@@ -9,7 +9,6 @@ loop, their commit alone on the writer thread (``_loop_batch_events``).
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import structlog
 
 from eventstore.errors import EventStoreError, StorageError, StorageUnavailable, StoreClosedError
+from eventstore.inbox import Inbox
 from eventstore.live import Deliver, LiveHub
 from eventstore.model import AppendRequest, NewEvent, RecordedEvent, WireRow, utc_now
 from eventstore.projection import Projection
@@ -44,33 +44,6 @@ class _Pending:
     def __init__(self, requests: Sequence[AppendRequest], future: asyncio.Future[Any]) -> None:
         self.requests = requests
         self.future = future
-
-
-class _Inbox:
-    """The writer task's queue: a deque and at most one waiter (the task). ``asyncio.Queue``
-    costs some ten Python calls per item in its getters' and putters' bookkeeping; every
-    append passes through here, and only the one writer task ever waits."""
-
-    __slots__ = ("_waiter", "items")
-
-    def __init__(self) -> None:
-        self.items: collections.deque[Any] = collections.deque()
-        self._waiter: asyncio.Future[None] | None = None
-
-    def put(self, item: Any) -> None:
-        self.items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def get(self) -> Any:
-        while not self.items:
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-        return self.items.popleft()
 
 
 class _Probe:
@@ -104,7 +77,7 @@ class GroupCommitStore:
         self._thread = WorkerThread("runlog-writer")
         self._write_db: Database | None = None
         self._writer: BatchWriter | None = None
-        self._inbox = _Inbox()
+        self._inbox = Inbox()
         self._writer_task: asyncio.Task[None] | None = None
         self._closed = False
         self.live = LiveHub()

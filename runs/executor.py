@@ -10,7 +10,6 @@ so a run continues after input or after a restart without repeating completed wo
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import math
 import time
@@ -21,6 +20,7 @@ import msgspec
 import structlog
 
 from eventstore import AppendRequest, EventStore, RecordedEvent
+from eventstore.inbox import Inbox
 from runs import metrics
 from runs.config import Route
 from runs.estimate import BYTES_PER_TOKEN, estimate_request_tokens, estimate_tokens
@@ -69,50 +69,11 @@ class _Stopped(Exception):
     """The run reached a terminal state or now waits for input: the task ends."""
 
 
-class _Channel:
-    """What a model call's provider task has produced, for the call's loop to take: a deque
-    and at most one waiter. An ``asyncio.Queue`` costs some ten Python calls per item (its
-    getters' and putters' wake-ups), and a ``wait_for`` on it a task and a timer; a call
-    streams an item per few characters of its answer."""
-
-    __slots__ = ("_waiter", "items")
-
-    def __init__(self) -> None:
-        self.items: collections.deque[Any] = collections.deque()
-        self._waiter: asyncio.Future[None] | None = None
-
-    def put(self, item: Any) -> None:
-        self.items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def wait(self, deadline: float | None) -> None:
-        """Until an item is there or the loop's clock (``time.monotonic``) reaches
-        ``deadline`` (``None``: no deadline)."""
-        if self.items:
-            return
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        timer = None if deadline is None else loop.call_at(deadline, _wake, waiter)
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            if timer is not None:
-                timer.cancel()
-
-
 def _folded(state: RunState, events: Sequence[DomainEvent]) -> RunState:
     """``state`` with ``events`` folded in as though appended next."""
     for event in events:
         state = evolve(state, event, state.seq + 1, "")
     return state
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 class RunExecutor:
@@ -397,10 +358,10 @@ class RunExecutor:
         self, request: ModelRequest
     ) -> tuple[list[ToolUse], Stop, list[MessageDelta]]:
         """Stream one attempt, appending coalesced deltas. The provider runs in its own task
-        feeding a :class:`_Channel`, so the coalescing timer never interrupts the provider's
-        stream. The text still buffered when the call ends is returned (as its delta), for the
-        caller to append with the call's usage: one commit fewer per call."""
-        channel = _Channel()
+        feeding an :class:`eventstore.inbox.Inbox`, so the coalescing timer never interrupts the
+        provider's stream. The text still buffered when the call ends is returned (as its
+        delta), for the caller to append with the call's usage: one commit fewer per call."""
+        channel = Inbox()
         self.call_request = request
         self.call_answered = self.call_finished = False
         self.call_output = 0
