@@ -7,6 +7,9 @@ Each figure is measured against a reference taken in the same run, on the same m
 - end to end (``bench/e2e.py``, ``measure(clients, seconds)``): 20 clients each doing thread →
   message → run → follow the SSE to the end on the scripted route, against a null aiohttp
   server answering the same requests with canned bodies; the server's CPU per run;
+- the floor (``bench/sqlfloor.py``, ``measure(clients, seconds)``): the same load's SQL
+  statements replayed alone, plus the null server's CPU per run: the least a server of this
+  design could spend on a run (no target; the server's CPU per run is set against it);
 - rebuild (``runlog rebuild`` on a copy of the realistic 1,000,000-event log, and ``runlog
   rebuild --check`` on the log itself), each a subprocess timed from outside, with its peak
   RSS; the reference is ``runlog verify`` of the same log;
@@ -136,6 +139,25 @@ async def e2e_rows(seconds: float) -> tuple[list[Row], dict[str, float | None]]:
     return rows, {"e2e_ratio": r["ratio"], "cpu_ms_per_run": r["cpu_ms_per_run"]}
 
 
+async def floor_rows(
+    seconds: float, server_ms: float | None
+) -> tuple[list[Row], dict[str, float | None]]:
+    """The least CPU a server of this design could spend on a run (``bench/sqlfloor.py``), and
+    the end-to-end server's CPU per run over it."""
+    measure = load("sqlfloor", "measure")
+    figure = "floor: null server + its SQL replayed alone"
+    if measure is None:
+        return [Row(figure, None)], {}
+    r = await call(measure, E2E_CLIENTS, seconds)
+    rows = [
+        Row(f"{figure} (of the null server's)", r["floor_ms"], "ms", r["null_ms"]),
+        Row("  of it, the server's SQL statements", r["sql_ms"], "ms"),
+    ]
+    if server_ms is not None:
+        rows.append(Row("server CPU per run (of that floor)", server_ms, "ms", r["floor_ms"]))
+    return rows, {}
+
+
 def timed_command(*args: str) -> tuple[float, float, str]:
     """Wall seconds, peak RSS in MB and output of ``python -m runs <args>``."""
     started = time.perf_counter()
@@ -250,6 +272,7 @@ async def run_all(seconds: float, large: int) -> int:
     result: dict[str, float | None] = {}
     parts: list[tuple[str, Callable[[], Any]]] = [
         ("end to end", lambda: e2e_rows(seconds)),
+        ("the floor", lambda: floor_rows(min(seconds, 6.0), result.get("cpu_ms_per_run"))),
         ("rebuild", lambda: asyncio.to_thread(rebuild_rows)),
         ("queries and memory", lambda: query_rows(large)),
         ("SSE catch-up", sse_rows),

@@ -30,6 +30,12 @@ What it leaves out: the ``-wal`` file's touch after each commit (not SQL), the s
 hashing of the log's chain, and the cost of reading rows into Python objects beyond
 ``fetchall`` (the replay builds the same tuples).
 
+API (called by ``bench/all.py``)
+    ``async def measure(clients=20, seconds=6.0, replays=5) -> dict[str, Any]`` returns
+    ``sql_ms``, ``writer_ms``, ``readers_ms``, ``null_ms``, ``floor_ms`` and ``server_ms``
+    (ms of CPU per run), ``runs``, ``statements_per_run``, ``commits_per_run`` and
+    ``replays_ms``.
+
 The last line is machine-readable: ``RESULT sql_ms_per_run=... null_ms_per_run=...
 floor_ms_per_run=... server_ms_per_run=...`` (the last is the recording server's CPU per
 run, recording included, so it over-states the server's).
@@ -215,32 +221,52 @@ async def record(tmp: Path, clients: int, seconds: float) -> dict[str, Any]:
     }
 
 
-async def main(args: argparse.Namespace) -> None:
+async def measure(clients: int = 20, seconds: float = 6.0, replays: int = 5) -> dict[str, Any]:
+    """Record ``seconds`` of ``clients`` clients, measure the null server, replay ``replays``
+    times; the figures in ms of CPU per run (medians of the replays) and the counts."""
     with tempfile.TemporaryDirectory(prefix="runlog-bench-sqlfloor-") as tmp_dir:
         tmp = Path(tmp_dir)
-        got = await record(tmp, args.clients, args.seconds)
-        runs = got["runs"]
-        replays = []
-        for i in range(args.replays):
-            replays.append(replay(got["records"], got["db"], str(tmp / f"replay-{i}.db")))
-    sql = statistics.median(r["window"] for r in replays) * 1000 / runs
-    writer = statistics.median(r["writer"] for r in replays) * 1000 / runs
-    readers = statistics.median(r["readers"] for r in replays) * 1000 / runs
-    floor = got["null_ms"] + sql
+        got = await record(tmp, clients, seconds)
+        done = [
+            replay(got["records"], got["db"], str(tmp / f"replay-{i}.db")) for i in range(replays)
+        ]
+    runs = got["runs"]
+
+    def per_run(key: str) -> float:
+        return statistics.median(r[key] for r in done) * 1000 / runs
+
+    sql = per_run("window")
+    return {
+        "clients": clients,
+        "runs": runs,
+        "statements_per_run": done[0]["statements"] / runs,
+        "commits_per_run": done[0]["commits"] / runs,
+        "replays_ms": [r["window"] * 1000 / runs for r in done],
+        "server_ms": got["server_ms"],
+        "null_ms": got["null_ms"],
+        "sql_ms": sql,
+        "writer_ms": per_run("writer"),
+        "readers_ms": per_run("readers"),
+        "floor_ms": got["null_ms"] + sql,
+    }
+
+
+async def main(args: argparse.Namespace) -> None:
+    got = await measure(args.clients, args.seconds, args.replays)
     print(
-        f"{args.clients} clients, {runs} runs in the window; per run: "
-        f"{replays[0]['statements'] / runs:.1f} statements, {replays[0]['commits'] / runs:.2f}"
-        f" commits; {args.replays} replays (SQL ms/run: "
-        + ", ".join(f"{r['window'] * 1000 / runs:.3f}" for r in replays)
+        f"{args.clients} clients, {got['runs']} runs in the window; per run: "
+        f"{got['statements_per_run']:.1f} statements, {got['commits_per_run']:.2f} commits;"
+        f" {args.replays} replays (SQL ms/run: "
+        + ", ".join(f"{ms:.3f}" for ms in got["replays_ms"])
         + ")"
     )
     rows = [
         ("server CPU per run (recording it)", got["server_ms"]),
         ("null server CPU per run (HTTP alone)", got["null_ms"]),
-        ("SQL replay per run", sql),
-        ("  of it, the log writer's connection", writer),
-        ("  of it, the readers' connections", readers),
-        ("floor: null server + SQL replay", floor),
+        ("SQL replay per run", got["sql_ms"]),
+        ("  of it, the log writer's connection", got["writer_ms"]),
+        ("  of it, the readers' connections", got["readers_ms"]),
+        ("floor: null server + SQL replay", got["floor_ms"]),
         ("target", TARGET_MS),
     ]
     width = max(len(name) for name, _ in rows)
@@ -248,8 +274,8 @@ async def main(args: argparse.Namespace) -> None:
     for name, value in rows:
         print(f"{name:<{width}}  {value:6.3f}  {value / got['null_ms']:5.2f}")
     print(
-        f"RESULT sql_ms_per_run={sql:.3f} null_ms_per_run={got['null_ms']:.3f}"
-        f" floor_ms_per_run={floor:.3f} server_ms_per_run={got['server_ms']:.3f}"
+        f"RESULT sql_ms_per_run={got['sql_ms']:.3f} null_ms_per_run={got['null_ms']:.3f}"
+        f" floor_ms_per_run={got['floor_ms']:.3f} server_ms_per_run={got['server_ms']:.3f}"
     )
 
 
