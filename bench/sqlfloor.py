@@ -68,6 +68,8 @@ TARGET_MS = 1.5
 WARMUP_SECONDS = 1.0
 
 Record = tuple[Any, ...]
+#: Statements that write: the connection that issues them is the log writer's.
+_WRITES = ("INSERT", "UPDATE", "DELETE", "COMMIT")
 
 
 # -- the recording server -----------------------------------------------------------------
@@ -124,6 +126,10 @@ def serve_recording(out: str, argv: list[str]) -> int:
 def replay(records: list[Record], recorded_db: str, db: str) -> dict[str, float]:
     """Replay ``records`` into ``db`` (the recording's file names mapped to it); the CPU
     seconds of the marked window, in all and by the connection that spent them."""
+    # What each statement is, worked out before the replay: only SQLite's work is in the window.
+    kinds = {r[2]: r[2].lstrip().upper() for r in records if r[0] in ("execute", "executemany")}
+    writes = {sql for sql, upper in kinds.items() if upper.startswith(_WRITES)}
+    commit = {sql for sql, upper in kinds.items() if upper.rstrip() == "COMMIT"}
     connections: dict[int, sqlite3.Connection] = {}
     writers: set[int] = set()
     by_connection: dict[int, float] = {}
@@ -143,7 +149,6 @@ def replay(records: list[Record], recorded_db: str, db: str) -> dict[str, float]
         number = record[1]
         if kind == "connect":
             args, kwargs = list(record[2]), dict(record[3])
-            kwargs.pop("factory", None)
             args[0] = str(args[0]).replace(recorded_db, db)
             kwargs["check_same_thread"] = False
             connections[number] = sqlite3.connect(*args, **kwargs)
@@ -161,9 +166,9 @@ def replay(records: list[Record], recorded_db: str, db: str) -> dict[str, float]
         if measuring:
             by_connection[number] = by_connection.get(number, 0.0) + clock() - started
             statements += 1
-            if sql.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE", "COMMIT")):
+            if sql in writes:
                 writers.add(number)
-            if sql.strip().upper() == "COMMIT":
+            if sql in commit:
                 commits += 1
     for conn in connections.values():
         conn.close()
@@ -206,10 +211,7 @@ async def record(tmp: Path, clients: int, seconds: float) -> dict[str, Any]:
         async with subprocess_server(null_argv, tmp / "null.log", key=KEY) as (null_base, null_pid):
             await load(null_base, clients, WARMUP_SECONDS, null_pid)
             null, _, null_cpu = await load(null_base, clients, seconds, null_pid)
-    for _ in range(600):
-        if out.exists():
-            break
-        await asyncio.sleep(0.1)
+    # The server wrote it as it exited, and subprocess_server waited for that.
     with out.open("rb") as f:
         records = pickle.load(f)
     return {
