@@ -387,6 +387,7 @@ class RunExecutor:
         first_token_seconds = metrics.labeled(metrics.PROVIDER_TTFT_SECONDS, route, model)
         started = time.monotonic()
         waiting_for_first = True
+        coalescing = self.coalesce_s > 0
         items = channel.items
         try:
             while True:
@@ -421,7 +422,15 @@ class RunExecutor:
                     if waiting_for_first and (kind is TextDelta or kind is ToolUse):
                         waiting_for_first = False
                         first_token_seconds.observe(time.monotonic() - started)
-                if buffer and (item is None or time.monotonic() >= next_flush):
+                # A flush that is due waits until the items already received are taken in
+                # (none can arrive meanwhile: the provider's task runs only when this one
+                # waits), so text that arrived together goes out as one delta, the first one
+                # included. Without a window each item is a delta of its own.
+                if (
+                    buffer
+                    and (item is None or time.monotonic() >= next_flush)
+                    and (not items or not coalescing)
+                ):
                     await self._flush(buffer)
                     next_flush = time.monotonic() + self.coalesce_s
         finally:

@@ -123,14 +123,36 @@ async def test_deltas_are_coalesced_within_the_window(make_api: MakeApi) -> None
     assert len(deltas) < len(reply) // 4 // 4
 
 
+async def test_text_that_arrived_together_is_one_delta_the_first_included(
+    make_api: MakeApi,
+) -> None:
+    """The scripted provider hands over its whole reply (4-character chunks) before the run's
+    task takes any of it: with a window, what arrived together is one delta, appended with the
+    call's end; without one, every chunk is a delta of its own."""
+    text = "hello, how are you today?"
+    reply = f"echo: {text}"
+    for window_ms, expected in ((50, [reply]), (0, [reply[i : i + 4] for i in range(0, 31, 4)])):
+        api = await make_api(delta_coalesce_ms=window_ms)
+        _, run_id = await api.start_run(text)
+        assert (await api.wait_for(run_id))["status"] == "completed"
+        kinds = types_of(await events_of(api, run_id))
+        deltas = only(await events_of(api, run_id), "message.delta")
+        assert [d["content"] for d in deltas] == expected
+        assert kinds[-3:] == ["message.delta", "run.usage", "run.completed"]
+
+
 class PausingProvider:
-    """Streams ``first`` and ``second``, then says nothing until ``gate`` is set."""
+    """Streams ``first``, lets the run's task take it, streams ``second``, then says nothing
+    until ``gate`` is set."""
 
     def __init__(self, gate: asyncio.Event) -> None:
         self.gate = gate
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ProviderEvent]:
         yield TextDelta("first ")
+        # The run's task was woken by "first " before this task gave way: it takes it alone
+        # and appends it, and "second" arrives while that append is under way.
+        await asyncio.sleep(0)
         yield TextDelta("second")
         await self.gate.wait()
         yield Usage(input_tokens=1, output_tokens=2)
