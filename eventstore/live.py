@@ -30,6 +30,9 @@ _log = logging.getLogger("runlog.eventstore")
 
 #: How many recent events of a followed stream are kept in memory for live subscribers.
 TAIL_WINDOW = 512
+#: How many streams :class:`LiveHub` remembers the last published seq of (then it forgets them
+#: all, and a subscriber reads the log as it would for a stream it never heard of).
+LAST_SEQS = 65536
 
 
 #: Takes a stream's next events (consecutive, never empty) on the event loop; returns False,
@@ -127,6 +130,8 @@ class LiveHub:
     def __init__(self) -> None:
         self._tails: dict[str, StreamTail] = {}
         self._watchers: list[Callable[[Sequence[RecordedEvent]], None]] = []
+        #: The seq of the last event published of each stream (see :meth:`published_up_to`).
+        self._last_seqs: dict[str, int] = {}
 
     def watch(self, callback: Callable[[Sequence[RecordedEvent]], None]) -> Callable[[], None]:
         """Call ``callback`` with every committed batch (on the event loop, after the commit);
@@ -134,6 +139,16 @@ class LiveHub:
         instead of polling; a callback must be quick and must not raise."""
         self._watchers.append(callback)
         return lambda: self._watchers.remove(callback)
+
+    def published_up_to(self, stream: str, seq: int) -> bool:
+        """Whether every event of ``stream`` published here since this hub began (or since it
+        last forgot) is at or before ``seq``, where it knows the stream at all. Then a
+        subscriber whose cursor is ``seq`` has nothing to read: an event committed and not
+        yet published reaches its tail when it is. Events before this hub began (a restart,
+        another process's, never published here) are all before the first one published
+        here, so they are before ``seq`` too. A stream it does not know gives False."""
+        last = self._last_seqs.get(stream)
+        return last is not None and last <= seq
 
     def acquire(self, stream: str) -> StreamTail:
         tail = self._tails.get(stream)
@@ -157,7 +172,11 @@ class LiveHub:
                     _log.exception("live.watcher_failed")
         by_stream: dict[str, list[RecordedEvent]] = {}
         tails = self._tails
+        last_seqs = self._last_seqs
+        if len(last_seqs) >= LAST_SEQS:
+            last_seqs.clear()
         for event in events:
+            last_seqs[event.stream] = event.seq
             if event.stream in tails:
                 by_stream.setdefault(event.stream, []).append(event)
         for stream, stream_events in by_stream.items():

@@ -446,10 +446,11 @@ class GroupCommitStore:
 
         Catch-up and live tail are one loop over the same cursor, so there is no hand-over to
         get wrong: whatever committed after the cursor is read (from the shared in-memory
-        window when it covers the cursor, else from the log), and only when nothing is left
-        does the subscriber wait for the next commit. The wait is armed *before* the read, so
-        a commit that lands during the read is never missed. Close the iterator to release
-        the subscription at once.
+        window when it covers the cursor, else from the log, unless nothing published of the
+        stream is after the cursor: :meth:`LiveHub.published_up_to`), and only when nothing
+        is left does the subscriber wait for the next commit. The wait is armed *before* the
+        read, so a commit that lands during the read is never missed. Close the iterator to
+        release the subscription at once.
 
         With ``deliver``, a subscriber that has caught up leaves it on the stream's tail
         (eventstore/live.py) and the events it takes are not yielded: only what it could not
@@ -464,7 +465,10 @@ class GroupCommitStore:
                 changed = tail.changed
                 batch = tail.after(cursor, batch_limit)
                 if batch is None:
-                    batch = await self.read_stream(stream, cursor, batch_limit)
+                    if self.live.published_up_to(stream, cursor):
+                        batch = []  # nothing past the cursor yet: it comes to the tail
+                    else:
+                        batch = await self.read_stream(stream, cursor, batch_limit)
                 if batch:
                     cursor = batch[-1].seq
                     yield batch

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from eventstore import NewEvent, RecordedEvent
+from eventstore import NewEvent, RecordedEvent, live
 from eventstore.live import TAIL_WINDOW
 
 
@@ -276,15 +276,15 @@ async def test_a_sink_is_not_handed_events_that_do_not_follow_its_cursor(
     async with asyncio.timeout(10), contextlib.aclosing(it):
         waiting = asyncio.ensure_future(anext(it))
         await parked(store, "s")
-        assert log_reads == [1]  # its catch-up
+        assert log_reads == []  # the store published seq 1: nothing to catch up
         _, three = await store.append("s", [ev(1), ev(2)])
         assert sink.taken == [[2, 3]]
         # seq 5 published without seq 4, and neither is in the log.
         gap = RecordedEvent(three.position + 2, "s", 5, "T", "{}", "t", "h")
-        store.live._tails["s"].push([gap])
+        store.live.publish([gap])
         assert sinks(store, "s") == 0  # woken
         await parked(store, "s")  # and parked again, having read the log from its cursor
-        assert log_reads == [1, 3]
+        assert log_reads == [3]
         await store.append("s", [ev(3)])  # seq 4
         assert sink.taken == [[2, 3], [4]]
         assert sink.declined == []
@@ -319,3 +319,58 @@ async def test_a_subscriber_parked_on_its_sink_ends_when_the_store_closes(store:
             await waiting
     assert sink.taken == []
     assert store.live.followed_streams == 0
+
+
+async def test_a_subscriber_at_the_last_seq_published_here_does_not_read_the_log(
+    store: Any, monkeypatch: Any
+) -> None:
+    """An SSE client that has just read a run's history subscribes at its end: the store
+    published every event of the stream up to that cursor, so there is nothing to read."""
+    await store.append("s", [ev(i) for i in range(3)])
+    reads = count_log_reads(store, monkeypatch)
+    async with asyncio.timeout(10), contextlib.aclosing(store.subscribe_batches("s", 3)) as it:
+        waiting = asyncio.ensure_future(anext(it))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        assert reads == []
+        await store.append("s", [ev(3)])
+        assert [e.seq for e in await waiting] == [4]
+    # A cursor before the last event published reads what follows it.
+    async with asyncio.timeout(10), contextlib.aclosing(store.subscribe_batches("s", 2)) as it:
+        assert [e.seq for e in await anext(it)] == [3, 4]
+    assert reads == [2]
+
+
+async def test_a_stream_this_store_never_published_is_read_from_the_log(
+    store_factory: Any, monkeypatch: Any
+) -> None:
+    """Events committed before a store opened (another process's, or before a restart) were
+    never published by it: a subscriber at any cursor reads the log first."""
+    writer = await store_factory()
+    await writer.append("s", [ev(i) for i in range(3)])
+    reader = await store_factory()
+    await writer.append("s", [ev(3)])  # another process's commit the reader has not heard of
+    reads = count_log_reads(reader, monkeypatch)
+    async with asyncio.timeout(10), contextlib.aclosing(reader.subscribe_batches("s", 3)) as it:
+        assert [e.seq for e in await anext(it)] == [4]
+    assert reads[0] == 3
+
+
+async def test_a_hub_that_forgot_its_streams_reads_the_log(store: Any, monkeypatch: Any) -> None:
+    """The hub remembers a bounded number of streams, then forgets them all: a subscriber of
+    a forgotten stream reads the log, as for one it never heard of."""
+    monkeypatch.setattr(live, "LAST_SEQS", 2)
+    await store.append("a", [ev(0)])
+    await store.append("b", [ev(0)])
+    assert store.live.published_up_to("a", 1)
+    await store.append("c", [ev(0)])  # the third stream: the first two are forgotten
+    assert not store.live.published_up_to("a", 1)
+    assert store.live.published_up_to("c", 1)
+    assert not store.live.published_up_to("c", 0)
+    reads = count_log_reads(store, monkeypatch)
+    async with asyncio.timeout(10), contextlib.aclosing(store.subscribe_batches("a", 1)) as it:
+        waiting = asyncio.ensure_future(anext(it))
+        await asyncio.sleep(0.05)
+        assert reads == [1]
+        await store.append("a", [ev(1)])
+        assert [e.seq for e in await waiting] == [2]
