@@ -85,11 +85,15 @@ _FRAME_PLAIN_TIME = b'id: %b\ndata: {"seq":%b,"type":%b,"data":%b,"created_at":"
 _DELTA_START = b'{"content":"'
 _TEXT_AT = len(_DELTA_START)
 _CLOSE = ord("}")
-#: :data:`_FRAME_PLAIN_TIME` of a delta, its payload (without its closing brace: ``%.*b``
-#: copies all but its last byte, without a slice) and its text's literal filled in.
-_DELTA_FRAME = (
-    b'id: %b\ndata: {"seq":%b,"type":"message.delta","data":%.*b,"content_delta":%b},'
-    b'"created_at":"%b"}\n\n'
+#: :data:`_FRAME_PLAIN_TIME` of a delta, in the pieces between its variable parts: the seq
+#: (twice), the payload without its closing brace, its text's literal and the time.
+_DELTA_PIECES = (
+    b"id: ",
+    b'\ndata: {"seq":',
+    b',"type":"message.delta","data":',
+    b',"content_delta":',
+    b'},"created_at":"',
+    b'"}\n\n',
 )
 
 
@@ -115,21 +119,41 @@ def wire_frames(rows: Sequence[WireRow]) -> bytes:
     plain_times = _plain(b"".join([row[3] for row in rows]))
     escaped = b"\\" in b"".join([row[2] for row in rows])
     if plain_times and not escaped:
-        # The common case, as one comprehension (a loop of statements cost a fifth more): a
-        # delta in msgspec's spelling (its text first) has its text's literal found with one
-        # search (no backslash: the next quote closes it), and its frame made with one format.
-        return b"".join(
-            [
-                _DELTA_FRAME
-                % (seq, seq, len(stored) - 1, stored, stored[_TEXT_AT - 1 : end + 1], created_at)
-                if type_ == _DELTA_WIRE
-                and stored[:_TEXT_AT] == _DELTA_START  # a slice: a third of startswith's cost
-                and stored[-1] == _CLOSE
-                and (end := stored.find(b'"', _TEXT_AT)) > 0
-                else _frame_of(seq, type_, stored, created_at, _literal_delta_text, True)
-                for seq, type_, stored, created_at in rows
-            ]
-        )
+        # The common case: a delta in msgspec's spelling (its text first) has its text's
+        # literal found with one search (no backslash: the next quote closes it), and its
+        # frame's pieces go into one list that is joined once for the batch (one format per
+        # frame cost 10% to 20% more on a catch-up of 10,000 deltas).
+        pieces: list[bytes] = []
+        add, add_all = pieces.append, pieces.extend
+        # Locals, not globals, in the loop: it runs once per event.
+        id_, data, type_data, content_delta, time_, end_ = _DELTA_PIECES
+        delta, start, at, close = _DELTA_WIRE, _DELTA_START, _TEXT_AT, _CLOSE
+        quote_at = at - 1
+        for seq, type_, stored, created_at in rows:
+            if (
+                type_ == delta
+                and stored[:at] == start  # a slice: a third of startswith's cost
+                and stored[-1] == close
+                and (end := stored.find(b'"', at)) > 0
+            ):
+                add_all(
+                    (
+                        id_,
+                        seq,
+                        data,
+                        seq,
+                        type_data,
+                        stored[:-1],
+                        content_delta,
+                        stored[quote_at : end + 1],
+                        time_,
+                        created_at,
+                        end_,
+                    )
+                )
+            else:
+                add(_frame_of(seq, type_, stored, created_at, _literal_delta_text, True))
+        return b"".join(pieces)
     delta_text = _escaped_delta_text if escaped else _literal_delta_text
     return b"".join(
         [
