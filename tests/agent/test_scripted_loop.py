@@ -131,14 +131,14 @@ async def test_text_that_arrived_together_is_one_delta_the_first_included(
     call's end; without one, every chunk is a delta of its own."""
     text = "hello, how are you today?"
     reply = f"echo: {text}"
-    for window_ms, expected in ((50, [reply]), (0, [reply[i : i + 4] for i in range(0, 31, 4)])):
+    chunks = [reply[i : i + 4] for i in range(0, len(reply), 4)]
+    for window_ms, expected in ((50, [reply]), (0, chunks)):
         api = await make_api(delta_coalesce_ms=window_ms)
         _, run_id = await api.start_run(text)
         assert (await api.wait_for(run_id))["status"] == "completed"
-        kinds = types_of(await events_of(api, run_id))
-        deltas = only(await events_of(api, run_id), "message.delta")
-        assert [d["content"] for d in deltas] == expected
-        assert kinds[-3:] == ["message.delta", "run.usage", "run.completed"]
+        events = await events_of(api, run_id)
+        assert [d["content"] for d in only(events, "message.delta")] == expected
+        assert types_of(events)[-3:] == ["message.delta", "run.usage", "run.completed"]
 
 
 class PausingProvider:
